@@ -1,0 +1,197 @@
+"""`edgekit` command line. Every EdgekitError becomes `error: …` and exit 1; usage errors exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__, ui
+from .errors import EdgekitError
+
+Handler = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, Handler] = {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args) or 0
+    except EdgekitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `edgekit … | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgekit", description="Pack ML models into signed, "
+                                "measured bundles for CPU, Edge TPU, Ethos-U NPU and MCU targets.")
+    p.add_argument("--version", action="version", version=f"edgekit {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for register in (_pack, _inspect, _verify, _targets, _keygen, _examples):
+        register(sub)
+    return p
+
+
+def command(fn: Handler) -> Handler:
+    COMMANDS[fn.__name__.removeprefix("cmd_")] = fn
+    return fn
+
+
+# --- pack -------------------------------------------------------------------------------------
+
+def _pack(sub: Any) -> None:
+    p = sub.add_parser("pack", help="compress, quantize and fit a model to a target; write a bundle",
+                       description="Search recipes from least to most lossy and keep the first that "
+                       "fits the target's budgets. MODEL is a .onnx/.tflite file or example:NAME.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--target", required=True, help="target profile name (see `edgekit targets`)")
+    p.add_argument("-o", "--out", required=True, type=Path, help="bundle to write (.ekb)")
+    p.add_argument("--calib", help="calibration data: .npz, .npy, or a folder of .npy/.npz/images")
+    p.add_argument("--eval", dest="eval_data", help="held-out evaluation data (default: part of --calib)")
+    p.add_argument("--labels", help="labels (.npy/.txt) for the evaluation data")
+    p.add_argument("--max-drop", type=float, help="max accuracy drop as a fraction (0.01 = 1 point)")
+    p.add_argument("--min-sqnr", type=float, help="min SQNR in dB vs the float model")
+    p.add_argument("--recipe", help="force one recipe (see `edgekit pack --list-recipes x`)")
+    p.add_argument("--list-recipes", action="store_true", help="print the recipe ladder and exit")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
+                   help="freeze a dynamic input shape (repeatable)")
+    p.add_argument("--synthetic-calib", action="store_true",
+                   help="allow calibration on generated data (flagged in the report)")
+    p.add_argument("--variants", type=int, default=1, help="keep the best N fitting candidates")
+    p.add_argument("--sign", metavar="KEY", help="ed25519 private key (from `edgekit keygen`)")
+    p.add_argument("--targets-dir", action="append", default=[], help="extra folder of target profiles")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+@command
+def cmd_pack(args: argparse.Namespace) -> int:
+    from .packer import PackOptions, list_recipes, pack
+
+    if args.list_recipes:
+        print(ui.table(["recipe", "description"], list_recipes()))
+        return 0
+    opts = PackOptions(model=args.model, target=args.target, out=args.out, calib=args.calib,
+                       eval_data=args.eval_data, labels=args.labels, max_drop=args.max_drop,
+                       min_sqnr=args.min_sqnr, recipe=args.recipe,
+                       input_shapes=tuple(args.input_shape), synthetic_calib=args.synthetic_calib,
+                       variants=args.variants, sign_key=args.sign,
+                       targets_dirs=tuple(args.targets_dir), show_progress=not args.json)
+    result = pack(opts)
+    if args.json:
+        ui.print_json(result.to_dict())
+    else:
+        print(result.render())
+    return 0
+
+
+# --- inspect / verify -------------------------------------------------------------------------
+
+def _inspect(sub: Any) -> None:
+    p = sub.add_parser("inspect", help="show a bundle's manifest and evidence")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--key", help="also check the signature with this public key")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+
+@command
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from edgekit_agent.bundle import open_bundle
+
+    bundle = open_bundle(args.bundle, args.key)
+    if args.json:
+        ui.print_json(bundle.manifest.to_dict())
+    else:
+        from .report import render_manifest
+
+        print(render_manifest(bundle))
+    return 0
+
+
+def _verify(sub: Any) -> None:
+    p = sub.add_parser("verify", help="check a bundle's signature and every member's hash")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--key", help="ed25519 public key; without it only hashes are checked")
+
+
+@command
+def cmd_verify(args: argparse.Namespace) -> int:
+    from edgekit_agent.bundle import open_bundle
+
+    b = open_bundle(args.bundle, args.key)
+    sig = (f"signature OK (key {b.key_id})" if b.signature_checked
+           else "signed, signature not checked (no --key)" if b.signed else "unsigned")
+    print(f"OK {args.bundle}: {len(b.manifest.members)} members, hashes OK, {sig}")
+    return 0
+
+
+# --- targets / keygen / examples --------------------------------------------------------------
+
+def _targets(sub: Any) -> None:
+    p = sub.add_parser("targets", help="list target profiles and their budgets")
+    p.add_argument("--targets-dir", action="append", default=[], help="extra folder of profiles")
+    p.add_argument("--json", action="store_true")
+
+
+@command
+def cmd_targets(args: argparse.Namespace) -> int:
+    from .targets import load_profiles
+
+    profiles = load_profiles(args.targets_dir)
+    if args.json:
+        ui.print_json([p.to_dict() for p in profiles.values()])
+        return 0
+    rows = [(p.name, p.family, p.runtime, p.accelerator or p.cpu, ui.human_bytes(p.flash_bytes),
+             ui.human_bytes(p.ram_bytes), ",".join(p.dtypes), p.power.active_w)
+            for p in profiles.values()]
+    print(ui.table(["target", "family", "runtime", "accelerator/cpu", "flash", "ram", "dtypes",
+                    "active W"], rows))
+    return 0
+
+
+def _keygen(sub: Any) -> None:
+    p = sub.add_parser("keygen", help="make an ed25519 key pair: PREFIX.key and PREFIX.pub")
+    p.add_argument("--out", required=True, metavar="PREFIX")
+
+
+@command
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from edgekit_agent.signing import generate_keypair
+
+    key, pub = generate_keypair(args.out)
+    print(f"wrote {key} (private, keep secret) and {pub} (public, give to devices)")
+    return 0
+
+
+def _examples(sub: Any) -> None:
+    p = sub.add_parser("examples", help="list the built-in example models and their data files")
+    p.add_argument("--json", action="store_true")
+
+
+@command
+def cmd_examples(args: argparse.Namespace) -> int:
+    from .examples import EXAMPLES
+
+    if args.json:
+        ui.print_json([e.to_dict() for e in EXAMPLES.values()])
+        return 0
+    for e in EXAMPLES.values():
+        print(f"{e.name}: {e.description}")
+        for key in ("onnx", "tflite", "calib", "eval", "labels"):
+            print(f"  {key:7s} {getattr(e, key)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

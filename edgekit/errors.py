@@ -1,0 +1,16 @@
+"""edgekit's error hierarchy: defined once in the device package and re-exported here."""
+
+from edgekit_agent.errors import (  # noqa: F401
+    BudgetError,
+    BundleError,
+    CalibrationError,
+    ConfigError,
+    EdgekitError,
+    IntegrityError,
+    ModelError,
+    RuntimeBackendError,
+    SignatureError,
+    StoreError,
+    TransportError,
+    UnsupportedOpError,
+)

@@ -1,0 +1,68 @@
+"""What every target family provides: option specs as data, and a compile step with a report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .profiles import Profile
+
+
+@dataclass(frozen=True)
+class TargetReport:
+    """Per-target evidence with the common keys of DESIGN.md; ``details`` holds family extras."""
+
+    family: str
+    ops_on_accelerator: tuple[str, ...] = ()
+    ops_on_cpu: tuple[str, ...] = ()
+    arena_bytes: int | None = None
+    sram_bytes: int | None = None
+    flash_bytes: int | None = None
+    violations: tuple[str, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fits(self) -> bool:
+        return not self.violations
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, "ops_on_accelerator": list(self.ops_on_accelerator),
+                "ops_on_cpu": list(self.ops_on_cpu), "arena_bytes": self.arena_bytes,
+                "sram_bytes": self.sram_bytes, "flash_bytes": self.flash_bytes, "fits": self.fits,
+                "violations": list(self.violations), **self.details}
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A model as the target will run it, plus files to ship beside it (e.g. C sources)."""
+
+    model: bytes
+    format: str
+    report: TargetReport
+    extra_files: dict[str, bytes] = field(default_factory=dict)
+
+
+class TargetFamily:
+    NAME: ClassVar[str]
+    # option name -> (type, allowed values or None)
+    OPTIONS: ClassVar[dict[str, tuple[type, tuple[Any, ...] | None]]] = {}
+    REQUIRED_OPTIONS: ClassVar[tuple[str, ...]] = ()
+    # model formats the family's runtime executes, best first
+    MODEL_FORMATS: ClassVar[tuple[str, ...]] = ("tflite",)
+    # only fully integer-quantized models can run (no float fallback)
+    FULL_INT8: ClassVar[bool] = False
+
+    def compile(self, model: bytes, fmt: str, profile: Profile) -> Compiled:
+        raise NotImplementedError
+
+
+def size_violations(profile: Profile, flash_bytes: int | None, ram_bytes: int | None) -> tuple[str, ...]:
+    """Budget misses, each saying by how many bytes."""
+    out = []
+    if flash_bytes is not None and flash_bytes > profile.flash_bytes:
+        out.append(f"flash: needs {flash_bytes} B, {profile.name} has {profile.flash_bytes} B "
+                   f"({flash_bytes - profile.flash_bytes} B over)")
+    if ram_bytes is not None and ram_bytes > profile.ram_bytes:
+        out.append(f"ram: needs {ram_bytes} B, {profile.name} has {profile.ram_bytes} B "
+                   f"({ram_bytes - profile.ram_bytes} B over)")
+    return tuple(out)

@@ -1,0 +1,19 @@
+"""CPU family (Raspberry Pi, x86-64 hosts): LiteRT/XNNPACK or ONNX Runtime, no compile step."""
+
+from __future__ import annotations
+
+from .base import Compiled, TargetFamily, TargetReport, size_violations
+from .profiles import Profile
+
+
+class CpuFamily(TargetFamily):
+    NAME = "cpu"
+    MODEL_FORMATS = ("tflite", "onnx")
+
+    def compile(self, model: bytes, fmt: str, profile: Profile) -> Compiled:
+        from ..packer.ingest import op_list
+
+        report = TargetReport(family=self.NAME, ops_on_cpu=tuple(op_list(model, fmt)),
+                              flash_bytes=len(model),
+                              violations=size_violations(profile, len(model), None))
+        return Compiled(model=model, format=fmt, report=report)

@@ -1,0 +1,1 @@
+"""Target profiles as data (one TOML file per board/accelerator); see edgekit.targets."""
