@@ -61,14 +61,17 @@ class ModelRef:
     format: str
     sha256: str
     size_bytes: int
+    compressed_bytes: int | None = None  # deflated size inside the bundle archive
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelRef":
         fmt = str(d["format"])
         if fmt not in MODEL_FORMATS:
             raise BundleError(f"unknown model format {fmt!r} (allowed: {', '.join(MODEL_FORMATS)})")
+        compressed = d.get("compressed_bytes")
         return cls(path=str(d["path"]), format=fmt, sha256=str(d["sha256"]),
-                   size_bytes=int(d["size_bytes"]))
+                   size_bytes=int(d["size_bytes"]),
+                   compressed_bytes=None if compressed is None else int(compressed))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

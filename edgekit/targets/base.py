@@ -51,6 +51,10 @@ class TargetFamily:
     MODEL_FORMATS: ClassVar[tuple[str, ...]] = ("tflite",)
     # only fully integer-quantized models can run (no float fallback)
     FULL_INT8: ClassVar[bool] = False
+    # the compiled model runs in LiteRT/ORT on the host (False: e.g. Vela output needs the NPU)
+    HOST_RUNNABLE: ClassVar[bool] = True
+    # quantizations the family's runtime can execute (see edgekit.packer.recipes.QUANTIZATIONS)
+    QUANTIZATIONS: ClassVar[tuple[str, ...]] = ("static_int8",)
 
     def compile(self, model: bytes, fmt: str, profile: Profile) -> Compiled:
         raise NotImplementedError

@@ -9,6 +9,7 @@ from .profiles import Profile
 class CpuFamily(TargetFamily):
     NAME = "cpu"
     MODEL_FORMATS = ("tflite", "onnx")
+    QUANTIZATIONS = ("none", "fp16", "dynamic_int8", "static_int8", "weight_int8", "weight_int4")
 
     def compile(self, model: bytes, fmt: str, profile: Profile) -> Compiled:
         from ..packer.ingest import op_list

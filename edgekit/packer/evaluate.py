@@ -1,0 +1,125 @@
+"""Evaluation: run models on held-out data, compare with the float model, time them.
+
+All figures come from running the models: per-output SQNR and cosine similarity, top-1
+agreement for classifiers, task accuracy with labels, and warm latency percentiles measured
+with float and candidate interleaved so that machine noise hits both alike.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgekit_agent.runtime import Runner, load_backend
+
+from ..errors import ModelError
+from .data import Dataset
+
+
+def make_runner(model: bytes, fmt: str, threads: int | None = None) -> Runner:
+    return Runner(load_backend(model, fmt, threads=threads))
+
+
+def run_all(runner: Runner, data: Dataset) -> list[np.ndarray]:
+    """Outputs over the whole dataset, one stacked array per output."""
+    per_output: list[list[np.ndarray]] = [[] for _ in runner.outputs]
+    try:
+        for sample in data.samples():
+            for acc, out in zip(per_output, runner(sample)):
+                acc.append(np.asarray(out, dtype=np.float32))
+    except (ValueError, RuntimeError) as exc:
+        raise ModelError(f"inference failed: {str(exc).splitlines()[0][:200]}") from None
+    return [np.concatenate(a) for a in per_output]
+
+
+def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    noise = float(np.sum((ref.astype(np.float64) - test) ** 2))
+    signal = float(np.sum(ref.astype(np.float64) ** 2))
+    if noise == 0.0:
+        return float("inf")
+    return 10.0 * np.log10(max(signal, 1e-30) / noise)
+
+
+def cosine(ref: np.ndarray, test: np.ndarray) -> float:
+    a, b = ref.reshape(len(ref), -1).astype(np.float64), test.reshape(len(test), -1).astype(np.float64)
+    num = np.sum(a * b, axis=1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.mean(np.where(den > 0, num / np.maximum(den, 1e-30), 1.0)))
+
+
+def is_classifier(out: np.ndarray) -> bool:
+    return out.ndim >= 2 and out.shape[-1] > 1 and out.reshape(len(out), -1).shape[1] == out.shape[-1]
+
+
+def accuracy(out: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(out.reshape(len(out), -1).argmax(axis=1) == labels))
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    outputs: dict[str, dict[str, float]]
+    top1_agreement: float | None
+    accuracy: float | None
+    accuracy_drop: float | None
+    samples: int
+    synthetic: bool
+
+    @property
+    def min_sqnr_db(self) -> float:
+        return min(o["sqnr_db"] for o in self.outputs.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"outputs": {k: {m: _json_float(v) for m, v in d.items()} for k, d in self.outputs.items()},
+                "min_sqnr_db": _json_float(self.min_sqnr_db), "top1_agreement": self.top1_agreement,
+                "accuracy": self.accuracy, "accuracy_drop": self.accuracy_drop,
+                "samples": self.samples, "synthetic_data": self.synthetic}
+
+
+def _json_float(x: float) -> float | str:
+    return "inf" if x == float("inf") else round(float(x), 4)
+
+
+def compare(names: Sequence[str], ref: list[np.ndarray], test: list[np.ndarray], data: Dataset,
+            labels: np.ndarray | None, ref_accuracy: float | None) -> Fidelity:
+    outputs = {n: {"sqnr_db": sqnr_db(r, t), "cosine": cosine(r, t)}
+               for n, r, t in zip(names, ref, test)}
+    top1 = float(np.mean(ref[0].reshape(len(ref[0]), -1).argmax(1) ==
+                         test[0].reshape(len(test[0]), -1).argmax(1))) if is_classifier(ref[0]) else None
+    acc = accuracy(test[0], labels) if labels is not None and is_classifier(test[0]) else None
+    drop = (ref_accuracy - acc) if acc is not None and ref_accuracy is not None else None
+    return Fidelity(outputs, top1, acc, drop, len(data), data.synthetic)
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50_ms: float
+    p95_ms: float
+    ref_p50_ms: float
+
+    @property
+    def ratio(self) -> float:
+        return self.p50_ms / self.ref_p50_ms if self.ref_p50_ms else float("inf")
+
+
+def interleaved_latency(candidate: Runner, reference: Runner, sample: list[np.ndarray],
+                        runs: int = 60, warmup: int = 5) -> Latency:
+    """Warm p50/p95 of candidate and reference, alternating calls in one loop."""
+    for _ in range(warmup):
+        candidate(sample)
+        reference(sample)
+    cand, ref = [], []
+    for i in range(runs):
+        first, second, a, b = ((candidate, reference, cand, ref) if i % 2 == 0
+                               else (reference, candidate, ref, cand))
+        t0 = time.perf_counter()
+        first(sample)
+        t1 = time.perf_counter()
+        second(sample)
+        t2 = time.perf_counter()
+        a.append(t1 - t0)
+        b.append(t2 - t1)
+    ms = lambda xs, q: float(np.percentile(xs, q) * 1e3)  # noqa: E731
+    return Latency(ms(cand, 50), ms(cand, 95), ms(ref, 50))

@@ -1,0 +1,322 @@
+"""`edgekit pack`: ingest → doctor → (convert) → search recipes → evidence → signed bundle."""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit_agent.manifest import Manifest, ModelRef, Variant, sha256_hex
+
+from .. import ui
+from ..bundle_writer import MemberFile, write_bundle
+from ..errors import BudgetError, CalibrationError, ConfigError, ModelError
+from ..targets import Profile, family_for, get_profile
+from . import doctor_onnx
+from .data import Dataset, Preprocess, load_dataset, load_labels, synthetic_dataset
+from .evaluate import accuracy, is_classifier, make_runner, run_all
+from .ingest import ModelInfo, describe, read_model
+from .recipes import LADDER, Recipe, recipe_by_name
+from .search import Candidate, Context, Criteria, choose, run_search
+
+EVAL_FRACTION = 0.5  # without --eval, the second half of --calib is held out for evaluation
+SELFTEST_SAMPLES = 4
+_SHAPE_ARG = re.compile(r"^([^:]+):(\d+(?:,\d+)*)$")
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    model: str | Path
+    target: str
+    out: str | Path
+    calib: str | Path | None = None
+    eval_data: str | Path | None = None
+    labels: str | Path | None = None
+    max_drop: float | None = None
+    min_sqnr: float | None = None
+    recipe: str | None = None
+    input_shapes: tuple[str, ...] = ()
+    synthetic_calib: bool = False
+    variants: int = 1
+    sign_key: str | Path | None = None
+    targets_dirs: tuple[str, ...] = ()
+    preprocess: str | None = None
+    name: str | None = None
+    version: str = "1"
+    show_progress: bool = False
+
+
+@dataclass
+class PackResult:
+    bundle: Path
+    manifest: Manifest
+    candidates: list[Candidate]
+    chosen: list[Candidate]
+    source: ModelInfo
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bundle": str(self.bundle), "bundle_bytes": self.bundle.stat().st_size,
+                "chosen": [c.recipe.name for c in self.chosen],
+                "candidates": [c.to_dict() for c in self.candidates],
+                "manifest": self.manifest.to_dict()}
+
+    def render(self) -> str:
+        from ..report import render_candidates
+
+        size = self.bundle.stat().st_size
+        head = (f"packed {self.bundle} ({ui.human_bytes(size)}, "
+                f"{size / self.source.size_bytes:.2f}x the float model) for {self.manifest.target}: "
+                f"{', '.join(c.recipe.name for c in self.chosen)}")
+        return "\n".join([render_candidates(self.candidates, self.source.size_bytes), "", head,
+                          *(f"note: {n}" for n in self.notes)])
+
+
+def pack(opts: PackOptions) -> PackResult:
+    profile = get_profile(opts.target, list(opts.targets_dirs))
+    family = family_for(profile.family)
+    _check_options(opts)
+    model_path, defaults = _resolve_model(opts.model)
+    original, fmt = read_model(model_path)
+    recipes = _recipes(opts, family, profile)
+    source = describe(original, fmt)
+    model, steps = _doctor(original, fmt, source, opts, profile)
+    info = describe(model, fmt)
+    calib_path = opts.calib or defaults.get("calib")
+    eval_path = opts.eval_data or (defaults.get("eval") if not opts.calib else None)
+    labels_path = opts.labels or (defaults.get("labels") if not opts.calib else None)
+    calib, evald, notes = _datasets(info, calib_path, eval_path, opts, recipes)
+    model, fmt, info, conversion = _convert_if_needed(model, fmt, info, family, calib or evald)
+    if conversion:
+        steps.append(conversion)
+        calib = calib.with_inputs(info.inputs) if calib else None
+        evald = evald.with_inputs(info.inputs)
+    labels = load_labels(labels_path, len(evald)) if labels_path else None
+    ctx = _context(model, fmt, family, profile, calib, evald, labels, opts)
+    with ui.progress(len(recipes), f"pack {profile.name}", opts.show_progress) as bar:
+        tried = run_search(ctx, recipes, max(opts.variants, 1), bar)
+    chosen = choose(tried, max(opts.variants, 1))
+    if not chosen:
+        from ..report import render_candidates
+
+        raise BudgetError(f"no recipe fits {profile.name}:\n"
+                          f"{render_candidates(tried, source.size_bytes)}")
+    manifest, files = _bundle_contents(opts, model_path, original, source, info, profile, ctx,
+                                       steps, chosen, notes, labels_path)
+    write_bundle(opts.out, manifest, files, opts.sign_key)
+    return PackResult(Path(opts.out), manifest, tried, chosen, source, notes)
+
+
+def _check_options(opts: PackOptions) -> None:
+    if opts.max_drop is not None and not 0 <= opts.max_drop < 1:
+        raise ConfigError("--max-drop is a fraction (0.01 = 1 point)", key="--max-drop",
+                          value=opts.max_drop, allowed="[0, 1)")
+    if opts.variants < 1:
+        raise ConfigError("need at least one variant", key="--variants", value=opts.variants)
+    out = Path(opts.out)
+    if out.is_dir():
+        raise ConfigError(f"{out} is a folder; give a bundle file name", key="-o", value=str(out))
+
+
+def _resolve_model(model: str | Path) -> tuple[Path, dict[str, Path]]:
+    """A path, or `example:NAME[.onnx|.tflite]` for a built-in example (with its data files)."""
+    text = str(model)
+    if not text.startswith("example:"):
+        return Path(text), {}
+    from ..examples import get_example
+
+    name, _, ext = text.removeprefix("example:").partition(".")
+    ex = get_example(name)
+    if ext not in ("", "onnx", "tflite"):
+        raise ModelError(f"{text}: example format must be .onnx or .tflite")
+    path = ex.tflite if ext == "tflite" else ex.onnx
+    return path, {"calib": ex.calib, "eval": ex.eval, "labels": ex.labels}
+
+
+def _recipes(opts: PackOptions, family: Any, profile: Profile) -> list[Recipe]:
+    if opts.recipe:
+        recipe = recipe_by_name(opts.recipe)
+        reason = _inapplicable(recipe, family, profile)
+        if reason:
+            raise ConfigError(f"recipe {recipe.name} cannot run on {profile.name}: {reason}",
+                              key="--recipe", value=opts.recipe)
+        return [recipe]
+    return [r for r in LADDER if not _inapplicable(r, family, profile)]
+
+
+def _inapplicable(recipe: Recipe, family: Any, profile: Profile) -> str:
+    if recipe.quantization not in family.QUANTIZATIONS:
+        if family.FULL_INT8:
+            return (f"{profile.family} needs a fully int8-quantized model "
+                    f"(use static_int8; {recipe.name} leaves float or hybrid ops)")
+        return f"the {profile.family} runtime cannot execute {recipe.quantization}"
+    if recipe.mixed_precision and family.FULL_INT8:
+        return f"{profile.family} needs every op in int8"
+    dtype = {"none": "float32", "fp16": "float16", "weight_int4": "int4"}.get(recipe.quantization, "int8")
+    if dtype not in profile.dtypes:
+        return f"{profile.name} does not support {dtype} (supports {', '.join(profile.dtypes)})"
+    return ""
+
+
+def parse_input_shapes(items: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for item in items:
+        m = _SHAPE_ARG.match(item.strip())
+        if not m:
+            raise ConfigError("expected NAME:D0,D1,...", key="--input-shape", value=item)
+        shapes[m.group(1)] = tuple(int(d) for d in m.group(2).split(","))
+    return shapes
+
+
+def _doctor(model: bytes, fmt: str, info: ModelInfo, opts: PackOptions,
+            profile: Profile) -> tuple[bytes, list[str]]:
+    shapes = parse_input_shapes(opts.input_shapes)
+    steps: list[str] = []
+    if fmt == "onnx":
+        chain = [lambda m: doctor_onnx.freeze_input_shapes(m, shapes, profile.default_input_batch),
+                 doctor_onnx.decompose_fp16_weights, doctor_onnx.simplify, doctor_onnx.sanitize_names]
+    else:
+        from . import doctor_tflite
+
+        shapes = _default_batch(info, shapes, profile.default_input_batch)
+        chain = [lambda m: doctor_tflite.freeze_input_shapes(m, shapes) if shapes else (m, []),
+                 doctor_tflite.decompose_fp16_weights, doctor_tflite.ensure_signature]
+    for step in chain:
+        model, done = step(model)
+        steps += done
+    return model, steps
+
+
+def _default_batch(info: ModelInfo, shapes: dict[str, tuple[int, ...]], batch: int) -> dict:
+    out = dict(shapes)
+    for spec in info.inputs:
+        if spec.name not in out and spec.shape and spec.shape[0] < 0 and all(d >= 0 for d in spec.shape[1:]):
+            out[spec.name] = (batch, *spec.shape[1:])
+    return out
+
+
+def _datasets(info: ModelInfo, calib_path: Any, eval_path: Any, opts: PackOptions,
+              recipes: list[Recipe]) -> tuple[Dataset | None, Dataset, list[str]]:
+    notes: list[str] = []
+    pre = Preprocess.parse(opts.preprocess) if opts.preprocess else None
+    calib = load_dataset(calib_path, info.inputs, pre) if calib_path else None
+    if calib is None:
+        if any(r.needs_calibration for r in recipes) and not opts.synthetic_calib:
+            if opts.recipe or all(r.needs_calibration for r in recipes):
+                raise CalibrationError("static int8 needs calibration data: give --calib PATH "
+                                       "(or --synthetic-calib to accept generated data)")
+        if opts.synthetic_calib:
+            calib = synthetic_dataset(info.inputs, n=128)
+            notes.append("calibration and fidelity were measured on SYNTHETIC data "
+                         "(uniform [0,1)); real data may differ")
+    if eval_path:
+        evald = load_dataset(eval_path, info.inputs, pre)
+    elif calib is not None and len(calib) >= 4:
+        n = int(len(calib) * (1 - EVAL_FRACTION))
+        calib, evald = calib.split(n)
+        notes.append(f"no --eval: held out the last {len(evald)} of {n + len(evald)} calibration samples")
+    elif calib is not None:
+        evald = calib
+    else:
+        evald = synthetic_dataset(info.inputs, n=32, seed=1)
+        notes.append("no data given: fidelity measured on synthetic inputs")
+    return calib, evald, notes
+
+
+def _convert_if_needed(model: bytes, fmt: str, info: ModelInfo, family: Any,
+                       data: Dataset | None) -> tuple[bytes, str, ModelInfo, str]:
+    if fmt in family.MODEL_FORMATS:
+        return model, fmt, info, ""
+    from .convert import onnx_to_tflite
+
+    feeds = data.feeds(limit=32) if data is not None else []
+    result = onnx_to_tflite(model, feeds)
+    worst = min(result.sqnr_db_per_output.values()) if result.sqnr_db_per_output else float("inf")
+    converted = describe(result.tflite_bytes, "tflite")
+    return result.tflite_bytes, "tflite", converted, f"converted ONNX -> TFLite with onnx2tf (SQNR {worst:.1f} dB vs ONNX)"
+
+
+def _context(model: bytes, fmt: str, family: Any, profile: Profile, calib: Dataset | None,
+             evald: Dataset, labels: np.ndarray | None, opts: PackOptions) -> Context:
+    reference = make_runner(model, fmt)
+    ref_out = run_all(reference, evald)
+    ref_acc = accuracy(ref_out[0], labels) if labels is not None and is_classifier(ref_out[0]) else None
+    max_drop = opts.max_drop if opts.max_drop is not None else (0.01 if labels is not None else None)
+    criteria = Criteria(max_drop=max_drop, min_sqnr_db=opts.min_sqnr,
+                        check_speed=profile.family == "cpu")
+    return Context(model=model, format=fmt, family=family, profile=profile, calib=calib, eval=evald,
+                   labels=labels, reference=reference, reference_outputs=ref_out,
+                   reference_accuracy=ref_acc, criteria=criteria,
+                   int8_io=family.FULL_INT8 or profile.family == "mcu")
+
+
+# --- bundle contents -------------------------------------------------------------------------
+
+_EXT = {"onnx": "onnx", "tflite": "tflite"}
+
+
+def _bundle_contents(opts: PackOptions, model_path: Path, original: bytes, source: ModelInfo,
+                     info: ModelInfo, profile: Profile, ctx: Context, steps: list[str],
+                     chosen: list[Candidate], notes: list[str], labels_path: Any
+                     ) -> tuple[Manifest, list[MemberFile]]:
+    files: list[MemberFile] = []
+    variants = []
+    for i, cand in enumerate(chosen):
+        stem = "model" if i == 0 else f"variants/{cand.recipe.name}"
+        path = f"{stem}.{_EXT[cand.format]}"
+        files.append(MemberFile(path, cand.shipped, "model" if i == 0 else "variant"))
+        for extra, blob in (cand.compiled.extra_files if cand.compiled else {}).items():
+            files.append(MemberFile(f"{stem}_files/{extra}" if i else extra, blob, "target"))
+        variants.append(_variant(cand, path, steps))
+    selftest = _selftest(chosen[0], ctx.eval)
+    files.append(MemberFile("selftest.npz", selftest, "selftest"))
+    source_dict = {"path": model_path.name, "format": source.format, "sha256": sha256_hex(original),
+                   "size_bytes": len(original), "params": source.params, "macs": source.macs,
+                   "op_count": len(source.ops), "latency_ms": chosen[0].latency.ref_p50_ms
+                   if chosen[0].latency else None, "accuracy": ctx.reference_accuracy,
+                   "eval_samples": len(ctx.eval), "calib_samples": len(ctx.calib) if ctx.calib else 0,
+                   "synthetic_data": bool(ctx.calib and ctx.calib.synthetic) or ctx.eval.synthetic}
+    manifest = Manifest(name=opts.name or model_path.stem, version=opts.version, target=profile.name,
+                        family=profile.family, primary=variants[0], members=(),
+                        source=source_dict, variants=tuple(variants[1:]),
+                        target_profile=profile.to_dict() | {"source": Path(profile.source).name},
+                        extras={"selftest": "selftest.npz"}, notes=tuple(notes))
+    return manifest, files
+
+
+def _variant(cand: Candidate, path: str, doctor_steps: list[str]) -> Variant:
+    runner = cand.runner
+    recipe = [{"step": "doctor", "detail": s} for s in doctor_steps]
+    recipe.append({"step": "recipe", **cand.recipe.to_dict(), **cand.stats})
+    if cand.compiled and cand.compiled.report.details.get("compile_steps"):
+        recipe += [{"step": "target", "detail": s} for s in cand.compiled.report.details["compile_steps"]]
+    shipped = cand.shipped
+    return Variant(name=cand.recipe.name,
+                   model=ModelRef(path=path, format=cand.format, sha256=sha256_hex(shipped),
+                                  size_bytes=len(shipped), compressed_bytes=cand.compressed_bytes),
+                   inputs=runner.inputs, outputs=runner.outputs, recipe=tuple(recipe),
+                   fidelity=cand.fidelity.to_dict() | {"latency_ratio": round(cand.latency.ratio, 3)},
+                   latency_ms=round(cand.latency.p50_ms, 4),
+                   target_report=cand.compiled.report.to_dict())
+
+
+def _selftest(cand: Candidate, data: Dataset) -> bytes:
+    """Inputs and the chosen model's own outputs: a device re-runs them before activation."""
+    arrays: dict[str, np.ndarray] = {}
+    samples = list(data.samples(SELFTEST_SAMPLES))
+    outputs = [cand.runner(s) for s in samples]
+    for i in range(len(data.inputs)):
+        arrays[f"input_{i}"] = np.concatenate([s[i] for s in samples])
+    for j in range(len(cand.runner.outputs)):
+        arrays[f"output_{j}"] = np.concatenate([o[j] for o in outputs])
+    spread = max(float(np.ptp(arrays[f"output_{j}"])) for j in range(len(cand.runner.outputs)))
+    # Another CPU's kernels may round differently: allow a few quantization steps.
+    scales = [s.scale for s in cand.runner.outputs if s.scale]
+    arrays["atol"] = np.float32(max([3 * max(scales, default=0.0), 1e-3 * spread, 1e-5]))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()

@@ -1,0 +1,207 @@
+"""Recipe search: build each candidate, run it, measure it, compile it for the target, judge it.
+
+Candidates are walked from least to most lossy. float32 is measured first as the reference and
+kept only when no compressing recipe fits. A candidate is rejected, by measurement, when it does
+not run, misses the fidelity tolerance, breaks a target budget, is larger than the float model,
+or (on CPU targets) is slower than the float model.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgekit_agent.runtime import Runner
+
+from ..errors import EdgekitError
+from ..targets import Compiled, Profile, TargetFamily
+from .data import Dataset
+from .evaluate import Fidelity, Latency, compare, interleaved_latency, make_runner, run_all
+from .recipes import Recipe
+
+SPEED_TOLERANCE = 1.10  # p50 within 10 % of float counts as "not slower" on a shared, noisy host
+DEFAULT_MIN_SQNR_DB = 15.0  # used when no labels give an accuracy to hold
+MIXED_STEPS = (1, 2, 4, 8, 16)
+
+
+@dataclass(frozen=True)
+class Criteria:
+    max_drop: float | None = 0.01
+    min_sqnr_db: float | None = None
+    check_speed: bool = False
+
+    def misses(self, fid: Fidelity) -> list[str]:
+        out = []
+        if self.max_drop is not None and fid.accuracy_drop is not None and fid.accuracy_drop > self.max_drop:
+            out.append(f"accuracy drop {fid.accuracy_drop * 100:.2f} pt > {self.max_drop * 100:.2f} pt")
+        floor = self.min_sqnr_db
+        if floor is None and fid.accuracy_drop is None:
+            floor = DEFAULT_MIN_SQNR_DB
+        if floor is not None and fid.min_sqnr_db < floor:
+            out.append(f"SQNR {fid.min_sqnr_db:.1f} dB < {floor:.1f} dB")
+        return out
+
+
+@dataclass
+class Context:
+    """Everything the search needs, computed once."""
+
+    model: bytes
+    format: str
+    family: TargetFamily
+    profile: Profile
+    calib: Dataset | None
+    eval: Dataset
+    labels: np.ndarray | None
+    reference: Runner
+    reference_outputs: list[np.ndarray]
+    reference_accuracy: float | None
+    criteria: Criteria
+    int8_io: bool
+
+
+@dataclass
+class Candidate:
+    recipe: Recipe
+    format: str
+    model: bytes = b""
+    stats: dict[str, Any] = field(default_factory=dict)
+    fidelity: Fidelity | None = None
+    latency: Latency | None = None
+    compiled: Compiled | None = None
+    rejected: str = ""
+    runner: Runner | None = None
+
+    @property
+    def fits(self) -> bool:
+        return not self.rejected and self.compiled is not None
+
+    @property
+    def shipped(self) -> bytes:
+        return self.compiled.model if self.compiled else self.model
+
+    @property
+    def compressed_bytes(self) -> int:
+        return len(zlib.compress(self.shipped, 9))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"recipe": self.recipe.name, "format": self.format,
+                "size_bytes": len(self.shipped) if self.model else None,
+                "compressed_bytes": self.compressed_bytes if self.model else None,
+                "fidelity": self.fidelity.to_dict() if self.fidelity else None,
+                "latency_ms": self.latency.p50_ms if self.latency else None,
+                "latency_ratio": round(self.latency.ratio, 3) if self.latency else None,
+                "target_report": self.compiled.report.to_dict() if self.compiled else None,
+                "stats": self.stats, "fits": self.fits, "rejected": self.rejected}
+
+
+def produce(ctx: Context, recipe: Recipe, exclude: Sequence[Any] = ()) -> tuple[bytes, dict[str, Any]]:
+    calib = ctx.calib if recipe.needs_calibration else None
+    if ctx.format == "onnx":
+        from .quantize_onnx import apply_recipe
+
+        return apply_recipe(ctx.model, recipe, calib, exclude_nodes=exclude)
+    return _produce_tflite(ctx, recipe, calib, exclude)
+
+
+def _produce_tflite(ctx: Context, recipe: Recipe, calib: Dataset | None,
+                    exclude: Sequence[Any]) -> tuple[bytes, dict[str, Any]]:
+    from .compress import compress_tflite
+    from .quantize_tflite import quantize_tflite
+
+    model, stats = ctx.model, {}
+    if recipe.sparsity or recipe.clusters or recipe.quantization == "fp16":
+        model, stats = compress_tflite(model, sparsity=recipe.sparsity, clusters=recipe.clusters,
+                                       fp16=recipe.quantization == "fp16")
+    if recipe.quantization in ("none", "fp16"):
+        return model, stats
+    feeds = calib.feeds() if calib is not None else None
+    model = quantize_tflite(model, recipe.quantization, feeds, float_ops=frozenset(exclude),
+                            int8_io=ctx.int8_io)
+    return model, {**stats, "float_ops": sorted(exclude)} if exclude else stats
+
+
+def evaluate(ctx: Context, recipe: Recipe, exclude: Sequence[Any] = ()) -> Candidate:
+    cand = Candidate(recipe, ctx.format)
+    try:
+        cand.model, cand.stats = produce(ctx, recipe, exclude)
+        cand.compiled = ctx.family.compile(cand.model, ctx.format, ctx.profile)
+        runnable = cand.compiled.model if ctx.family.HOST_RUNNABLE else cand.model
+        cand.runner = make_runner(runnable, ctx.format)
+        outputs = run_all(cand.runner, ctx.eval)
+    except EdgekitError as exc:
+        cand.rejected = f"failed: {exc}"
+        return cand
+    names = [s.name for s in ctx.reference.outputs]
+    cand.fidelity = compare(names, ctx.reference_outputs, outputs, ctx.eval, ctx.labels,
+                            ctx.reference_accuracy)
+    cand.latency = interleaved_latency(cand.runner, ctx.reference, ctx.eval.sample(0))
+    cand.rejected = "; ".join(_misses(ctx, cand))
+    return cand
+
+
+def _misses(ctx: Context, cand: Candidate) -> list[str]:
+    out = list(cand.compiled.report.violations) if cand.compiled else []
+    if cand.recipe.quantization != "none":
+        out += ctx.criteria.misses(cand.fidelity)
+        if len(cand.shipped) >= len(ctx.model):
+            out.append(f"larger than float ({len(cand.shipped)} B >= {len(ctx.model)} B)")
+        if ctx.criteria.check_speed and cand.latency.ratio > SPEED_TOLERANCE:
+            out.append(f"slower than float ({cand.latency.ratio:.2f}x p50)")
+    return out
+
+
+def evaluate_mixed(ctx: Context, recipe: Recipe, int8: Candidate | None) -> Candidate:
+    """Leave the most sensitive layers in float, one more step at a time, until fidelity holds."""
+    if int8 is None or not int8.model:
+        int8 = evaluate(ctx, Recipe("static_int8"))
+        if not int8.model:
+            return Candidate(recipe, ctx.format, rejected="failed: the int8 model it starts from did not build")
+    order = sensitivity_order(ctx, int8.model)
+    cand = Candidate(recipe, ctx.format, rejected="no layer to leave in float")
+    for k in MIXED_STEPS:
+        if k > len(order):
+            break
+        cand = evaluate(ctx, recipe, exclude=order[:k])
+        if cand.fidelity is not None and not ctx.criteria.misses(cand.fidelity):
+            break
+    return cand
+
+
+def sensitivity_order(ctx: Context, int8_model: bytes) -> list[Any]:
+    calib = ctx.calib or ctx.eval
+    if ctx.format == "onnx":
+        from .quantize_onnx import sensitive_nodes
+
+        return sensitive_nodes(ctx.model, int8_model, calib)
+    from .quantize_tflite import op_sensitivity
+
+    ranked = op_sensitivity(ctx.model, int8_model, calib.feeds(limit=16))
+    return [index for index, _name, _sqnr in sorted(ranked, key=lambda r: r[2])]
+
+
+def run_search(ctx: Context, recipes: Sequence[Recipe], variants: int, bar: Any) -> list[Candidate]:
+    """Every candidate tried, in ladder order; stops once ``variants`` compressing ones fit."""
+    tried: list[Candidate] = []
+    for recipe in recipes:
+        bar.set_postfix_str(recipe.name)
+        if recipe.mixed_precision:
+            int8 = next((c for c in tried if c.recipe == Recipe("static_int8")), None)
+            cand = evaluate_mixed(ctx, recipe, int8)
+        else:
+            cand = evaluate(ctx, recipe)
+        tried.append(cand)
+        bar.update(1)
+        if sum(c.fits and c.recipe.quantization != "none" for c in tried) >= variants:
+            break
+    return tried
+
+
+def choose(tried: Sequence[Candidate], variants: int) -> list[Candidate]:
+    """The first fitting compressing candidates; float32 only when nothing else fits."""
+    fits = [c for c in tried if c.fits and c.recipe.quantization != "none"]
+    float_fit = [c for c in tried if c.fits and c.recipe.quantization == "none"]
+    return (fits + float_fit)[:variants]

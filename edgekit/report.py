@@ -1,0 +1,53 @@
+"""Human-readable renderings of pack results and bundle manifests."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from edgekit_agent.bundle import Bundle
+
+from . import ui
+
+
+def render_candidates(candidates: Sequence[Any], float_size: int) -> str:
+    rows = []
+    for c in candidates:
+        f = c.fidelity
+        size = len(c.shipped) if c.model else None
+        rows.append((
+            c.recipe.name, c.format, ui.human_bytes(size),
+            f"{size / float_size:.2f}x" if size else None,
+            f"{f.min_sqnr_db:.1f}" if f else None,
+            f"{f.top1_agreement:.3f}" if f and f.top1_agreement is not None else None,
+            f"{f.accuracy_drop * 100:+.2f}" if f and f.accuracy_drop is not None else None,
+            f"{c.latency.ratio:.2f}x" if c.latency else None,
+            "yes" if c.fits else "no",
+            c.rejected[:90] or None))
+    return ui.table(["recipe", "format", "size", "vs float", "SQNR dB", "top1 agree",
+                     "acc drop pt", "latency", "fits", "why not"], rows)
+
+
+def render_manifest(bundle: Bundle) -> str:
+    m = bundle.manifest
+    lines = [f"bundle   {bundle.path}  ({m.name} v{m.version}, schema {m.schema})",
+             f"target   {m.target} ({m.family})",
+             f"signed   {'yes, verified key ' + bundle.key_id if bundle.signature_checked else 'yes (not checked: no --key)' if bundle.signed else 'no'}",
+             f"source   {m.source.get('path')} {m.source.get('format')} "
+             f"{ui.human_bytes(m.source.get('size_bytes'))}"]
+    rows = []
+    for v in m.all_variants:
+        fid, rep = v.fidelity, v.target_report
+        rows.append((v.name, v.model.format, ui.human_bytes(v.model.size_bytes),
+                     ui.human_bytes(v.model.compressed_bytes), fid.get("min_sqnr_db"),
+                     fid.get("accuracy"), fid.get("accuracy_drop"), v.latency_ms,
+                     rep.get("arena_bytes"), len(rep.get("ops_on_accelerator", [])),
+                     len(rep.get("ops_on_cpu", [])), rep.get("fits")))
+    lines += ["", ui.table(["variant", "format", "size", "zipped", "SQNR dB", "accuracy", "drop",
+                            "p50 ms", "arena B", "ops accel", "ops cpu", "fits"], rows)]
+    io = [f"  in  {t.name} {list(t.shape)} {t.dtype}" + (f" scale={t.scale:.6g} zp={t.zero_point}" if t.scale else "")
+          for t in m.primary.inputs]
+    io += [f"  out {t.name} {list(t.shape)} {t.dtype}" + (f" scale={t.scale:.6g} zp={t.zero_point}" if t.scale else "")
+           for t in m.primary.outputs]
+    lines += ["", "tensors", *io, "", "recipe", *(f"  {s}" for s in m.primary.recipe)]
+    lines += [f"note     {n}" for n in m.notes]
+    return "\n".join(lines)
