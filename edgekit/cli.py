@@ -69,7 +69,11 @@ def _pack(sub: Any) -> None:
                    help="freeze a dynamic input shape (repeatable)")
     p.add_argument("--synthetic-calib", action="store_true",
                    help="allow calibration on generated data (flagged in the report)")
+    p.add_argument("--preprocess", metavar="SPEC", help="for image folders: "
+                   "size=HxW,mean=a/b/c,std=a/b/c,layout=nhwc|nchw,gray")
     p.add_argument("--variants", type=int, default=1, help="keep the best N fitting candidates")
+    p.add_argument("--name", help="bundle name (default: the model file's stem)")
+    p.add_argument("--version", dest="bundle_version", default="1", help="bundle version string")
     p.add_argument("--sign", metavar="KEY", help="ed25519 private key (from `edgekit keygen`)")
     p.add_argument("--targets-dir", action="append", default=[], help="extra folder of target profiles")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -86,7 +90,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
                        eval_data=args.eval_data, labels=args.labels, max_drop=args.max_drop,
                        min_sqnr=args.min_sqnr, recipe=args.recipe,
                        input_shapes=tuple(args.input_shape), synthetic_calib=args.synthetic_calib,
-                       variants=args.variants, sign_key=args.sign,
+                       variants=args.variants, sign_key=args.sign, preprocess=args.preprocess,
+                       name=args.name, version=args.bundle_version,
                        targets_dirs=tuple(args.targets_dir), show_progress=not args.json)
     result = pack(opts)
     if args.json:

@@ -17,13 +17,14 @@ def render_candidates(candidates: Sequence[Any], float_size: int) -> str:
         rows.append((
             c.recipe.name, c.format, ui.human_bytes(size),
             f"{size / float_size:.2f}x" if size else None,
+            f"{c.compressed_bytes / float_size:.2f}x" if size else None,
             f"{f.min_sqnr_db:.1f}" if f else None,
             f"{f.top1_agreement:.3f}" if f and f.top1_agreement is not None else None,
             f"{f.accuracy_drop * 100:+.2f}" if f and f.accuracy_drop is not None else None,
             f"{c.latency.ratio:.2f}x" if c.latency else None,
             "yes" if c.fits else "no",
             c.rejected[:90] or None))
-    return ui.table(["recipe", "format", "size", "vs float", "SQNR dB", "top1 agree",
+    return ui.table(["recipe", "format", "size", "vs float", "zipped", "SQNR dB", "top1 agree",
                      "acc drop pt", "latency", "fits", "why not"], rows)
 
 

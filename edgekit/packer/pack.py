@@ -99,7 +99,7 @@ def pack(opts: PackOptions) -> PackResult:
     ctx = _context(model, fmt, family, profile, calib, evald, labels, opts)
     with ui.progress(len(recipes), f"pack {profile.name}", opts.show_progress) as bar:
         tried = run_search(ctx, recipes, max(opts.variants, 1), bar)
-    chosen = choose(tried, max(opts.variants, 1))
+    chosen = choose(tried, max(opts.variants, 1)) or _forced(opts, tried, notes)
     if not chosen:
         from ..report import render_candidates
 
@@ -109,6 +109,15 @@ def pack(opts: PackOptions) -> PackResult:
                                        steps, chosen, notes, labels_path)
     write_bundle(opts.out, manifest, files, opts.sign_key)
     return PackResult(Path(opts.out), manifest, tried, chosen, source, notes)
+
+
+def _forced(opts: PackOptions, tried: list[Candidate], notes: list[str]) -> list[Candidate]:
+    """--recipe is the user's decision: keep it despite fidelity/speed misses, never budget misses."""
+    cand = tried[0] if opts.recipe and tried else None
+    if cand is None or cand.fidelity is None or cand.compiled is None or cand.compiled.report.violations:
+        return []
+    notes.append(f"--recipe {cand.recipe.name} kept as forced, although: {cand.rejected}")
+    return [cand]
 
 
 def _check_options(opts: PackOptions) -> None:

@@ -36,8 +36,12 @@ def apply_recipe(data: bytes, recipe: Recipe, calib: Dataset | None,
     if q == "static_int8":
         if calib is None:
             raise CalibrationError("static int8 needs calibration data (--calib, or --synthetic-calib)")
-        return _with_files(data, lambda i, o: _static(i, o, calib, recipe.calibration, exclude_nodes)), {
-            **stats, "excluded_nodes": list(exclude_nodes)}
+        # Clustered weights keep their few distinct values only under one scale per tensor;
+        # per-channel scales would map the same centroids to many int8 codes and defeat deflate.
+        per_channel = not recipe.clusters
+        quantized = _with_files(data, lambda i, o: _static(i, o, calib, recipe.calibration,
+                                                              exclude_nodes, per_channel))
+        return quantized, {**stats, "excluded_nodes": list(exclude_nodes), "per_channel": per_channel}
     if q in ("weight_int4", "weight_int8"):
         return weight_only(data, 4 if q == "weight_int4" else 8), stats
     raise ModelError(f"recipe {recipe.name} has no ONNX implementation")
@@ -100,7 +104,7 @@ def _with_files(data: bytes, fn) -> bytes:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         src.write_bytes(data)
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress
+            with _quiet():
                 fn(src, dst)
         except (CalibrationError, ModelError):
             raise
@@ -115,6 +119,19 @@ def _dynamic(src: Path, dst: Path) -> None:
     quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True)
 
 
+@contextlib.contextmanager
+def _quiet():
+    """ORT's quantizers print progress and log advice on the root logger; keep our output clean."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
 class _Reader:
     """onnxruntime CalibrationDataReader over a Dataset."""
 
@@ -124,11 +141,12 @@ class _Reader:
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._feeds, None)
 
-    def rewind(self) -> None:  # pragma: no cover - not used by the calibrators we call
-        pass
+    def __iter__(self):  # qdq_loss_debug iterates instead of calling get_next
+        return self._feeds
 
 
-def _static(src: Path, dst: Path, calib: Dataset, method: str, exclude: Sequence[str]) -> None:
+def _static(src: Path, dst: Path, calib: Dataset, method: str, exclude: Sequence[str],
+            per_channel: bool = True) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -139,8 +157,7 @@ def _static(src: Path, dst: Path, calib: Dataset, method: str, exclude: Sequence
         pre = src
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
-    quantize_static(pre, dst, _Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
+    quantize_static(pre, dst, _Reader(calib), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method=methods[method], nodes_to_exclude=list(exclude) or None,
                     extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
@@ -207,16 +224,11 @@ def sensitive_nodes(float_model: bytes, qdq_model: bytes, calib: Dataset, limit:
 
     model = _parse_onnx(float_model)
     sub = Dataset(calib.inputs, tuple(a[:limit] for a in calib.arrays))
-    with tempfile.TemporaryDirectory(prefix="edgekit-dbg-") as tmp:
-        paths = {}
-        for tag, blob in (("float", float_model), ("qdq", qdq_model)):
-            src, aug = Path(tmp) / f"{tag}.onnx", Path(tmp) / f"{tag}_aug.onnx"
-            src.write_bytes(blob)
-            dbg.modify_model_output_intermediate_tensors(str(src), str(aug))
-            paths[tag] = aug
-        float_acts = dbg.collect_activations(str(paths["float"]), _Reader(sub))
-        qdq_acts = dbg.collect_activations(str(paths["qdq"]), _Reader(sub))
-    errors = dbg.compute_activation_error(dbg.create_activation_matching(qdq_acts, float_acts))
+    with tempfile.TemporaryDirectory(prefix="edgekit-dbg-") as tmp, _quiet():
+        try:
+            errors = _activation_errors(dbg, Path(tmp), float_model, qdq_model, sub)
+        except Exception as exc:  # the debugging helpers raise bare Exceptions
+            raise ModelError(f"per-layer sensitivity failed: {str(exc).splitlines()[0][:200]}") from None
     sqnr = {t: min(float(np.mean(e["xmodel_err"])), 100.0) for t, e in errors.items() if "xmodel_err" in e}
     # A node's own harm is the SQNR it loses between its inputs and its output; ranking by the
     # output's SQNR alone would blame whatever comes last for all the error before it.
@@ -227,3 +239,14 @@ def sensitive_nodes(float_model: bytes, qdq_model: bytes, calib: Dataset, limit:
         before = min((sqnr[i] for i in node.input if i in sqnr), default=100.0)
         drops.append((before - sqnr[node.output[0]], node.name))
     return [name for _, name in sorted(drops, reverse=True)]
+
+
+def _activation_errors(dbg: Any, tmp: Path, float_model: bytes, qdq_model: bytes,
+                       data: Dataset) -> dict[str, dict[str, Any]]:
+    acts = {}
+    for tag, blob in (("float", float_model), ("qdq", qdq_model)):
+        src, aug = tmp / f"{tag}.onnx", tmp / f"{tag}_aug.onnx"
+        src.write_bytes(blob)
+        dbg.modify_model_output_intermediate_tensors(str(src), str(aug))
+        acts[tag] = dbg.collect_activations(str(aug), _Reader(data))
+    return dbg.compute_activation_error(dbg.create_activation_matching(acts["qdq"], acts["float"]))

@@ -160,7 +160,10 @@ def evaluate_mixed(ctx: Context, recipe: Recipe, int8: Candidate | None) -> Cand
         int8 = evaluate(ctx, Recipe("static_int8"))
         if not int8.model:
             return Candidate(recipe, ctx.format, rejected="failed: the int8 model it starts from did not build")
-    order = sensitivity_order(ctx, int8.model)
+    try:
+        order = sensitivity_order(ctx, int8.model)
+    except EdgekitError as exc:
+        return Candidate(recipe, ctx.format, rejected=f"failed: {exc}")
     cand = Candidate(recipe, ctx.format, rejected="no layer to leave in float")
     for k in MIXED_STEPS:
         if k > len(order):
