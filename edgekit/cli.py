@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "measured bundles for CPU, Edge TPU, Ethos-U NPU and MCU targets.")
     p.add_argument("--version", action="version", version=f"edgekit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for register in (_pack, _inspect, _verify, _targets, _keygen, _examples):
+    for register in (_pack, _recipes, _inspect, _verify, _targets, _keygen, _examples, _fleet):
         register(sub)
     return p
 
@@ -63,8 +63,7 @@ def _pack(sub: Any) -> None:
     p.add_argument("--labels", help="labels (.npy/.txt) for the evaluation data")
     p.add_argument("--max-drop", type=float, help="max accuracy drop as a fraction (0.01 = 1 point)")
     p.add_argument("--min-sqnr", type=float, help="min SQNR in dB vs the float model")
-    p.add_argument("--recipe", help="force one recipe (see `edgekit pack --list-recipes x`)")
-    p.add_argument("--list-recipes", action="store_true", help="print the recipe ladder and exit")
+    p.add_argument("--recipe", help="force one recipe (see `edgekit recipes`)")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
                    help="freeze a dynamic input shape (repeatable)")
     p.add_argument("--synthetic-calib", action="store_true",
@@ -81,11 +80,8 @@ def _pack(sub: Any) -> None:
 
 @command
 def cmd_pack(args: argparse.Namespace) -> int:
-    from .packer import PackOptions, list_recipes, pack
+    from .packer import PackOptions, pack
 
-    if args.list_recipes:
-        print(ui.table(["recipe", "description"], list_recipes()))
-        return 0
     opts = PackOptions(model=args.model, target=args.target, out=args.out, calib=args.calib,
                        eval_data=args.eval_data, labels=args.labels, max_drop=args.max_drop,
                        min_sqnr=args.min_sqnr, recipe=args.recipe,
@@ -98,6 +94,22 @@ def cmd_pack(args: argparse.Namespace) -> int:
         ui.print_json(result.to_dict())
     else:
         print(result.render())
+    return 0
+
+
+def _recipes(sub: Any) -> None:
+    p = sub.add_parser("recipes", help="list the recipe ladder the packer searches, least lossy first")
+    p.add_argument("--json", action="store_true")
+
+
+@command
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from .packer import LADDER
+
+    if args.json:
+        ui.print_json([r.to_dict() for r in LADDER])
+    else:
+        print(ui.table(["recipe", "description"], [(r.name, r.description) for r in LADDER]))
     return 0
 
 
@@ -196,6 +208,21 @@ def cmd_examples(args: argparse.Namespace) -> int:
         for key in ("onnx", "tflite", "calib", "eval", "labels"):
             print(f"  {key:7s} {getattr(e, key)}")
     return 0
+
+
+# --- fleet ----------------------------------------------------------------------------------------
+
+def _fleet(sub: Any) -> None:
+    from .fleet import add_parser
+
+    add_parser(sub)
+
+
+@command
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from .fleet import main as fleet_main
+
+    return fleet_main(args)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from .data import Dataset, Preprocess, load_dataset, load_labels, synthetic_data
 from .evaluate import accuracy, is_classifier, make_runner, run_all
 from .ingest import ModelInfo, describe, read_model
 from .recipes import LADDER, Recipe, recipe_by_name
-from .search import Candidate, Context, Criteria, choose, run_search
+from .search import Candidate, Context, Criteria, choose, format_supports, run_search
 
 EVAL_FRACTION = 0.5  # without --eval, the second half of --calib is held out for evaluation
 SELFTEST_SAMPLES = 4
@@ -95,6 +95,9 @@ def pack(opts: PackOptions) -> PackResult:
         steps.append(conversion)
         calib = calib.with_inputs(info.inputs) if calib else None
         evald = evald.with_inputs(info.inputs)
+    if opts.recipe and not format_supports(recipes[0], fmt):
+        raise ConfigError(f"recipe {recipes[0].name} is not available for {fmt} models",
+                          key="--recipe", value=opts.recipe)
     labels = load_labels(labels_path, len(evald)) if labels_path else None
     ctx = _context(model, fmt, family, profile, calib, evald, labels, opts)
     with ui.progress(len(recipes), f"pack {profile.name}", opts.show_progress) as bar:

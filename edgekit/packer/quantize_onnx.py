@@ -36,12 +36,9 @@ def apply_recipe(data: bytes, recipe: Recipe, calib: Dataset | None,
     if q == "static_int8":
         if calib is None:
             raise CalibrationError("static int8 needs calibration data (--calib, or --synthetic-calib)")
-        # Clustered weights keep their few distinct values only under one scale per tensor;
-        # per-channel scales would map the same centroids to many int8 codes and defeat deflate.
-        per_channel = not recipe.clusters
         quantized = _with_files(data, lambda i, o: _static(i, o, calib, recipe.calibration,
-                                                              exclude_nodes, per_channel))
-        return quantized, {**stats, "excluded_nodes": list(exclude_nodes), "per_channel": per_channel}
+                                                              exclude_nodes, recipe.per_channel))
+        return quantized, {**stats, "excluded_nodes": list(exclude_nodes)}
     if q in ("weight_int4", "weight_int8"):
         return weight_only(data, 4 if q == "weight_int4" else 8), stats
     raise ModelError(f"recipe {recipe.name} has no ONNX implementation")

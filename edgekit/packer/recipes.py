@@ -1,6 +1,7 @@
 """Recipes: plain, serialisable descriptions of what the packer does to a model.
 
-Naming scheme: ``[prune<P>_][cluster<K>_]<quantization>[_<calibration>][_mixed]`` — e.g.
+Naming scheme: ``[prune<P>_][cluster<K>_]<quantization>[_<calibration>][_pertensor][_mixed]``,
+e.g.
 ``fp16``, ``static_int8``, ``static_int8_percentile``, ``static_int8_mixed``,
 ``prune50_cluster16_static_int8``, ``weight_int4``. The ladder lists them from least to most
 lossy; the search walks it in that order.
@@ -25,6 +26,7 @@ class Recipe:
     clusters: int = 0
     calibration: str = "minmax"
     mixed_precision: bool = False
+    per_channel: bool = True
     description: str = ""
 
     @property
@@ -37,6 +39,8 @@ class Recipe:
         parts.append({"none": "fp32"}.get(self.quantization, self.quantization))
         if self.quantization == "static_int8" and self.calibration != "minmax":
             parts.append(self.calibration)
+        if not self.per_channel:
+            parts.append("pertensor")
         if self.mixed_precision:
             parts.append("mixed")
         return "_".join(parts)
@@ -55,7 +59,7 @@ class Recipe:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Recipe":
         known = {k: d[k] for k in ("quantization", "sparsity", "clusters", "calibration",
-                                   "mixed_precision", "description") if k in d}
+                                   "mixed_precision", "per_channel", "description") if k in d}
         recipe = cls(**known)
         recipe.validate()
         return recipe
@@ -78,12 +82,15 @@ LADDER: tuple[Recipe, ...] = (
     Recipe("fp16", description="float16 weight storage, float32 compute"),
     Recipe("dynamic_int8", description="int8 weights, activations quantized at run time"),
     Recipe("static_int8", description="int8 weights and activations, calibrated min/max"),
+    Recipe("static_int8", per_channel=False,
+           description="int8 with one weight scale per tensor (sometimes beats per-channel)"),
     Recipe("static_int8", calibration="percentile",
            description="int8, activation ranges clipped at the 99.999th percentile"),
     Recipe("static_int8", mixed_precision=True,
            description="int8 with the most sensitive layers left in float"),
-    Recipe("static_int8", sparsity=0.5, clusters=16,
-           description="50% magnitude pruning + 16 weight clusters per tensor, then int8"),
+    Recipe("static_int8", sparsity=0.5, clusters=16, per_channel=False,
+           description="50% magnitude pruning + 16 weight clusters per tensor, then int8 "
+                       "(per tensor, so the few distinct values survive and deflate well)"),
     Recipe("weight_int4", description="int4 weights (MatMul/FullyConnected), float activations"),
 )
 

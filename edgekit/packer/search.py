@@ -186,10 +186,18 @@ def sensitivity_order(ctx: Context, int8_model: bytes) -> list[Any]:
     return [index for index, _name, _sqnr in sorted(ranked, key=lambda r: r[2])]
 
 
+def format_supports(recipe: Recipe, fmt: str) -> bool:
+    """ai-edge-quantizer calibrates min/max, per channel; other choices are ONNX Runtime's."""
+    return fmt == "onnx" or (recipe.calibration == "minmax" and (recipe.per_channel or recipe.clusters > 0))
+
+
 def run_search(ctx: Context, recipes: Sequence[Recipe], variants: int, bar: Any) -> list[Candidate]:
     """Every candidate tried, in ladder order; stops once ``variants`` compressing ones fit."""
     tried: list[Candidate] = []
     for recipe in recipes:
+        if not format_supports(recipe, ctx.format):
+            bar.update(1)
+            continue
         bar.set_postfix_str(recipe.name)
         if recipe.mixed_precision:
             int8 = next((c for c in tried if c.recipe == Recipe("static_int8")), None)
