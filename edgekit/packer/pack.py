@@ -84,7 +84,7 @@ def pack(opts: PackOptions) -> PackResult:
     original, fmt = read_model(model_path)
     recipes = _recipes(opts, family, profile)
     source = describe(original, fmt)
-    model, steps = _doctor(original, fmt, source, opts, profile)
+    model, steps = _doctor(original, fmt, opts, profile)
     info = describe(model, fmt)
     calib_path = opts.calib or defaults.get("calib")
     eval_path = opts.eval_data or (defaults.get("eval") if not opts.calib else None)
@@ -184,8 +184,7 @@ def parse_input_shapes(items: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _doctor(model: bytes, fmt: str, info: ModelInfo, opts: PackOptions,
-            profile: Profile) -> tuple[bytes, list[str]]:
+def _doctor(model: bytes, fmt: str, opts: PackOptions, profile: Profile) -> tuple[bytes, list[str]]:
     shapes = parse_input_shapes(opts.input_shapes)
     steps: list[str] = []
     if fmt == "onnx":
@@ -194,21 +193,12 @@ def _doctor(model: bytes, fmt: str, info: ModelInfo, opts: PackOptions,
     else:
         from . import doctor_tflite
 
-        shapes = _default_batch(info, shapes, profile.default_input_batch)
-        chain = [lambda m: doctor_tflite.freeze_input_shapes(m, shapes) if shapes else (m, []),
+        chain = [lambda m: doctor_tflite.freeze_input_shapes(m, shapes, profile.default_input_batch),
                  doctor_tflite.decompose_fp16_weights, doctor_tflite.ensure_signature]
     for step in chain:
         model, done = step(model)
         steps += done
     return model, steps
-
-
-def _default_batch(info: ModelInfo, shapes: dict[str, tuple[int, ...]], batch: int) -> dict:
-    out = dict(shapes)
-    for spec in info.inputs:
-        if spec.name not in out and spec.shape and spec.shape[0] < 0 and all(d >= 0 for d in spec.shape[1:]):
-            out[spec.name] = (batch, *spec.shape[1:])
-    return out
 
 
 def _datasets(info: ModelInfo, calib_path: Any, eval_path: Any, opts: PackOptions,

@@ -180,10 +180,9 @@ def sensitivity_order(ctx: Context, int8_model: bytes) -> list[Any]:
         from .quantize_onnx import sensitive_nodes
 
         return sensitive_nodes(ctx.model, int8_model, calib)
-    from .quantize_tflite import op_sensitivity
+    from .quantize_tflite import fallback_order
 
-    ranked = op_sensitivity(ctx.model, int8_model, calib.feeds(limit=16))
-    return [index for index, _name, _sqnr in sorted(ranked, key=lambda r: r[2])]
+    return fallback_order(ctx.model, int8_model, calib.feeds(limit=16))
 
 
 def format_supports(recipe: Recipe, fmt: str) -> bool:

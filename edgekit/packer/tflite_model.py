@@ -13,7 +13,9 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from ..errors import ModelError
+from edgekit_agent.runtime import load_backend
+
+from ..errors import EdgekitError, ModelError
 
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 _OP_CODES = {k: v for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
@@ -187,12 +189,12 @@ def insert_op(model_t: Any, name: str, inputs: list[int], outputs: list[int], po
 def consumers(model_t: Any, tensor_index: int, subgraph: int = 0) -> list[int]:
     """Indices of the ops (execution order) that read ``tensor_index``."""
     ops = model_t.subgraphs[subgraph].operators or []
-    return [i for i, op in enumerate(ops) if tensor_index in _ints(op.inputs)]
+    return [i for i, op in enumerate(ops) if tensor_index in ints(op.inputs)]
 
 
 def producer(model_t: Any, tensor_index: int, subgraph: int = 0) -> int | None:
     for i, op in enumerate(model_t.subgraphs[subgraph].operators or []):
-        if tensor_index in _ints(op.outputs):
+        if tensor_index in ints(op.outputs):
             return i
     return None
 
@@ -201,7 +203,7 @@ def replace_input(model_t: Any, old: int, new: int, subgraph: int = 0) -> None:
     """Every op that read tensor ``old`` reads ``new`` instead."""
     for op in model_t.subgraphs[subgraph].operators or []:
         if op.inputs is not None:
-            op.inputs = np.asarray([new if t == old else t for t in _ints(op.inputs)], dtype=np.int32)
+            op.inputs = np.asarray([new if t == old else t for t in ints(op.inputs)], dtype=np.int32)
 
 
 def signature_io(model_t: Any, subgraph: int = 0) -> tuple[str, dict[str, int], dict[str, int]]:
@@ -237,9 +239,9 @@ def remove_unused(model_t: Any) -> None:
 
 def _referenced_tensors(model_t: Any, sg_index: int) -> set[int]:
     sg = model_t.subgraphs[sg_index]
-    refs = set(_ints(sg.inputs)) | set(_ints(sg.outputs))
+    refs = set(ints(sg.inputs)) | set(ints(sg.outputs))
     for op in sg.operators or []:
-        refs |= set(_ints(op.inputs)) | set(_ints(op.outputs)) | set(_ints(op.intermediates))
+        refs |= set(ints(op.inputs)) | set(ints(op.outputs)) | set(ints(op.intermediates))
     for sig in model_t.signatureDefs or []:
         if sig.subgraphIndex == sg_index:
             refs |= {int(m.tensorIndex) for m in (sig.inputs or []) + (sig.outputs or [])}
@@ -251,7 +253,7 @@ def _remap_tensor_refs(model_t: Any, sg_index: int, remap: dict[int, int]) -> No
     def conv(values: Any) -> Any:
         if values is None:
             return None
-        return np.asarray([remap.get(v, -1) if v != -1 else -1 for v in _ints(values)], dtype=np.int32)
+        return np.asarray([remap.get(v, -1) if v != -1 else -1 for v in ints(values)], dtype=np.int32)
 
     sg = model_t.subgraphs[sg_index]
     sg.inputs, sg.outputs = conv(sg.inputs), conv(sg.outputs)
@@ -263,9 +265,23 @@ def _remap_tensor_refs(model_t: Any, sg_index: int, remap: dict[int, int]) -> No
                 m.tensorIndex = remap[int(m.tensorIndex)]
 
 
-def _ints(values: Any) -> list[int]:
+def ints(values: Any) -> list[int]:
+    """A flatbuffer index vector (numpy array or None) as a list of ints."""
     return [] if values is None else [int(v) for v in values]
 
 
 def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, (bytes, bytearray)) else str(value or "")
+
+
+def verify_runs(model: bytes, what: str = "model") -> list[np.ndarray]:
+    """Load the model in LiteRT and invoke it once on zeros; ModelError naming ``what`` if it
+    does not allocate, does not run or returns non-finite values. The raw outputs."""
+    try:
+        backend = load_backend(model, "tflite")
+        outs = backend.run([np.zeros(s.shape, dtype=s.dtype) for s in backend.inputs])
+    except EdgekitError as exc:
+        raise ModelError(f"{what} does not run in LiteRT: {exc}") from None
+    if any(o.dtype.kind == "f" and not np.all(np.isfinite(o)) for o in outs):
+        raise ModelError(f"{what} produces non-finite outputs in LiteRT")
+    return outs

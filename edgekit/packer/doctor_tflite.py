@@ -1,0 +1,185 @@
+"""Repairs a TFLite model from the wild needs before calibration tools accept it.
+
+Each function takes model bytes and returns ``(model bytes, steps applied)``; an empty step
+list means the model was already fine and is returned unchanged. Every changed model is
+loaded and run once in LiteRT before it is returned.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelError
+from . import tflite_model as tm
+
+SIGNATURE_KEY = "serving_default"
+_CONVERTER_PREFIX = "serving_default_"
+
+
+def ensure_signature(model: bytes) -> tuple[bytes, list[str]]:
+    """Add a 'serving_default' SignatureDef over subgraph 0 when the model has none
+    (ai-edge-quantizer calibrates by signature and refuses a model with 0 signatures).
+    Names come from the tensor names, sanitised: 'serving_default_image:0' -> 'image'."""
+    model_t = tm.load(model)
+    if model_t.signatureDefs:
+        return model, []
+    sg = model_t.subgraphs[0]
+    sig = tm.schema.SignatureDefT()
+    sig.signatureKey, sig.subgraphIndex = SIGNATURE_KEY.encode(), 0
+    sig.inputs = _tensor_maps(sg, sg.inputs, "input")
+    sig.outputs = _tensor_maps(sg, sg.outputs, "output")
+    model_t.signatureDefs = [sig]
+    out = tm.save(model_t)
+    tm.verify_runs(out, "model with added signature")
+    names_in = ", ".join(m.name.decode() for m in sig.inputs)
+    names_out = ", ".join(m.name.decode() for m in sig.outputs)
+    return out, [f"add_signature {SIGNATURE_KEY} (inputs: {names_in}; outputs: {names_out})"]
+
+
+def _tensor_maps(sg: Any, indices: Any, prefix: str) -> list[Any]:
+    maps, taken = [], set()
+    for pos, t in enumerate(indices if indices is not None else []):
+        name = sanitise_name(tm.tensor_name(sg.tensors[int(t)])) or f"{prefix}_{pos}"
+        while name in taken:
+            name = f"{name}_{pos}"
+        taken.add(name)
+        m = tm.schema.TensorMapT()
+        m.name, m.tensorIndex = name.encode(), int(t)
+        maps.append(m)
+    return maps
+
+
+def sanitise_name(name: str) -> str:
+    """A signature argument name: converter prefix and ':0' suffix dropped, anything outside
+    [A-Za-z0-9_] replaced by '_', never starting with a digit."""
+    name = name.removeprefix(_CONVERTER_PREFIX)
+    name = re.sub(r":\d+$", "", name)
+    name = re.sub(r"\W", "_", name, flags=re.ASCII).strip("_")
+    return f"t_{name}" if name[:1].isdigit() else name
+
+
+def decompose_fp16_weights(model: bytes) -> tuple[bytes, list[str]]:
+    """float16 constant -> DEQUANTIZE -> x  becomes  x = float32 constant (the op is removed).
+    ai-edge-quantizer mishandles float16-weight models (static: crashes or writes a model that
+    does not allocate; dynamic: changes nothing)."""
+    model_t = tm.load(model)
+    count = 0
+    for sg_index, sg in enumerate(model_t.subgraphs):
+        kept = []
+        for op in sg.operators or []:
+            if _is_fp16_dequantize(model_t, sg_index, op):
+                src, dst = int(op.inputs[0]), int(op.outputs[0])
+                weights = tm.tensor_array(model_t, src, sg_index).astype(np.float32)
+                tm.set_tensor_array(model_t, dst, weights, sg_index)
+                count += 1
+            else:
+                kept.append(op)
+        sg.operators = kept
+    if not count:
+        return model, []
+    tm.remove_unused(model_t)
+    out = tm.save(model_t)
+    tm.verify_runs(out, "model with decomposed float16 weights")
+    return out, [f"decompose_fp16_weights ({count} float16 constants -> float32)"]
+
+
+def _is_fp16_dequantize(model_t: Any, sg_index: int, op: Any) -> bool:
+    if tm.op_name(model_t, op) != "DEQUANTIZE" or op.inputs is None or len(op.inputs) != 1:
+        return False
+    src = model_t.subgraphs[sg_index].tensors[int(op.inputs[0])]
+    return (tm.tensor_type_name(src.type) == "float16"
+            and tm.tensor_array(model_t, int(op.inputs[0]), sg_index) is not None)
+
+
+def freeze_input_shapes(model: bytes, shapes: dict[str, tuple[int, ...]],
+                        default_batch: int | None = None) -> tuple[bytes, list[str]]:
+    """Fix every dynamic (-1) input dimension from ``shapes`` (keyed by signature input name or
+    tensor name) — a dynamic batch alone takes ``default_batch`` (the target's) — then propagate
+    static shapes to every tensor by letting LiteRT allocate the resized graph. ModelError when
+    a dynamic input is left unknown or a shape does not fit."""
+    model_t = tm.load(model)
+    sg = model_t.subgraphs[0]
+    by_name = _input_names(model_t)
+    _check_shape_keys(shapes, by_name)
+    resize, steps = {}, []
+    for t, names in by_name.items():
+        tensor = sg.tensors[t]
+        signature = [int(d) for d in (tensor.shapeSignature if tensor.shapeSignature is not None
+                                      else tensor.shape)]
+        given = next((tuple(shapes[n]) for n in names if n in shapes), None)
+        if given is None and default_batch and signature[:1] == [-1] and -1 not in signature[1:]:
+            given = (default_batch, *signature[1:])
+        if -1 not in signature and given is None:
+            continue
+        shape = _resolved_shape(names[0], signature, given)
+        if tuple(shape) != tuple(signature):
+            resize[t] = shape
+            steps.append(f"freeze_input_shape {names[0]}: {_fmt(signature)} -> {_fmt(shape)}")
+    if not resize:
+        return model, []
+    out = _apply_static_shapes(model, model_t, resize)
+    tm.verify_runs(out, "model with frozen input shapes")
+    return out, steps
+
+
+def _input_names(model_t: Any) -> dict[int, list[str]]:
+    """{input tensor index: [signature name (if any), tensor name]} for subgraph 0."""
+    sg = model_t.subgraphs[0]
+    names = {int(t): [] for t in sg.inputs}
+    try:
+        _, sig_inputs, _ = tm.signature_io(model_t)
+    except ModelError:
+        sig_inputs = {}
+    for name, t in sig_inputs.items():
+        names.setdefault(t, []).append(name)
+    for t in names:
+        names[t].append(tm.tensor_name(sg.tensors[t]))
+    return names
+
+
+def _check_shape_keys(shapes: dict[str, tuple[int, ...]], by_name: dict[int, list[str]]) -> None:
+    known = {n for names in by_name.values() for n in names}
+    for key in shapes:
+        if key not in known:
+            raise ModelError(f"--input-shape names an unknown input {key!r} "
+                             f"(inputs: {', '.join(names[0] for names in by_name.values())})")
+
+
+def _resolved_shape(name: str, signature: list[int], given: tuple[int, ...] | None) -> list[int]:
+    if given is None:
+        raise ModelError(f"input '{name}' has a dynamic shape {_fmt(signature)}; "
+                         f"give it with --input-shape {name}:" + ",".join(
+                             "1" if d == -1 else str(d) for d in signature))
+    if len(given) != len(signature) or any(s not in (-1, g) for s, g in zip(signature, given)) \
+            or any(int(g) < 1 for g in given):
+        raise ModelError(f"input '{name}': shape {_fmt(given)} does not fit {_fmt(signature)}")
+    return [int(g) for g in given]
+
+
+def _apply_static_shapes(model: bytes, model_t: Any, resize: dict[int, list[int]]) -> bytes:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    try:
+        it = Interpreter(model_content=bytes(model), experimental_op_resolver_type=(
+            OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+        for t, shape in resize.items():
+            it.resize_tensor_input(t, shape, strict=False)
+        it.allocate_tensors()
+        details = it.get_tensor_details()
+    except (ValueError, RuntimeError) as exc:
+        raise ModelError(f"LiteRT cannot resize the model's inputs: {str(exc).splitlines()[0]}") from None
+    sg = model_t.subgraphs[0]
+    for d in details:
+        if d["index"] < len(sg.tensors) and d["shape"].size:
+            tensor = sg.tensors[d["index"]]
+            tensor.shape = np.asarray(d["shape"], dtype=np.int32)
+            tensor.shapeSignature = None
+    return tm.save(model_t)
+
+
+def _fmt(shape: Any) -> str:
+    return "(" + ", ".join(str(int(d)) for d in shape) + ")"
+
