@@ -71,6 +71,8 @@ def _pack(sub: Any) -> None:
     p.add_argument("--preprocess", metavar="SPEC", help="for image folders: "
                    "size=HxW,mean=a/b/c,std=a/b/c,layout=nhwc|nchw,gray")
     p.add_argument("--variants", type=int, default=1, help="keep the best N fitting candidates")
+    p.add_argument("--runtime", choices=("auto", "onnxruntime", "litert"), default="auto",
+                   help="CPU targets with ONNX input: auto measures both (needs the convert extra)")
     p.add_argument("--name", help="bundle name (default: the model file's stem)")
     p.add_argument("--version", dest="bundle_version", default="1", help="bundle version string")
     p.add_argument("--sign", metavar="KEY", help="ed25519 private key (from `edgekit keygen`)")
@@ -87,7 +89,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
                        min_sqnr=args.min_sqnr, recipe=args.recipe,
                        input_shapes=tuple(args.input_shape), synthetic_calib=args.synthetic_calib,
                        variants=args.variants, sign_key=args.sign, preprocess=args.preprocess,
-                       name=args.name, version=args.bundle_version,
+                       name=args.name, version=args.bundle_version, runtime=args.runtime,
                        targets_dirs=tuple(args.targets_dir), show_progress=not args.json)
     result = pack(opts)
     if args.json:

@@ -49,6 +49,14 @@ def render_manifest(bundle: Bundle) -> str:
           for t in m.primary.inputs]
     io += [f"  out {t.name} {list(t.shape)} {t.dtype}" + (f" scale={t.scale:.6g} zp={t.zero_point}" if t.scale else "")
            for t in m.primary.outputs]
-    lines += ["", "tensors", *io, "", "recipe", *(f"  {s}" for s in m.primary.recipe)]
+    lines += ["", "tensors", *io, "", "recipe", *(f"  {_step_line(s)}" for s in m.primary.recipe)]
     lines += [f"note     {n}" for n in m.notes]
     return "\n".join(lines)
+
+
+def _step_line(step: dict[str, Any]) -> str:
+    if "detail" in step:
+        return f"{step['step']}: {step['detail']}"
+    facts = ", ".join(f"{k}={v}" for k, v in sorted(step.items())
+                      if k not in ("step", "name", "description") and v not in (0, 0.0, False, None, [], ""))
+    return f"{step['step']}: {step.get('name', '')} ({facts})"

@@ -19,6 +19,7 @@ from ..targets import Profile, family_for, get_profile
 from . import doctor_onnx
 from .data import Dataset, Preprocess, load_dataset, load_labels, synthetic_dataset
 from .evaluate import accuracy, is_classifier, make_runner, run_all
+from .formats import choose_format
 from .ingest import ModelInfo, describe, read_model
 from .recipes import LADDER, Recipe, recipe_by_name
 from .search import Candidate, Context, Criteria, choose, format_supports, run_search
@@ -45,6 +46,7 @@ class PackOptions:
     sign_key: str | Path | None = None
     targets_dirs: tuple[str, ...] = ()
     preprocess: str | None = None
+    runtime: str = "auto"
     name: str | None = None
     version: str = "1"
     show_progress: bool = False
@@ -90,9 +92,11 @@ def pack(opts: PackOptions) -> PackResult:
     eval_path = opts.eval_data or (defaults.get("eval") if not opts.calib else None)
     labels_path = opts.labels or (defaults.get("labels") if not opts.calib else None)
     calib, evald, notes = _datasets(info, calib_path, eval_path, opts, recipes)
-    model, fmt, info, conversion = _convert_if_needed(model, fmt, info, family, calib or evald)
-    if conversion:
-        steps.append(conversion)
+    choice = choose_format(model, fmt, family, profile.family, opts.runtime, calib or evald)
+    steps += choice.steps
+    if choice.format != fmt:
+        model, fmt = choice.model, choice.format
+        info = describe(model, fmt)
         calib = calib.with_inputs(info.inputs) if calib else None
         evald = evald.with_inputs(info.inputs)
     if opts.recipe and not format_supports(recipes[0], fmt):
@@ -227,19 +231,6 @@ def _datasets(info: ModelInfo, calib_path: Any, eval_path: Any, opts: PackOption
         evald = synthetic_dataset(info.inputs, n=32, seed=1)
         notes.append("no data given: fidelity measured on synthetic inputs")
     return calib, evald, notes
-
-
-def _convert_if_needed(model: bytes, fmt: str, info: ModelInfo, family: Any,
-                       data: Dataset | None) -> tuple[bytes, str, ModelInfo, str]:
-    if fmt in family.MODEL_FORMATS:
-        return model, fmt, info, ""
-    from .convert import onnx_to_tflite
-
-    feeds = data.feeds(limit=32) if data is not None else []
-    result = onnx_to_tflite(model, feeds)
-    worst = min(result.sqnr_db_per_output.values()) if result.sqnr_db_per_output else float("inf")
-    converted = describe(result.tflite_bytes, "tflite")
-    return result.tflite_bytes, "tflite", converted, f"converted ONNX -> TFLite with onnx2tf (SQNR {worst:.1f} dB vs ONNX)"
 
 
 def _context(model: bytes, fmt: str, family: Any, profile: Profile, calib: Dataset | None,

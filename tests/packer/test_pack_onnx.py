@@ -22,7 +22,7 @@ from edgekit_agent.bundle import open_bundle
 def test_digits_int8_cpu_meets_size_and_accuracy(tmp_path, digits):
     out = tmp_path / "d8.ekb"
     result = edgekit.pack(str(digits.onnx), "rpi4", out, calib=digits.calib, eval_data=digits.eval,
-                          labels=digits.labels, recipe="static_int8")
+                          labels=digits.labels, recipe="static_int8", runtime="onnxruntime")
     m = open_bundle(out).manifest
     float_size = digits.onnx.stat().st_size
     assert m.model.size_bytes <= 0.30 * float_size, (m.model.size_bytes, float_size)
@@ -40,7 +40,8 @@ def test_digits_int8_cpu_meets_size_and_accuracy(tmp_path, digits):
 def test_prune_cluster_int8_bundle_is_small(tmp_path, digits):
     out = tmp_path / "dpc.ekb"
     edgekit.pack(str(digits.onnx), "rpi4", out, calib=digits.calib, eval_data=digits.eval,
-                 labels=digits.labels, recipe="prune50_cluster16_static_int8_pertensor", max_drop=0.02)
+                 labels=digits.labels, recipe="prune50_cluster16_static_int8_pertensor", max_drop=0.02,
+                 runtime="onnxruntime")
     m = open_bundle(out).manifest
     float_size = digits.onnx.stat().st_size
     bundle_size = out.stat().st_size
@@ -53,6 +54,25 @@ def test_prune_cluster_int8_bundle_is_small(tmp_path, digits):
         info = zf.getinfo("model.onnx")
     assert info.compress_size < 0.6 * info.file_size
     assert m.model.compressed_bytes == pytest.approx(info.compress_size, rel=0.05)
+    assert m.model.format == "onnx"
+
+
+def test_cpu_target_keeps_the_faster_runtime_by_measurement(tmp_path, digits):
+    """ONNX in, CPU target, convert extra installed: both runtimes timed, the faster kept."""
+    result = edgekit.pack(str(digits.onnx), "rpi4", tmp_path / "rt.ekb", calib=digits.calib,
+                          eval_data=digits.eval, labels=digits.labels, recipe="fp16")
+    m = open_bundle(tmp_path / "rt.ekb").manifest
+    step = next(s["detail"] for s in m.primary.recipe if s.get("detail", "").startswith("runtime:"))
+    ratio = float(step.split("LiteRT/onnxruntime = ")[1].split(";")[0])
+    assert (m.model.format == "tflite") == (ratio <= 0.95), step
+    # an independent timing agrees with the choice the packer recorded
+    onnx_r = make_runner(digits.onnx.read_bytes(), "onnx")
+    tfl_r = make_runner(open_bundle(tmp_path / "rt.ekb").read_model(), m.model.format)
+    sample = load_dataset(digits.eval, onnx_r.inputs).sample(0)
+    again = interleaved_latency(tfl_r, onnx_r, sample, min_runs=300, min_seconds=1.0)
+    if m.model.format == "tflite":
+        assert again.ratio < 1.0, again
+        assert "SQNR vs ONNX logits" in step and result.chosen[0].fidelity.min_sqnr_db > 60
 
 
 def _dynamic_onnx(path) -> None:
@@ -82,7 +102,7 @@ def test_dynamic_shapes_are_frozen_and_recorded(tmp_path):
     np.save(calib, np.random.default_rng(1).random((40, 1, 16, 16), dtype=np.float32))
     out = tmp_path / "dyn.ekb"
     pack(PackOptions(model=src, target="x86-64", out=out, calib=calib,
-                     input_shapes=("x:1,1,16,16",), recipe="static_int8"))
+                     input_shapes=("x:1,1,16,16",), recipe="static_int8", runtime="onnxruntime"))
     m = open_bundle(out).manifest
     steps = [s.get("detail", "") for s in m.primary.recipe if s["step"] == "doctor"]
     assert any("froze input x [?,1,?,?] -> [1,1,16,16]" in s for s in steps), steps
@@ -96,7 +116,7 @@ def test_dynamic_spatial_dims_without_shape_is_an_error(tmp_path, edgekit_cli, c
     src = tmp_path / "dyn.onnx"
     _dynamic_onnx(src)
     out = tmp_path / "x.ekb"
-    proc = edgekit_cli("pack", src, "--target", "x86-64", "-o", out, "--synthetic-calib")
+    proc = edgekit_cli("pack", src, "--target", "x86-64", "-o", out, "--synthetic-calib", "--runtime", "onnxruntime")
     cli_error(proc, "dynamic dims", "--input-shape x:1,1,1,1")
     assert not out.exists()
 
@@ -123,7 +143,8 @@ def test_search_rejects_larger_candidate_by_measurement(tmp_path):
     _tiny_wide_onnx(src)
     calib = tmp_path / "c.npy"
     np.save(calib, np.random.default_rng(3).random((32, 2, 8, 8), dtype=np.float32))
-    result = pack(PackOptions(model=src, target="x86-64", out=tmp_path / "t.ekb", calib=calib))
+    result = pack(PackOptions(model=src, target="x86-64", out=tmp_path / "t.ekb", calib=calib,
+                              runtime="onnxruntime"))
     by_name = {c.recipe.name: c for c in result.candidates}
     int8 = by_name["static_int8"]
     assert len(int8.shipped) >= src.stat().st_size  # measured, not assumed
