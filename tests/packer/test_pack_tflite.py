@@ -33,3 +33,21 @@ def test_tflite_without_signature_packs(tmp_path, digits):
     doctor = " ".join(s.get("detail", "") for s in m.primary.recipe if s["step"] == "doctor")
     assert "signature" in doctor.lower(), doctor
     assert m.primary.fidelity["accuracy_drop"] <= 0.01
+
+
+def test_keras_model_through_the_tf_extra(tmp_path):
+    import numpy as np
+    import tensorflow as tf
+
+    model = tf.keras.Sequential([tf.keras.Input((16,), batch_size=1),
+                                 tf.keras.layers.Dense(32, activation="relu"),
+                                 tf.keras.layers.Dense(4)])
+    path = tmp_path / "mlp.keras"
+    model.save(path)
+    calib = tmp_path / "c.npy"
+    np.save(calib, np.random.default_rng(0).random((40, 16), dtype=np.float32))
+    result = edgekit.pack(str(path), "x86-64", tmp_path / "mlp.ekb", calib=calib, recipe="fp16")
+    m = open_bundle(tmp_path / "mlp.ekb").manifest
+    assert m.model.format == "tflite" and m.source["format"] == "tflite"
+    assert m.primary.inputs[0].shape == (1, 16)
+    assert result.chosen[0].fidelity.min_sqnr_db > 40  # fp16 weights: near-lossless
