@@ -10,8 +10,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgekit_agent import signing
-from edgekit_agent.bundle import MANIFEST_NAME, SIGNATURE_NAME
-from edgekit_agent.errors import EdgekitError
+from edgekit_agent.bundle import MANIFEST_NAME, SIGNATURE_NAME, open_bundle
+from edgekit_agent.errors import BundleError, EdgekitError
 from edgekit_agent.manifest import Manifest, Member, sha256_hex
 
 # A fixed timestamp keeps archives reproducible for identical inputs.
@@ -40,25 +40,40 @@ def write_bundle(out: str | Path, manifest: Manifest, files: list[MemberFile],
     private = signing.load_private_key(sign_key) if sign_key else None
     manifest = manifest.replace(members=tuple(f.member() for f in files),
                                 created=manifest.created or _now())
-    manifest_bytes = manifest.to_json_bytes()
+    try:
+        manifest_bytes = manifest.to_json_bytes()
+    except (TypeError, ValueError) as exc:  # e.g. a numpy scalar or NaN in the evidence
+        raise BundleError(f"manifest cannot be stored as JSON: {exc}") from None
     if not out.parent.exists():
         raise EdgekitError(f"output folder {out.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
-        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w") as zf:
-            _add(zf, MANIFEST_NAME, manifest_bytes)
-            if private is not None:
-                _add(zf, SIGNATURE_NAME, signing.sign(private, manifest_bytes))
-            for f in files:
-                _add(zf, f.path, f.data)
-            zf.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        try:
+            with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w") as zf:
+                _add(zf, MANIFEST_NAME, manifest_bytes)
+                if private is not None:
+                    _add(zf, SIGNATURE_NAME, signing.sign(private, manifest_bytes))
+                for f in files:
+                    _add(zf, f.path, f.data)
+                zf.close()
+                raw.flush()
+                os.fsync(raw.fileno())
+            _check_readable(Path(tmp), out)
+            os.replace(tmp, out)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise EdgekitError(f"cannot write {out}: {exc.strerror or exc}") from None
     return out
+
+
+def _check_readable(tmp: Path, out: Path) -> None:
+    """Never leave a bundle that the device-side reader would refuse (bad names, missing model…)."""
+    try:
+        open_bundle(tmp)
+    except BundleError as exc:
+        raise BundleError(f"{out} not written: {str(exc).replace(str(tmp), out.name)}") from None
 
 
 def _add(zf: zipfile.ZipFile, name: str, data: bytes) -> None:

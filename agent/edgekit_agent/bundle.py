@@ -24,6 +24,8 @@ MAX_MANIFEST_BYTES = 4 << 20
 MAX_MEMBER_BYTES = 512 << 20
 MAX_MEMBERS = 256
 MAX_COMPRESSION_RATIO = 1000  # deflate tops out near 1032:1; beyond this it is a crafted bomb
+# stored and deflate only: other methods need optional modules and raise their own error types
+_COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 
 _ARCHIVE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
                    NotImplementedError, RuntimeError, struct.error, UnicodeDecodeError)
@@ -100,6 +102,9 @@ def _check_entries(infos: list[zipfile.ZipInfo]) -> dict[str, zipfile.ZipInfo]:
             raise BundleError(f"archive member {name!r} is a symbolic link")
         if info.flag_bits & 0x1:
             raise BundleError(f"archive member {name!r} is encrypted")
+        if info.compress_type not in _COMPRESSIONS:
+            raise BundleError(f"archive member {name!r} uses compression method {info.compress_type}"
+                              " (allowed: 0 stored, 8 deflate)")
         if info.file_size > MAX_MEMBER_BYTES:
             raise BundleError(f"archive member {name!r} is {info.file_size} bytes, "
                               f"over the {MAX_MEMBER_BYTES} byte limit")
@@ -138,8 +143,12 @@ def _check_members(zf: zipfile.ZipFile, manifest: Manifest, present: set[str]) -
     for missing in sorted(listed - present):
         raise IntegrityError(f"member {missing!r} is listed in the manifest but missing")
     for variant in manifest.all_variants:
-        if variant.model.path not in listed:
-            raise IntegrityError(f"model {variant.model.path!r} is not a listed member")
+        model = variant.model
+        if model.path not in listed:
+            raise IntegrityError(f"model {model.path!r} is not a listed member")
+        entry = manifest.member(model.path)
+        if (model.sha256, model.size_bytes) != (entry.sha256, entry.size_bytes):
+            raise IntegrityError(f"model {model.path!r}: sha256/size differ from its member entry")
     for member in manifest.members:
         _check_member_name(member.path)
         data = _read_member(zf, member.path, member.size_bytes)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -29,8 +30,8 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TensorSpec":
-        return cls(name=str(d["name"]), shape=tuple(int(s) for s in d["shape"]),
-                   dtype=str(d["dtype"]), scale=d.get("scale"), zero_point=d.get("zero_point"))
+        return cls(name=_get(d, "name", str), shape=_items(d, "shape", int), dtype=_get(d, "dtype", str),
+                   scale=_get(d, "scale", _NUMBER, None), zero_point=_get(d, "zero_point", int, None))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
@@ -48,8 +49,8 @@ class Member:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Member":
-        return cls(path=str(d["path"]), sha256=str(d["sha256"]), size_bytes=int(d["size_bytes"]),
-                   role=str(d.get("role", "extra")))
+        return cls(path=_get(d, "path", str), sha256=_get(d, "sha256", str),
+                   size_bytes=_get(d, "size_bytes", int), role=_get(d, "role", str, "extra"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,13 +66,12 @@ class ModelRef:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelRef":
-        fmt = str(d["format"])
+        fmt = _get(d, "format", str)
         if fmt not in MODEL_FORMATS:
             raise BundleError(f"unknown model format {fmt!r} (allowed: {', '.join(MODEL_FORMATS)})")
-        compressed = d.get("compressed_bytes")
-        return cls(path=str(d["path"]), format=fmt, sha256=str(d["sha256"]),
-                   size_bytes=int(d["size_bytes"]),
-                   compressed_bytes=None if compressed is None else int(compressed))
+        return cls(path=_get(d, "path", str), format=fmt, sha256=_get(d, "sha256", str),
+                   size_bytes=_get(d, "size_bytes", int),
+                   compressed_bytes=_get(d, "compressed_bytes", int, None))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,12 +92,13 @@ class Variant:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Variant":
-        return cls(name=str(d.get("name", "primary")), model=ModelRef.from_dict(d["model"]),
-                   inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
-                   outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
-                   recipe=tuple(dict(s) for s in d.get("recipe", ())),
-                   fidelity=dict(d.get("fidelity", {})), latency_ms=d.get("latency_ms"),
-                   target_report=dict(d.get("target_report", {})))
+        return cls(name=_get(d, "name", str, "primary"), model=ModelRef.from_dict(_get(d, "model", dict)),
+                   inputs=tuple(TensorSpec.from_dict(t) for t in _items(d, "inputs", dict)),
+                   outputs=tuple(TensorSpec.from_dict(t) for t in _items(d, "outputs", dict)),
+                   recipe=tuple(dict(s) for s in _items(d, "recipe", dict, [])),
+                   fidelity=dict(_get(d, "fidelity", dict, {})),
+                   latency_ms=_get(d, "latency_ms", _NUMBER, None),
+                   target_report=dict(_get(d, "target_report", dict, {})))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "model": self.model.to_dict(),
@@ -166,15 +167,15 @@ class Manifest:
                               f"{', '.join(SUPPORTED_SCHEMAS)})")
         try:
             primary = Variant.from_dict({**d, "name": d.get("primary_variant", "primary")})
-            return cls(schema=schema, name=str(d["name"]), version=str(d["version"]),
-                       created=str(d.get("created", "")), target=str(d["target"]),
-                       family=str(d["family"]), primary=primary,
-                       members=tuple(Member.from_dict(m) for m in d["members"]),
-                       source=dict(d.get("source", {})),
-                       variants=tuple(Variant.from_dict(v) for v in d.get("variants", ())),
-                       target_profile=dict(d.get("target_profile", {})),
-                       extras={str(k): str(v) for k, v in dict(d.get("extras", {})).items()},
-                       notes=tuple(str(n) for n in d.get("notes", ())))
+            return cls(schema=schema, name=_get(d, "name", str), version=_get(d, "version", str),
+                       created=_get(d, "created", str, ""), target=_get(d, "target", str),
+                       family=_get(d, "family", str), primary=primary,
+                       members=tuple(Member.from_dict(m) for m in _items(d, "members", dict)),
+                       source=dict(_get(d, "source", dict, {})),
+                       variants=tuple(Variant.from_dict(v) for v in _items(d, "variants", dict, [])),
+                       target_profile=dict(_get(d, "target_profile", dict, {})),
+                       extras=dict(_items(d, "extras", str, {}, values=True)),
+                       notes=_items(d, "notes", str, []))
         except BundleError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -187,12 +188,43 @@ class Manifest:
     def from_json_bytes(cls, data: bytes) -> "Manifest":
         try:
             obj = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # ValueError: also an over-long integer
             raise BundleError(f"manifest.json is not valid JSON: {exc}") from None
         return cls.from_dict(obj)
 
     def replace(self, **changes: Any) -> "Manifest":
         return replace(self, **changes)
+
+
+_NUMBER = (int, float)
+_KIND_NAMES = {str: "a string", int: "an integer", _NUMBER: "a number", list: "a list",
+               dict: "an object"}
+_NO_DEFAULT: Any = object()
+
+
+def _get(d: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any = _NO_DEFAULT) -> Any:
+    """``d[key]`` if it has the JSON type ``kind`` (``default`` when absent or null)."""
+    if default is not _NO_DEFAULT and d.get(key) is None:
+        return default
+    value = d[key]
+    _check_type(key, value, kind)
+    return value
+
+
+def _items(d: dict[str, Any], key: str, kind: type, default: Any = _NO_DEFAULT,
+           values: bool = False) -> Any:
+    """A list (or, with ``values``, an object) whose items all have the JSON type ``kind``."""
+    container = _get(d, key, dict if values else list, default)
+    for item in (container.values() if values else container):
+        _check_type(key, item, kind)
+    return container if values else tuple(container)
+
+
+def _check_type(key: str, value: Any, kind: type | tuple[type, ...]) -> None:
+    # JSON has no int/bool distinction in Python's eyes, and json.loads accepts Infinity/NaN.
+    if (not isinstance(value, kind) or isinstance(value, bool)
+            or (isinstance(value, float) and not math.isfinite(value))):
+        raise TypeError(f"{key!r} must be {_KIND_NAMES.get(kind, kind)}, not {value!r:.60}")
 
 
 def canonical_json(obj: Any) -> bytes:

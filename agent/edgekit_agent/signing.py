@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -57,7 +57,7 @@ def _load(path: str | Path, loader, **kwargs):
         raise SignatureError(f"cannot read key {path}: {exc.strerror or exc}") from None
     try:
         return loader(data, **kwargs)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise SignatureError(f"{path}: not a PEM key ({exc})") from None
 
 

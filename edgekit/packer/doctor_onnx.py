@@ -13,7 +13,8 @@ import numpy as np
 from ..errors import ModelError
 from .ingest import _parse_onnx, onnx_value_spec
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\\/>-]*$")
+# What onnx2tf/TensorFlow accept: the first character a letter, digit or '.'.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
 
 
 def freeze_input_shapes(data: bytes, shapes: dict[str, tuple[int, ...]], default_batch: int

@@ -128,7 +128,7 @@ def evaluate(ctx: Context, recipe: Recipe, exclude: Sequence[Any] = ()) -> Candi
     cand = Candidate(recipe, ctx.format)
     try:
         cand.model, cand.stats = produce(ctx, recipe, exclude)
-        cand.compiled = ctx.family.compile(cand.model, ctx.format, ctx.profile)
+        cand.compiled = ctx.family.compile(cand.model, ctx.format, ctx.profile, calib=ctx.calib)
         runnable = cand.compiled.model if ctx.family.HOST_RUNNABLE else cand.model
         cand.runner = make_runner(runnable, ctx.format)
         outputs = run_all(cand.runner, ctx.eval)

@@ -56,7 +56,8 @@ class TargetFamily:
     # quantizations the family's runtime can execute (see edgekit.packer.recipes.QUANTIZATIONS)
     QUANTIZATIONS: ClassVar[tuple[str, ...]] = ("static_int8",)
 
-    def compile(self, model: bytes, fmt: str, profile: Profile) -> Compiled:
+    def compile(self, model: bytes, fmt: str, profile: Profile, calib: Any = None) -> Compiled:
+        """The model as the target runs it; ``calib`` (a packer Dataset) feeds checks that run it."""
         raise NotImplementedError
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .base import Compiled, TargetFamily, TargetReport, size_violations
 from .profiles import Profile
 
@@ -11,7 +13,7 @@ class CpuFamily(TargetFamily):
     MODEL_FORMATS = ("tflite", "onnx")
     QUANTIZATIONS = ("none", "fp16", "dynamic_int8", "static_int8", "weight_int8", "weight_int4")
 
-    def compile(self, model: bytes, fmt: str, profile: Profile) -> Compiled:
+    def compile(self, model: bytes, fmt: str, profile: Profile, calib: Any = None) -> Compiled:
         from ..packer.ingest import op_list
 
         report = TargetReport(family=self.NAME, ops_on_cpu=tuple(op_list(model, fmt)),

@@ -7,6 +7,7 @@ profile replaces a built-in one of the same name.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -100,7 +101,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
@@ -117,12 +118,13 @@ def _merged(name: str, raw: dict[str, tuple[Path, dict[str, Any]]],
     parent = data.get("inherit")
     if parent is None:
         return dict(data), path
-    if parent not in raw:
+    if not isinstance(parent, str) or parent not in raw:
         raise ConfigError("inherits an unknown profile", source=str(path), key="inherit",
                           value=parent, allowed=list(raw))
     if parent in chain or parent == name:
         raise ConfigError("inheritance loop", source=str(path), key="inherit", value=parent)
-    base, _ = _merged(parent, raw, (*chain, name))
+    base, base_path = _merged(parent, raw, (*chain, name))
+    _validate(parent, base, base_path)  # a broken parent is reported against its own file
     for table in ("power", "options"):  # tables merge key by key; scalars replace
         if table in data and isinstance(base.get(table), dict) and isinstance(data[table], dict):
             data = {**data, table: {**base[table], **data[table]}}
@@ -145,6 +147,10 @@ def _validate(name: str, d: dict[str, Any], path: Path) -> Profile:
             raise ConfigError(f"must be a {typ.__name__}", source=src, key=key, value=d[key])
     _choice(src, "family", d["family"], FAMILIES)
     _choice(src, "runtime", d["runtime"], RUNTIMES)
+    if d["family"] == "ethos-u":  # Vela accepts only its own accelerator configs
+        from .ethos_u import ACCELERATOR_CONFIGS
+
+        _choice(src, "accelerator", d.get("accelerator", ""), ACCELERATOR_CONFIGS)
     for dt in d["dtypes"]:
         _choice(src, "dtypes", dt, DTYPES)
     for key in ("flash_bytes", "ram_bytes", "clock_mhz", "cores", "default_input_batch"):
@@ -170,7 +176,8 @@ def _power(src: str, d: dict[str, Any]) -> Power:
         if key not in _POWER_KEYS:
             raise ConfigError("unknown key", source=src, key=f"power.{key}", value=value,
                               allowed=list(_POWER_KEYS))
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        if (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0
+                or not math.isfinite(value)):
             raise ConfigError("must be a non-negative number of watts", source=src,
                               key=f"power.{key}", value=value)
     for key in ("idle_w", "active_w"):
