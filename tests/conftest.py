@@ -17,6 +17,14 @@ REPO = Path(__file__).resolve().parents[1]
 LABELS = "".join(f"{d}\n" for d in range(10)).encode()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Conversions are cached by content hash; tests use their own cache (CLI subprocesses too)."""
+    import os
+
+    os.environ["EDGEKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def digits():
     return get_example("digits")
