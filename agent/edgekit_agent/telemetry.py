@@ -1,0 +1,358 @@
+"""MQTT telemetry with store-and-forward.
+
+Every outbound message is first written to :class:`Outbox`, a bounded SQLite queue (WAL, on
+disk) that assigns the payload's ``seq``. :class:`Telemetry` owns one paho-mqtt client on one
+thread: it connects (TLS and username/password optional), reconnects with exponential backoff
+and jitter, and while connected hands queued messages to paho in ``seq`` order, a window at a
+time, deleting each row when its PUBACK arrives. Messages handed to paho and not yet
+acknowledged when the link drops are re-sent by paho after reconnecting (flagged DUP); rows
+left over from a previous process are sent again after a restart. Receivers therefore see every
+message at least once and in order, and drop repeats by ``seq``.
+
+When the broker stays away the queue grows to ``max_messages``; beyond that the oldest rows
+not yet handed to paho are deleted and counted, and :meth:`Outbox.take_dropped` reports the
+count once (the agent puts it in the next telemetry).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import StoreError, TransportError
+from .schema import Topics, encode, event_payload, status_payload, telemetry_payload
+
+log = logging.getLogger("edgekit_agent.telemetry")
+QOS = 1
+
+
+# --- the on-disk queue -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Row:
+    seq: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+class Outbox:
+    """Bounded, ordered, durable queue of outbound MQTT messages; owns the ``seq`` counter."""
+
+    def __init__(self, path: str | Path, max_messages: int = 100_000) -> None:
+        if max_messages < 1:
+            raise StoreError(f"queue bound must be >= 1, got {max_messages}")
+        self.path, self.max_messages = Path(path), max_messages
+        self._lock = threading.Lock()
+        self.protect_upto = 0  # rows at or below this seq are with paho: never drop them
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
+                                       timeout=10.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a process crash loses nothing
+            self._db.execute("CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY, topic TEXT "
+                             "NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL)")
+            self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+            self._depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"telemetry queue {self.path}: {exc}") from None
+
+    def put(self, topic: str, build: Callable[[int], dict[str, Any]], *, qos: int = QOS,
+            retain: bool = False) -> int:
+        """Assign the next ``seq``, build the payload with it and store it; returns the seq."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                seq = self._meta("last_seq") + 1
+                self._db.execute("INSERT INTO outbox VALUES (?, ?, ?, ?, ?)",
+                                 (seq, topic, encode(build(seq)), qos, int(retain)))
+                self._set_meta("last_seq", seq)
+                self._depth += 1
+                if self._depth > self.max_messages:
+                    self._drop(self._depth - self.max_messages)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        return seq
+
+    def _drop(self, excess: int) -> None:
+        cur = self._db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE seq > ? "
+                               "ORDER BY seq LIMIT ?)", (self.protect_upto, excess))
+        self._depth -= cur.rowcount
+        self._set_meta("dropped_total", self._meta("dropped_total") + cur.rowcount)
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+            self._depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        except sqlite3.Error:
+            pass
+
+    def peek(self, after: int, limit: int) -> list[Row]:
+        with self._lock:
+            rows = self._db.execute("SELECT seq, topic, payload, qos, retain FROM outbox WHERE seq > ? "
+                                    "ORDER BY seq LIMIT ?", (after, limit)).fetchall()
+        return [Row(seq, topic, bytes(payload), qos, bool(retain)) for seq, topic, payload, qos, retain in rows]
+
+    def ack(self, seqs: list[int]) -> None:
+        if not seqs:
+            return
+        with self._lock:
+            cur = self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+            self._depth -= cur.rowcount
+
+    def take_dropped(self) -> tuple[int, int]:
+        """(dropped since the last call, dropped in total): each drop is reported once."""
+        with self._lock:
+            total, reported = self._meta("dropped_total"), self._meta("dropped_reported")
+            if total != reported:
+                self._set_meta("dropped_reported", total)
+        return total - reported, total
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    @property
+    def last_seq(self) -> int:
+        with self._lock:
+            return self._meta("last_seq")
+
+    def _meta(self, key: str) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _set_meta(self, key: str, value: int) -> None:
+        self._db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = "
+                         "excluded.value", (key, value))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+# --- the MQTT link --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MqttOptions:
+    host: str = "localhost"
+    port: int = 1883
+    client_id: str | None = None
+    keepalive: int = 30
+    tls: bool = False
+    ca_file: Path | None = None
+    username: str | None = None
+    password: str | None = None
+    protocol: str = "5"  # "5" or "3.1.1"
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    inflight: int = 20
+
+    @classmethod
+    def from_config(cls, mqtt: Any, **overrides: Any) -> "MqttOptions":
+        """From the agent config's ``[mqtt]`` section (password read from its file here)."""
+        names = ("host", "port", "client_id", "keepalive", "tls", "ca_file", "username",
+                 "reconnect_min_s", "reconnect_max_s")
+        values = {n: getattr(mqtt, n) for n in names if getattr(mqtt, n, None) is not None}
+        reader = getattr(mqtt, "read_password", None)
+        return cls(**values, password=reader() if reader else None, **overrides)
+
+
+class Backoff:
+    """Exponential backoff with "equal jitter": delay in [d/2, d], d doubling up to the cap."""
+
+    def __init__(self, min_s: float, max_s: float, rng: random.Random | None = None) -> None:
+        self.min_s, self.max_s, self.attempt = min_s, max(max_s, min_s), 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        ceiling = min(self.max_s, self.min_s * (2 ** min(self.attempt, 30)))
+        self.attempt += 1
+        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Telemetry:
+    """Publishes ``status``/``telemetry``/``event`` through the outbox; receives ``cmd`` payloads."""
+
+    def __init__(self, options: MqttOptions, topics: Topics, outbox: Outbox, *,
+                 status: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.options, self.topics, self.outbox = options, topics, outbox
+        self.commands: queue.Queue[bytes] = queue.Queue(maxsize=256)
+        self.connects = 0
+        self.last_error = ""
+        self._status = status or (lambda: {})
+        self._stop = threading.Event()
+        self._flush_deadline = 0.0
+        self._connected = False
+        self._inflight: dict[int, Any] = {}
+        self._cursor = 0
+        self._backoff = Backoff(options.reconnect_min_s, options.reconnect_max_s)
+        self._client = self._make_client()
+        self._thread = threading.Thread(target=self._run, name="edgekit-mqtt", daemon=True)
+
+    # -- public API (any thread) --
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def device(self) -> str:
+        return self.topics.device
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, flush_timeout_s: float = 5.0) -> None:
+        """Send what is queued (up to the timeout), then disconnect cleanly; queued rows stay on disk."""
+        self._flush_deadline = time.monotonic() + flush_timeout_s
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(flush_timeout_s + 5.0)
+
+    def _current_status(self) -> dict[str, Any]:
+        try:
+            return dict(self._status())
+        except Exception as exc:  # the provider is the daemon's; a bug there must not cut the link
+            log.error("status provider failed: %s", exc)
+            return {}
+
+    def publish_status(self, state: str, **body: Any) -> int:
+        current = self._current_status()
+        return self.outbox.put(self.topics.status, lambda seq: status_payload(
+            self.device, seq, state, **{**current, **body}), retain=True)
+
+    def publish_event(self, kind: str, message: str, **kwargs: Any) -> int:
+        log.info("event %s: %s", kind, message)
+        return self.outbox.put(self.topics.event,
+                               lambda seq: event_payload(self.device, seq, kind, message, **kwargs))
+
+    def publish_telemetry(self, body: dict[str, Any]) -> int:
+        """Queue one telemetry message; the queue's drop counts are added to it here."""
+        dropped, dropped_total = self.outbox.take_dropped()
+        queue_info = {"depth": self.outbox.depth, "dropped": dropped, "dropped_total": dropped_total,
+                      "connected": self._connected, "connects": self.connects}
+        return self.outbox.put(self.topics.telemetry, lambda seq: telemetry_payload(
+            self.device, seq, **{**body, "queue": queue_info}))
+
+    def publish_to(self, topic: str, payload: dict[str, Any]) -> int:
+        """Queue a payload for another topic (e.g. a command's ``reply_to``); ``seq`` is filled in."""
+        if any(c in topic for c in "+#"):
+            raise TransportError(f"cannot publish to a topic filter: {topic!r}")
+        return self.outbox.put(topic, lambda seq: {**payload, "seq": seq})
+
+    # -- the network thread --
+
+    def _make_client(self) -> Any:
+        import paho.mqtt.client as mqtt
+
+        opts = self.options
+        protocol = mqtt.MQTTv5 if opts.protocol == "5" else mqtt.MQTTv311
+        client_id = opts.client_id or f"edgekit-{self.topics.fleet}-{self.topics.device}"
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
+                             reconnect_on_failure=False)
+        client.enable_logger(logging.getLogger("edgekit_agent.paho"))
+        client.max_inflight_messages_set(max(opts.inflight, 1))
+        if opts.tls:
+            try:
+                client.tls_set(ca_certs=str(opts.ca_file) if opts.ca_file else None)
+            except (OSError, ValueError) as exc:
+                raise TransportError(f"cannot set up TLS: {exc}") from None
+        if opts.username:
+            client.username_pw_set(opts.username, opts.password)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.connect_async(opts.host, opts.port, keepalive=opts.keepalive)
+        return client
+
+    def _set_will(self) -> None:
+        """The retained ``offline`` the broker publishes if we vanish; names the bundle we ran."""
+        bundle = self._current_status().get("bundle")
+        will = status_payload(self.device, 0, "offline", will=True, bundle=bundle)
+        self._client.will_set(self.topics.status, encode(will), qos=QOS, retain=True)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            self.last_error = f"broker refused the connection: {reason_code}"
+            log.warning(self.last_error)
+            return
+        self._connected = True
+        self.connects += 1
+        self._backoff.reset()
+        client.subscribe(self.topics.cmd, qos=QOS)
+        self.publish_status("online")
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        self._connected = False
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        if message.topic != self.topics.cmd:
+            return
+        try:
+            self.commands.put_nowait(bytes(message.payload))
+        except queue.Full:
+            log.warning("command queue full: dropped a command")
+
+    def _run(self) -> None:
+        import paho.mqtt.client as mqtt
+
+        socket_open = False
+        while not self._stop.is_set():
+            try:
+                if not socket_open:
+                    self._set_will()
+                    self._client.reconnect()
+                    socket_open = True
+                ok = self._client.loop(timeout=0.05) == mqtt.MQTT_ERR_SUCCESS
+                if ok and self._connected:
+                    self._pump()
+            except (OSError, ValueError) as exc:  # refused, unreachable, DNS, TLS handshake
+                self.last_error = f"cannot reach {self.options.host}:{self.options.port}: {exc}"
+                ok = False
+            except Exception as exc:  # a bug or a full disk: log it, drop the link, try again later
+                log.exception("MQTT link failed")
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                ok = False
+            if not ok:  # reconnect() closes what is left of the socket; paho keeps unacked messages
+                socket_open, self._connected = False, False
+                self._stop.wait(self._backoff.next())
+        self._finish(socket_open)
+
+    def _pump(self) -> None:
+        done = [seq for seq, info in self._inflight.items() if info.is_published()]
+        for seq in done:
+            del self._inflight[seq]
+        self.outbox.ack(done)
+        room = self.options.inflight - len(self._inflight)
+        if room <= 0:
+            return
+        for row in self.outbox.peek(self._cursor, room):
+            info = self._client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
+            self._inflight[row.seq] = info
+            self._cursor = self.outbox.protect_upto = row.seq
+
+    def _finish(self, socket_open: bool) -> None:
+        """Flush what is queued while the link is up and time remains, then disconnect cleanly."""
+        import paho.mqtt.client as mqtt
+
+        while (socket_open and self._connected and time.monotonic() < self._flush_deadline
+               and (self.outbox.depth > 0 or self._inflight)):
+            if self._client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                return
+            self._pump()
+        if socket_open:
+            self._client.disconnect()  # written at once: no loop thread of paho's own
