@@ -64,6 +64,10 @@ def quantize_tflite(model: bytes, scheme: str, calib: list[dict[str, np.ndarray]
                                            enable_progress_report=False).quantized_model)
     except Exception as exc:  # ai-edge-quantizer raises ValueError/RuntimeError/KeyError/...
         raise ModelError(f"ai-edge-quantizer failed ({scheme}): {_first_line(exc)}") from None
+    # Past 256 KB of weights ai-edge-quantizer stores buffers after the flatbuffer (offset/size).
+    # TFLM, Vela and the Edge TPU compiler read only inline buffers: TFLM silently treats the
+    # weights as uninitialised activations (arena = weights size, wrong outputs). Inline them.
+    out = tm.save(tm.load(out))
     if static and int8_io:
         out = int8_interface(out, io_ranges(model, samples))
     if not _has_integer_weights(out):
