@@ -6,6 +6,7 @@ from edgekit_agent.errors import (  # noqa: F401
     CalibrationError,
     ConfigError,
     EdgekitError,
+    InputError,
     IntegrityError,
     ModelError,
     RuntimeBackendError,

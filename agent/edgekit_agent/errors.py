@@ -10,6 +10,7 @@
     ├── CalibrationError          calibration or evaluation data do not fit the model
     ├── BudgetError               no recipe fits the target's budgets
     ├── RuntimeBackendError       no runtime can execute the bundle, or inference failed
+    ├── InputError                inference inputs have unknown names, wrong shapes or dtypes
     ├── StoreError                the on-device bundle store refused an install or rollback
     └── TransportError            MQTT, serial or network input is malformed or unreachable
 
@@ -76,6 +77,10 @@ class BudgetError(EdgekitError):
 
 
 class RuntimeBackendError(EdgekitError):
+    pass
+
+
+class InputError(EdgekitError):
     pass
 
 

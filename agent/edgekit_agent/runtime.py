@@ -12,9 +12,14 @@ and dequantizes outputs using the specs the model declares (the manifest's copy 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import re
+import sys
+import tempfile
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -65,9 +70,10 @@ class TFLiteBackend:
         interpreter_cls, load_delegate = _load_tflite_interpreter_class()
         delegates = [load_delegate(EDGETPU_LIBRARY)] if edgetpu else None
         try:
-            self._it = interpreter_cls(model_content=bytes(model), num_threads=threads,
-                                       experimental_delegates=delegates)
-            self._it.allocate_tensors()
+            with _native_stderr_filtered(_LITERT_NOISE):
+                self._it = interpreter_cls(model_content=bytes(model), num_threads=threads,
+                                           experimental_delegates=delegates)
+                self._it.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"TFLite cannot load the model: {_first_line(exc)}") from None
         ins, outs = self._it.get_input_details(), self._it.get_output_details()
@@ -83,6 +89,32 @@ class TFLiteBackend:
             it.set_tensor(idx, arr)
         it.invoke()
         return [it.get_tensor(idx) for idx in self._out_idx]
+
+
+# Native runtimes write these straight to fd 2 (LiteRT's INFO once per process, TFLM when its
+# tensors are counted by probing); they would become part of every CLI's stderr, which must be
+# one `error: …` line on failure.
+_LITERT_NOISE = re.compile(rb"INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.")
+_TFLM_NOISE = re.compile(rb"(Input|Output) index \d+ out of range \(length is \d+\)")
+
+
+@contextlib.contextmanager
+def _native_stderr_filtered(noise: re.Pattern[bytes]):
+    """Capture fd 2 during a native call and replay every line except the known noise."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().splitlines(keepends=True)
+                    if not noise.fullmatch(line.rstrip())]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def _signature_names(it: Any, ins: list[dict], outs: list[dict]) -> tuple[list[str], list[str]]:
@@ -153,8 +185,9 @@ class TFLMBackend:
             self._it = tflm.Interpreter.from_bytes(bytes(model), arena_size=arena_size)
         except (RuntimeError, ValueError) as exc:
             raise ModelError(f"TFLM cannot allocate the model: {_first_line(exc)}") from None
-        self.inputs = tuple(self._specs(self._it.get_input_details, "input"))
-        self.outputs = tuple(self._specs(self._it.get_output_details, "output"))
+        with _native_stderr_filtered(_TFLM_NOISE):
+            self.inputs = tuple(self._specs(self._it.get_input_details, "input"))
+            self.outputs = tuple(self._specs(self._it.get_output_details, "output"))
 
     @staticmethod
     def _specs(details_fn, prefix: str) -> list[TensorSpec]:
@@ -218,23 +251,50 @@ class Runner:
     def outputs(self) -> tuple[TensorSpec, ...]:
         return self.backend.outputs
 
+    def __post_init__(self) -> None:
+        # Converters built once per model: after a long invoke the caches are cold, and every
+        # line of Python left on the per-call path (dtype lookups, iinfo) costs misses.
+        self._to_model = [quantizer(s) for s in self.backend.inputs]
+        self._from_model = [dequantizer(s) for s in self.backend.outputs]
+
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        raw = self.backend.run([quantize(a, s) for a, s in zip(inputs, self.backend.inputs)])
-        return [dequantize(a, s) for a, s in zip(raw, self.backend.outputs)]
+        raw = self.backend.run([q(a) for q, a in zip(self._to_model, inputs)])
+        return [d(a) for d, a in zip(self._from_model, raw)]
 
 
 def quantize(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    if spec.scale is None:
-        return np.asarray(x, dtype=spec.dtype)
-    info = np.iinfo(spec.dtype)
-    q = np.round(np.asarray(x, dtype=np.float32) / spec.scale) + spec.zero_point
-    return np.clip(q, info.min, info.max).astype(spec.dtype)
+    return quantizer(spec)(x)
 
 
 def dequantize(q: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    return dequantizer(spec)(q)
+
+
+def quantizer(spec: TensorSpec) -> Callable[[Any], np.ndarray]:
+    """x -> clip(round(x / scale) + zero_point) in the spec's integer dtype (a cast if not quantized)."""
+    dtype = np.dtype(spec.dtype)
     if spec.scale is None:
-        return np.asarray(q, dtype=np.float32)
-    return (q.astype(np.float32) - spec.zero_point) * np.float32(spec.scale)
+        return lambda x: np.asarray(x, dtype=dtype)
+    scale, zero_point = np.float32(spec.scale), spec.zero_point
+    lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
+
+    def to_model(x: Any) -> np.ndarray:
+        # One float32 scratch buffer updated in place: fresh temporaries per step cost more
+        # cache misses than the arithmetic on large inputs.
+        q = np.asarray(np.divide(x, scale, dtype=np.float32))
+        np.rint(q, out=q)
+        q += zero_point
+        np.clip(q, lo, hi, out=q)
+        return q.astype(dtype)
+    return to_model
+
+
+def dequantizer(spec: TensorSpec) -> Callable[[np.ndarray], np.ndarray]:
+    """q -> (q - zero_point) * scale as float32 (a float32 cast if not quantized)."""
+    if spec.scale is None:
+        return lambda q: np.asarray(q, dtype=np.float32)
+    scale, zero_point = np.float32(spec.scale), spec.zero_point
+    return lambda q: (q.astype(np.float32) - zero_point) * scale
 
 
 def _first_line(exc: BaseException) -> str:

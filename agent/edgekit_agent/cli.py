@@ -1,0 +1,231 @@
+"""`edgekit-agent` command line. Every EdgekitError becomes `error: …` and exit 1; usage errors exit 2.
+
+    edgekit-agent install BUNDLE --store DIR [--key PUB] [--json]
+    edgekit-agent rollback --store DIR [--json]
+    edgekit-agent status --store DIR [--json]
+    edgekit-agent infer --store DIR --input FILE.npy|NAME=FILE.npy|FILE.npz [--variant V] [--json]
+    edgekit-agent serve --config FILE        (local HTTP API only)
+    edgekit-agent run --config FILE          (the daemon: HTTP, power policy, MQTT telemetry)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import __version__
+from .errors import EdgekitError, InputError
+
+Handler = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, Handler] = {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args) or 0
+    except EdgekitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgekit-agent", description="Run verified edgekit bundles on "
+                                "this device: A/B bundle store, local inference API, telemetry.")
+    p.add_argument("--version", action="version", version=f"edgekit-agent {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("install", help="verify, self-test and activate a bundle (previous one kept)")
+    s.add_argument("bundle", type=Path)
+    _store_args(s, key=True)
+    s = sub.add_parser("rollback", help="make the previous bundle active again")
+    _store_args(s)
+    s = sub.add_parser("status", help="show the active and previous bundles")
+    _store_args(s)
+    s = sub.add_parser("infer", help="run the active bundle once on arrays from files")
+    _store_args(s, key=True)
+    s.add_argument("--input", action="append", required=True, metavar="FILE|NAME=FILE",
+                   help=".npy (repeat in input order, or NAME=FILE) or one .npz keyed by input name")
+    s.add_argument("--variant", help="model variant to run (default: the primary)")
+    s.add_argument("--threads", type=int, help="interpreter threads")
+    for name, text in (("serve", "serve the local HTTP inference API"),
+                       ("run", "run the agent daemon (HTTP API, power policy, MQTT telemetry)")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("--config", required=True, type=Path, help="agent.toml")
+    return p
+
+
+def _store_args(p: argparse.ArgumentParser, key: bool = False) -> None:
+    p.add_argument("--store", required=True, type=Path, help="bundle store folder")
+    if key:
+        p.add_argument("--key", type=Path, help="ed25519 public key; a valid signature is then required")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def command(fn: Handler) -> Handler:
+    COMMANDS[fn.__name__.removeprefix("cmd_")] = fn
+    return fn
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+@command
+def cmd_install(args: argparse.Namespace) -> int:
+    from .store import BundleStore
+
+    result = BundleStore(args.store).install(args.bundle, args.key)
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    st = result.selftest
+    check = (f"{st.vectors} self-test vector(s), max error {st.max_abs_error:.3g}"
+             if st.kind == "vectors" else "smoke test on zeros")
+    signature = f"checked, key {result.key_id}" if result.signature_checked else "not checked"
+    print(f"installed {result.name} {result.version} ({result.bundle_id}) in slot {result.slot}: "
+          f"{check}; signature {signature}; previous {result.previous_bundle_id or 'none'}")
+    return 0
+
+
+@command
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from .store import BundleStore
+
+    store = BundleStore(args.store)
+    active = store.rollback("manual (edgekit-agent rollback)")
+    if args.json:
+        _print_json(store.status().to_dict())
+    else:
+        print(f"rolled back: {active} is active")
+    return 0
+
+
+@command
+def cmd_status(args: argparse.Namespace) -> int:
+    from .store import BundleStore
+
+    status = BundleStore(args.store).status()
+    if args.json:
+        _print_json(status.to_dict())
+        return 0
+    print(f"store     {status.root}")
+    for label, slot in (("active", status.active), ("previous", status.previous)):
+        if slot is None:
+            print(f"{label:<9} none")
+        elif slot.error:
+            print(f"{label:<9} slot {slot.slot}: unusable ({slot.error})")
+        else:
+            print(f"{label:<9} slot {slot.slot}: {slot.name} {slot.version} ({slot.bundle_id})")
+    print(f"failures  {status.recent_failures} of {status.max_failures} within "
+          f"{status.failure_window_s:g} s")
+    if status.last_event:
+        ev = status.last_event
+        print(f"last      {ev.get('event')} of {ev.get('bundle_id')}"
+              + (f" ({ev['reason']})" if ev.get("reason") else ""))
+    return 0
+
+
+@command
+def cmd_infer(args: argparse.Namespace) -> int:
+    from .agent import Agent
+
+    inputs = _read_inputs(args.input)
+    with Agent(args.store, public_key=args.key, threads=args.threads, variant=args.variant) as agent:
+        outputs = agent.infer(inputs)
+        bid = agent.bundle_id
+    if args.json:
+        _print_json({"bundle_id": bid, "outputs": {k: v.tolist() for k, v in outputs.items()}})
+        return 0
+    for name, value in outputs.items():
+        top = int(np.argmax(value.reshape(value.shape[0], -1)[0])) if value.size else None
+        shown = np.array2string(value.ravel()[:10], precision=4, separator=", ")
+        print(f"{name} {list(value.shape)} argmax={top} {shown}{' …' if value.size > 10 else ''}")
+    return 0
+
+
+def _read_inputs(specs: list[str]) -> dict[str, np.ndarray] | list[np.ndarray]:
+    if len(specs) == 1 and specs[0].endswith(".npz") and "=" not in specs[0]:
+        return dict(_load_array_file(specs[0], npz=True))
+    named = [s.split("=", 1) for s in specs if "=" in s]
+    if named and len(named) != len(specs):
+        raise InputError("give every --input as NAME=FILE, or none of them")
+    if named:
+        return {name: _load_array_file(path) for name, path in named}
+    return [_load_array_file(path) for path in specs]
+
+
+def _load_array_file(path: str, npz: bool = False) -> Any:
+    try:
+        data = np.load(path, allow_pickle=False)
+        if npz:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise InputError(f"{path}: not an .npz archive")
+            with data:
+                return {k: data[k] for k in data.files}
+        if not isinstance(data, np.ndarray):
+            raise InputError(f"{path}: an .npz needs to be the only --input")
+        return data
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (ValueError, EOFError) as exc:
+        raise InputError(f"{path}: not a numpy array file ({exc})") from None
+
+
+@command
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .agent import Agent
+    from .config import AgentConfig
+    from .http_api import HttpApi
+
+    config = AgentConfig.from_file(args.config)
+    with Agent.from_config(config) as agent:
+        api = HttpApi.from_config(agent, config).start()
+        print(f"edgekit-agent: serving {agent.manifest.name} {agent.manifest.version} "
+              f"({agent.bundle_id}) on {api.url}", file=sys.stderr, flush=True)
+        _wait_for_stop_signal()
+        api.stop()
+    return 0
+
+
+def _wait_for_stop_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(3600):
+        pass
+
+
+@command
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import AgentConfig
+
+    config = AgentConfig.from_file(args.config)
+    try:
+        from . import daemon
+    except ImportError as exc:
+        raise EdgekitError(f"the agent daemon is not available: {exc}") from None
+    return daemon.run(config) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,565 @@
+"""The on-device bundle store: two slots, an atomic pointer, self-tests and automatic rollback.
+
+Layout under ``root``::
+
+    slots/a/bundle.ekb     one verified bundle per slot
+    slots/b/bundle.ekb
+    state.json             {"active": "a", "previous": "b", "bad": [...], "last": {...}}
+    health.json            failures of the active bundle and the run in progress (crash counting)
+    .lock                  flock held by install / rollback / failure bookkeeping
+
+Install copies the bundle to a temporary file in the inactive slot (fsync), verifies that copy
+and self-tests it there; only then is the slot dropped from ``previous``, the copy renamed into
+place and ``state.json`` switched. Every state change is a write to a temporary file, fsync,
+``os.replace`` and an fsync of the folder, so a power cut at any instant leaves either the old
+or the new ``state.json``, and it only ever names slots whose bundles were completely written,
+verified and self-tested. A refused install changes nothing.
+
+Self-test vectors (shipped by the packer): ``manifest.extras["selftest"]`` names a member
+(role ``selftest``) holding an ``.npz`` (``allow_pickle=False``) with
+
+    input_<i>    float array for the primary variant's i-th input (manifest order): one test
+                 vector in the input's own shape, or K vectors stacked on an extra leading axis,
+                 or (for a model whose batch dimension is 1) K vectors concatenated along it
+    output_<j>   the expected float (dequantized) j-th output, same convention and the same K
+    atol, rtol   optional 0-d floats; a vector passes when |got - expected| <= atol + rtol*|expected|
+                 everywhere. Defaults: rtol 1e-3, atol 1e-4 plus one quantization step (the
+                 output's scale) for quantized outputs.
+
+A bundle without one gets a smoke test: zeros in the input specs (dynamic dims as 1) must give
+finite outputs of the declared shapes. Every other variant gets the smoke test too.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .bundle import Bundle, open_bundle
+from .errors import BundleError, EdgekitError, SignatureError, StoreError
+from .manifest import Manifest, TensorSpec, Variant, sha256_hex
+
+SLOTS = ("a", "b")
+BUNDLE_FILE = "bundle.ekb"
+STATE_FILE = "state.json"
+HEALTH_FILE = "health.json"
+STATE_SCHEMA = "edgekit.store/1"
+SELFTEST_EXTRA = "selftest"
+DEFAULT_RTOL = 1e-3
+DEFAULT_ATOL = 1e-4
+CRASH_HOOK_ENV = "EDGEKIT_STORE_CRASH_AT"  # tests: SIGKILL ourselves at this install step
+INSTALL_STEPS = ("verified", "copying", "copied", "selftested", "released", "placed",
+                 "pointer-written", "switched")
+_COPY_CHUNK = 64 << 10
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+def bundle_id(manifest: Manifest) -> str:
+    """A short, stable identity: the sha256 of the canonical (signed) manifest bytes."""
+    return sha256_hex(manifest.to_json_bytes())[:16]
+
+
+@dataclass(frozen=True)
+class SelfTestResult:
+    kind: str  # "vectors" | "smoke"
+    vectors: int
+    max_abs_error: float
+    variants_smoked: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "variants_smoked": list(self.variants_smoked)}
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    bundle_id: str
+    name: str
+    version: str
+    slot: str
+    previous_bundle_id: str | None
+    signature_checked: bool
+    key_id: str
+    selftest: SelfTestResult
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "selftest": self.selftest.to_dict()}
+
+
+@dataclass(frozen=True)
+class SlotStatus:
+    slot: str
+    bundle_id: str | None
+    name: str | None
+    version: str | None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    root: str
+    active: SlotStatus | None
+    previous: SlotStatus | None
+    recent_failures: int
+    max_failures: int
+    failure_window_s: float
+    last_event: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "active": self.active.to_dict() if self.active else None,
+                "previous": self.previous.to_dict() if self.previous else None}
+
+
+class BundleStore:
+    def __init__(self, root: str | Path, *, public_key: str | Path | None = None,
+                 max_failures: int = 3, failure_window_s: float = 600.0,
+                 on_event: EventSink | None = None) -> None:
+        self.root = Path(root)
+        self.public_key = public_key
+        self.max_failures = max_failures
+        self.failure_window_s = failure_window_s
+        self.on_event = on_event
+
+    def _create(self) -> None:
+        """Only an install creates the folders; reading a mistyped path must not."""
+        try:
+            for slot in SLOTS:
+                (self.root / "slots" / slot).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the bundle store at {self.root}: "
+                             f"{exc.strerror or exc}") from None
+
+    # --- reading --------------------------------------------------------------------------
+
+    def slot_path(self, slot: str) -> Path:
+        return self.root / "slots" / slot / BUNDLE_FILE
+
+    def active_slot(self) -> str | None:
+        return self._state()["active"]
+
+    def previous_slot(self) -> str | None:
+        return self._state()["previous"]
+
+    def active(self, public_key: str | Path | None = None) -> Bundle:
+        """The active bundle, fully re-verified (hashes, and the signature when a key is set)."""
+        slot = self.active_slot()
+        if slot is None:
+            raise StoreError(f"{self.root}: no bundle installed")
+        return self._open_slot(slot, public_key)
+
+    def previous(self, public_key: str | Path | None = None) -> Bundle | None:
+        slot = self._state()["previous"]
+        return None if slot is None else self._open_slot(slot, public_key)
+
+    def status(self) -> StoreStatus:
+        state = self._state()
+        return StoreStatus(root=str(self.root), active=self._slot_status(state["active"]),
+                           previous=self._slot_status(state["previous"]),
+                           recent_failures=len(self._recent_failures(self._health())),
+                           max_failures=self.max_failures, failure_window_s=self.failure_window_s,
+                           last_event=dict(state.get("last") or {}))
+
+    def _open_slot(self, slot: str, public_key: str | Path | None) -> Bundle:
+        key = public_key if public_key is not None else self.public_key
+        try:
+            return open_bundle(self.slot_path(slot), key)
+        except BundleError as exc:
+            raise StoreError(f"slot {slot}: {exc}") from None
+
+    def _slot_status(self, slot: str | None) -> SlotStatus | None:
+        if slot is None:
+            return None
+        try:
+            m = self._open_slot(slot, None).manifest
+        except StoreError as exc:
+            return SlotStatus(slot, None, None, None, error=str(exc))
+        return SlotStatus(slot, bundle_id(m), m.name, m.version)
+
+    # --- install --------------------------------------------------------------------------
+
+    def install(self, bundle_path: str | Path, public_key: str | Path | None = None) -> InstallResult:
+        """Verify, copy to the inactive slot, self-test, switch. Any refusal leaves the store as it was."""
+        t0 = time.monotonic()
+        key = public_key if public_key is not None else self.public_key
+        source = _verify_source(Path(bundle_path), key)
+        _checkpoint("verified")
+        self._create()
+        with self._locked():
+            self._remove_temporaries()
+            state = self._state()
+            old_active = state["active"]
+            target = "b" if old_active == "a" else "a"
+            staged = _copy_durably(source.path, self.slot_path(target))
+            _checkpoint("copied")
+            try:
+                installed = self._verify_copy(staged, key, source)
+                selftest = self._selftest_or_refuse(installed)
+            except StoreError:
+                staged.unlink(missing_ok=True)
+                raise
+            _checkpoint("selftested")
+            if state["previous"] == target:  # its bundle is about to be replaced
+                self._write_state({**state, "previous": None})
+            _checkpoint("released")
+            _place(staged, self.slot_path(target))
+            _checkpoint("placed")
+            previous_id = self._slot_status(old_active).bundle_id if old_active else None
+            new_id = bundle_id(installed.manifest)
+            event = {"event": "install", "bundle_id": new_id, "version": installed.manifest.version,
+                     "slot": target, "previous_bundle_id": previous_id, "time": time.time()}
+            self._write_state({"active": target, "previous": old_active,
+                               "bad": [b for b in state["bad"] if b != new_id], "last": event},
+                              hook="pointer-written")
+            _checkpoint("switched")
+            self._reset_health(new_id)
+        self._emit("install", event)
+        m = installed.manifest
+        return InstallResult(bundle_id=new_id, name=m.name, version=m.version, slot=target,
+                             previous_bundle_id=previous_id,
+                             signature_checked=installed.signature_checked, key_id=installed.key_id,
+                             selftest=selftest, seconds=time.monotonic() - t0)
+
+    def _verify_copy(self, staged: Path, key: str | Path | None, source: Bundle) -> Bundle:
+        try:
+            installed = open_bundle(staged, key)
+        except BundleError as exc:
+            raise StoreError(f"the copy in the store does not verify ({exc}); "
+                             "previous bundle stays active") from None
+        if installed.manifest != source.manifest:
+            raise StoreError(f"{source.path} changed while it was being installed; "
+                             "previous bundle stays active")
+        return installed
+
+    def _selftest_or_refuse(self, bundle: Bundle) -> SelfTestResult:
+        try:
+            return run_selftest(bundle)
+        except EdgekitError as exc:
+            raise StoreError(f"self-test failed, previous bundle stays active: {exc}") from None
+
+    # --- rollback and crash counting ------------------------------------------------------
+
+    def rollback(self, reason: str = "manual", *, automatic: bool = False) -> str:
+        """Make the previous slot active (the current one becomes previous). Returns the bundle id."""
+        with self._locked():
+            return self._rollback_locked(reason, automatic)
+
+    def _rollback_locked(self, reason: str, automatic: bool) -> str:
+        state = self._state()
+        if state["previous"] is None:
+            raise StoreError(f"{self.root}: no previous bundle to roll back to")
+        target = self._open_slot(state["previous"], None)
+        target_id = bundle_id(target.manifest)
+        if automatic and target_id in state["bad"]:
+            raise StoreError(f"previous bundle {target_id} failed before; not rolling back to it")
+        from_status = self._slot_status(state["active"])
+        from_id = from_status.bundle_id if from_status else None
+        bad = list(state["bad"]) + ([from_id] if automatic and from_id else [])
+        event = {"event": "rollback", "bundle_id": target_id, "version": target.manifest.version,
+                 "from_bundle_id": from_id, "reason": reason, "automatic": automatic,
+                 "time": time.time()}
+        self._write_state({"active": state["previous"], "previous": state["active"],
+                           "bad": bad[-16:], "last": event})
+        self._reset_health(target_id)
+        self._emit("rollback", event)
+        return target_id
+
+    def record_failure(self, reason: str) -> bool:
+        """Count one error/crash of the active bundle; True when this triggered a rollback."""
+        with self._locked():
+            health = self._health()
+            health["failures"] = self._recent_failures(health) + [time.time()]
+            self._write_health(health)
+            if len(health["failures"]) < self.max_failures or self._state()["previous"] is None:
+                return False
+            why = (f"{len(health['failures'])} failures within {self.failure_window_s:g} s; "
+                   f"last: {reason}")
+            try:
+                self._rollback_locked(why, automatic=True)
+            except StoreError:
+                return False
+            return True
+
+    def note_start(self) -> bool:
+        """Mark a run of the active bundle as started. A previous run that ended without
+        ``note_stop`` (SIGKILL, segfault, power cut) counts as a failure. True if that rolled back."""
+        crashed = None
+        with self._locked():
+            health = self._health()
+            running = health.get("running")
+            if running and running.get("pid") != os.getpid() and not _pid_alive(running.get("pid")):
+                crashed = running
+            health["running"] = {"pid": os.getpid(), "since": time.time()}
+            self._write_health(health)
+        if crashed is None:
+            return False
+        return self.record_failure(f"previous run (pid {crashed.get('pid')}) ended without a clean stop")
+
+    def note_stop(self) -> None:
+        with self._locked():
+            health = self._health()
+            running = health.get("running")
+            if running and running.get("pid") == os.getpid():
+                health["running"] = None
+                self._write_health(health)
+
+    def _recent_failures(self, health: dict[str, Any]) -> list[float]:
+        horizon = time.time() - self.failure_window_s
+        return [t for t in health.get("failures", []) if isinstance(t, (int, float)) and t >= horizon]
+
+    # --- files ----------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        if not self.root.is_dir():
+            raise StoreError(f"{self.root}: no bundle store here (nothing was ever installed)")
+        try:
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot lock the store {self.root}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _state(self) -> dict[str, Any]:
+        state = _read_json(self.root / STATE_FILE) or {}
+        active = state.get("active") if state.get("active") in SLOTS else None
+        previous = state.get("previous") if state.get("previous") in SLOTS else None
+        if previous == active:
+            previous = None
+        bad = [b for b in state.get("bad", []) if isinstance(b, str)]
+        return {"active": active, "previous": previous, "bad": bad, "last": state.get("last")}
+
+    def _write_state(self, state: dict[str, Any], hook: str | None = None) -> None:
+        _write_json_atomic(self.root / STATE_FILE, {"schema": STATE_SCHEMA, **state}, hook=hook)
+
+    def _health(self) -> dict[str, Any]:
+        health = _read_json(self.root / HEALTH_FILE) or {}
+        if not isinstance(health.get("failures"), list):
+            health["failures"] = []
+        return health
+
+    def _write_health(self, health: dict[str, Any]) -> None:
+        _write_json_atomic(self.root / HEALTH_FILE, health)
+
+    def _reset_health(self, new_bundle_id: str) -> None:
+        """Failures belong to the bundle that had them; a run in progress stays tracked."""
+        running = self._health().get("running")
+        self._write_health({"bundle_id": new_bundle_id, "failures": [], "running": running})
+
+    def _remove_temporaries(self) -> None:
+        """Leftovers of an install that was cut off (never referenced by state.json)."""
+        for tmp in [*self.root.glob(".*.tmp"), *self.root.glob("slots/*/.*.tmp")]:
+            tmp.unlink(missing_ok=True)
+
+    def _emit(self, kind: str, payload: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, payload)
+
+
+# --- self-test ------------------------------------------------------------------------------
+
+def run_selftest(bundle: Bundle, threads: int | None = None) -> SelfTestResult:
+    """Run the shipped vectors on the primary variant and a smoke inference on every variant."""
+    from .agent import load_runner  # the agent imports this module; load lazily
+
+    manifest = bundle.manifest
+    variant, runner = load_runner(bundle, None, threads)
+    member = manifest.extras.get(SELFTEST_EXTRA)
+    if member:
+        vectors, max_err = _run_vectors(runner, variant, bundle.read(member))
+        kind = "vectors"
+    else:
+        _smoke(runner, variant)
+        vectors, max_err, kind = 0, 0.0, "smoke"
+    smoked = []
+    for other in manifest.variants:
+        _smoke(load_runner(bundle, other.name, threads)[1], other)
+        smoked.append(other.name)
+    return SelfTestResult(kind=kind, vectors=vectors, max_abs_error=max_err,
+                          variants_smoked=tuple(smoked))
+
+
+def _run_vectors(runner: Any, variant: Variant, data: bytes) -> tuple[int, float]:
+    arrays = _load_npz(data)
+    ins = [_vector_stack(arrays, f"input_{i}", s) for i, s in enumerate(variant.inputs)]
+    outs = [_vector_stack(arrays, f"output_{j}", s) for j, s in enumerate(variant.outputs)]
+    counts = {len(a) for a in ins + outs}
+    if len(counts) != 1:
+        raise StoreError(f"self-test vectors disagree on the number of cases: {sorted(counts)}")
+    rtol = _scalar(arrays, "rtol", DEFAULT_RTOL)
+    atol = _scalar(arrays, "atol", None)
+    max_err = 0.0
+    for k in range(counts.pop()):
+        got = runner([a[k] for a in ins])
+        for j, (g, want, spec) in enumerate(zip(got, (o[k] for o in outs), variant.outputs)):
+            if g.shape != want.shape:
+                raise StoreError(f"self-test vector {k}: output {spec.name!r} has shape {g.shape}, "
+                                 f"expected {want.shape}")
+            err = np.abs(g.astype(np.float64) - want)
+            limit = (atol if atol is not None else DEFAULT_ATOL + (spec.scale or 0.0)) + rtol * np.abs(want)
+            max_err = max(max_err, float(err.max(initial=0.0)))
+            if not np.all(err <= limit):
+                raise StoreError(f"self-test vector {k}: output {spec.name!r} differs by up to "
+                                 f"{float(err.max()):.4g} (allowed {float(np.max(limit)):.4g})")
+    return len(ins[0]) if ins else 0, max_err
+
+
+def _load_npz(data: bytes) -> dict[str, np.ndarray]:
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, EOFError, KeyError) as exc:
+        raise StoreError(f"self-test member is not a readable .npz: {exc}") from None
+
+
+def _vector_stack(arrays: dict[str, np.ndarray], key: str, spec: TensorSpec) -> np.ndarray:
+    if key not in arrays:
+        raise StoreError(f"self-test file has no {key!r} (for {spec.name!r})")
+    a = arrays[key]
+    if a.dtype.kind not in "fiub":
+        raise StoreError(f"self-test {key!r} has dtype {a.dtype}, expected numbers")
+    if a.ndim == len(spec.shape):
+        if _shape_fits(a.shape, spec.shape):
+            a = a[None]
+        elif spec.shape and spec.shape[0] == 1 and _shape_fits(a.shape[1:], spec.shape[1:]):
+            a = a[:, None]  # K cases along the batch axis of a batch-1 model
+    if a.ndim != len(spec.shape) + 1 or not _shape_fits(a.shape[1:], spec.shape):
+        raise StoreError(f"self-test {key!r} has shape {a.shape}, expected {spec.shape} "
+                         "(K cases: along a batch axis of 1, or on an extra leading axis)")
+    return a.astype(np.float64) if key.startswith("output_") else a
+
+
+def _scalar(arrays: dict[str, np.ndarray], key: str, default: float | None) -> float | None:
+    if key not in arrays:
+        return default
+    a = arrays[key]
+    if a.size != 1 or a.dtype.kind not in "fiu" or not np.isfinite(a).all() or float(a.ravel()[0]) < 0:
+        raise StoreError(f"self-test {key!r} must be one finite number >= 0")
+    return float(a.ravel()[0])
+
+
+def _shape_fits(shape: tuple[int, ...], spec_shape: tuple[int, ...]) -> bool:
+    return len(shape) == len(spec_shape) and all(s < 0 or s == d for d, s in zip(shape, spec_shape))
+
+
+def _smoke(runner: Any, variant: Variant) -> None:
+    zeros = [np.zeros([d if d > 0 else 1 for d in s.shape], dtype=_float_or_own(s))
+             for s in variant.inputs]
+    outs = runner(zeros)
+    for out, spec in zip(outs, variant.outputs):
+        if not _shape_fits(out.shape, spec.shape):
+            raise StoreError(f"variant {variant.name!r}: output {spec.name!r} has shape {out.shape}, "
+                             f"manifest says {spec.shape}")
+        if out.dtype.kind == "f" and not np.isfinite(out).all():
+            raise StoreError(f"variant {variant.name!r}: output {spec.name!r} is not finite on zeros")
+
+
+def _float_or_own(spec: TensorSpec) -> str:
+    return "float32" if spec.scale is not None or spec.dtype.startswith("float") else spec.dtype
+
+
+# --- durable file helpers -------------------------------------------------------------------
+
+def _verify_source(path: Path, key: str | Path | None) -> Bundle:
+    try:
+        return open_bundle(path, key)
+    except SignatureError as exc:
+        raise StoreError(f"signature check failed, previous bundle stays active: {exc}") from None
+    except BundleError as exc:
+        raise StoreError(f"bundle refused, previous bundle stays active: {exc}") from None
+
+
+def _copy_durably(src: Path, dst: Path) -> Path:
+    """Copy to a temporary name beside ``dst`` and fsync it; ``_place`` makes it the slot's bundle."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            first = True
+            while chunk := fin.read(_COPY_CHUNK):
+                fout.write(chunk)
+                if first:
+                    fout.flush()
+                    _checkpoint("copying")
+                    first = False
+            fout.flush()
+            os.fsync(fout.fileno())
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"cannot write slot {dst.parent.name}: {exc.strerror or exc}; "
+                         "previous bundle stays active") from None
+    return tmp
+
+
+def _place(staged: Path, dst: Path) -> None:
+    try:
+        os.replace(staged, dst)
+        _fsync_dir(dst.parent)
+    except OSError as exc:
+        raise StoreError(f"cannot place the bundle in slot {dst.parent.name}: "
+                         f"{exc.strerror or exc}") from None
+
+
+def _write_json_atomic(path: Path, obj: Any, hook: str | None = None) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        if hook:
+            _checkpoint(hook)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path} is unreadable ({exc}); the store needs repair") from None
+    return obj if isinstance(obj, dict) else None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _checkpoint(step: str) -> None:
+    if os.environ.get(CRASH_HOOK_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
