@@ -3,35 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from edgekit_agent.cliutil import Handler, dispatch
 
 from . import __version__, ui
-from .errors import EdgekitError
 
-Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Handler] = {}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return 2
-    try:
-        return COMMANDS[args.command](args) or 0
-    except EdgekitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `edgekit … | head`: the reader left; not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    return dispatch(build_parser(), COMMANDS, argv)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,6 @@
 """edgekit's error hierarchy: defined once in the device package and re-exported here."""
 
-from edgekit_agent.errors import (  # noqa: F401
+from edgekit_agent.errors import (
     BudgetError,
     BundleError,
     CalibrationError,
@@ -15,3 +15,7 @@ from edgekit_agent.errors import (  # noqa: F401
     TransportError,
     UnsupportedOpError,
 )
+
+__all__ = ["BudgetError", "BundleError", "CalibrationError", "ConfigError", "EdgekitError",
+           "InputError", "IntegrityError", "ModelError", "RuntimeBackendError", "SignatureError",
+           "StoreError", "TransportError", "UnsupportedOpError"]

@@ -12,39 +12,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from . import __version__
-from .errors import EdgekitError, InputError
+from .cliutil import Handler, dispatch
+from .errors import InputError
 
-Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Handler] = {}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return 2
-    try:
-        return COMMANDS[args.command](args) or 0
-    except EdgekitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    return dispatch(build_parser(), COMMANDS, argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,12 +203,9 @@ def _wait_for_stop_signal() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import AgentConfig
 
-    config = AgentConfig.from_file(args.config)
-    try:
-        from . import daemon
-    except ImportError as exc:
-        raise EdgekitError(f"the agent daemon is not available: {exc}") from None
-    return daemon.run(config) or 0
+    from . import daemon
+
+    return daemon.run(AgentConfig.from_file(args.config)) or 0
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ key, the bad value and the allowed values (``ConfigError``).
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .tomlfile import read_toml
 from .errors import ConfigError
 
 SENSOR_KINDS = ("sysfs", "simulated", "pi")
@@ -125,12 +125,7 @@ class AgentConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> "AgentConfig":
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read config: {exc.strerror or exc}", source=str(path)) from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
+        data = read_toml(path, "config")
         return cls.from_dict(data, source=str(path), base=path.parent)
 
     @classmethod

@@ -34,11 +34,11 @@ the rules until it expires or is cleared with mode ``auto``.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .tomlfile import read_toml
 from .errors import ConfigError
 from .sensors import GOVERNORS, METRICS, Readings
 
@@ -140,12 +140,7 @@ class Policy:
     @classmethod
     def load(cls, path: str | Path) -> "Policy":
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read policy: {exc.strerror or exc}", source=str(path)) from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
+        data = read_toml(path, "policy")
         return cls.from_dict(data, source=str(path))
 
     @classmethod

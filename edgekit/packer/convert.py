@@ -82,7 +82,7 @@ def onnx_to_tflite(onnx_bytes: bytes, calib_inputs: Dataset | Mapping[str, np.nd
     data = _calibration(calib_inputs, inputs)
     clean, steps = sanitize_names(onnx_bytes)
     raw = _run_onnx2tf(clean, [s.name for s in inputs], timeout_s)
-    steps.append(f"onnx2tf {_version('onnx2tf')} (inputs kept as declared: "
+    steps.append(f"onnx2tf {package_version('onnx2tf')} (inputs kept as declared: "
                  f"{', '.join(f'{s.name}{list(s.shape)}' for s in inputs)})")
     _reject_flex_ops(raw)
     model, fixes = _restore_io_contract(raw, onnx_bytes, inputs, outputs, data.sample(0))
@@ -187,7 +187,7 @@ def _conversion_error(log: str) -> ModelError:
     return ModelError(f"onnx2tf could not convert the model: {detail[:300]}")
 
 
-def _version(module: str) -> str:
+def package_version(module: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:

@@ -75,9 +75,9 @@ def cache_dir() -> Path:
 
 def convert_cached(model: bytes, data: Dataset) -> tuple[bytes, str]:
     """(TFLite bytes, one-line summary with the conversion SQNR), from the cache when possible."""
-    from .convert import _version, onnx_to_tflite
+    from .convert import onnx_to_tflite, package_version
 
-    key = sha256_hex(model + _version("onnx2tf").encode())[:32]
+    key = sha256_hex(model + package_version("onnx2tf").encode())[:32]
     blob, meta = cache_dir() / "convert" / f"{key}.tflite", cache_dir() / "convert" / f"{key}.json"
     if blob.is_file() and meta.is_file():
         try:
@@ -85,7 +85,7 @@ def convert_cached(model: bytes, data: Dataset) -> tuple[bytes, str]:
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache entry is rebuilt below
     result = onnx_to_tflite(model, data)
-    summary = (f"onnx2tf, SQNR vs ONNX "
+    summary = ("onnx2tf, SQNR vs ONNX "
                + ", ".join(f"{k} {v:.1f} dB" for k, v in result.sqnr_db_per_output.items()))
     _store(blob, result.tflite_bytes)
     _store(meta, json.dumps({"summary": summary, "steps": list(result.steps)}).encode())

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from edgekit_agent.tomlfile import read_toml
 
 from ..errors import ConfigError
 
@@ -85,7 +86,7 @@ def load_profiles(extra_dirs: list[str | Path] | None = None) -> dict[str, Profi
     raw: dict[str, tuple[Path, dict[str, Any]]] = {}
     for d in search_dirs(extra_dirs):
         for path in sorted(d.glob("*.toml")):
-            raw[path.stem] = (path, _read_toml(path))
+            raw[path.stem] = (path, read_toml(path, "profile"))
     return {name: _resolve(name, raw, ()) for name in sorted(raw)}
 
 
@@ -95,16 +96,6 @@ def get_profile(name: str, extra_dirs: list[str | Path] | None = None) -> Profil
         raise ConfigError(f"unknown target {name!r}", key="--target", value=name,
                           allowed=list(profiles))
     return profiles[name]
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
 
 
 def _resolve(name: str, raw: dict[str, tuple[Path, dict[str, Any]]], chain: tuple[str, ...]) -> Profile:

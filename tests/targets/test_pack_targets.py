@@ -9,9 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import subprocess
-import zipfile
 
-import numpy as np
 import pytest
 
 import edgekit
