@@ -98,10 +98,7 @@ class Latency:
     p50_ms: float
     p95_ms: float
     ref_p50_ms: float
-
-    @property
-    def ratio(self) -> float:
-        return self.p50_ms / self.ref_p50_ms if self.ref_p50_ms else float("inf")
+    ratio: float  # median over adjacent (candidate, reference) call pairs of their time ratio
 
 
 def interleaved_latency(candidate: Runner, reference: Runner, sample: list[np.ndarray],
@@ -126,4 +123,7 @@ def interleaved_latency(candidate: Runner, reference: Runner, sample: list[np.nd
             acc.append(time.perf_counter() - t0)
         i += 1
     ms = lambda xs, q: float(np.percentile(xs, q) * 1e3)  # noqa: E731
-    return Latency(ms(cand, 50), ms(cand, 95), ms(ref, 50))
+    # Load on a shared machine drifts over seconds; adjacent calls see the same load, so the
+    # median of per-pair ratios is steadier than a ratio of two medians.
+    ratio = float(np.median(np.asarray(cand) / np.asarray(ref)))
+    return Latency(ms(cand, 50), ms(cand, 95), ms(ref, 50), ratio)

@@ -105,15 +105,15 @@ def pack(opts: PackOptions) -> PackResult:
     labels = load_labels(labels_path, len(evald)) if labels_path else None
     ctx = _context(model, fmt, family, profile, calib, evald, labels, opts)
     with ui.progress(len(recipes), f"pack {profile.name}", opts.show_progress) as bar:
-        tried = run_search(ctx, recipes, max(opts.variants, 1), bar)
-    chosen = choose(tried, max(opts.variants, 1)) or _forced(opts, tried, notes)
+        tried = run_search(ctx, recipes, opts.variants, bar)
+    chosen = choose(tried, opts.variants) or _forced(opts, tried, notes)
     if not chosen:
         from ..report import render_candidates
 
         raise BudgetError(f"no recipe fits {profile.name}:\n"
                           f"{render_candidates(tried, source.size_bytes)}")
-    manifest, files = _bundle_contents(opts, model_path, original, source, info, profile, ctx,
-                                       steps, chosen, notes, labels_path)
+    manifest, files = _bundle_contents(opts, model_path, original, source, profile, ctx, steps,
+                                       chosen, notes)
     write_bundle(opts.out, manifest, files, opts.sign_key)
     return PackResult(Path(opts.out), manifest, tried, chosen, source, notes)
 
@@ -253,9 +253,8 @@ _EXT = {"onnx": "onnx", "tflite": "tflite"}
 
 
 def _bundle_contents(opts: PackOptions, model_path: Path, original: bytes, source: ModelInfo,
-                     info: ModelInfo, profile: Profile, ctx: Context, steps: list[str],
-                     chosen: list[Candidate], notes: list[str], labels_path: Any
-                     ) -> tuple[Manifest, list[MemberFile]]:
+                     profile: Profile, ctx: Context, steps: list[str], chosen: list[Candidate],
+                     notes: list[str]) -> tuple[Manifest, list[MemberFile]]:
     files: list[MemberFile] = []
     variants = []
     for i, cand in enumerate(chosen):

@@ -4,7 +4,8 @@
 
 For each model: the float model, plain `onnxruntime.quantization.quantize_static` with its
 defaults (ONNX) or plain ai-edge-quantizer `static_wi8_ai8` (TFLite), edgekit's `static_int8`
-recipe (like for like), and edgekit's own choice for the CPU target. Each row: file size,
+recipe (like for like: same runtime), and edgekit's own choice for the CPU target (which may
+run the model in LiteRT instead of ONNX Runtime when that measured faster). Each row: file size,
 SQNR vs float, accuracy (when labels exist), p50 latency ratio vs float (interleaved in one
 loop), and the time to produce it. Latency is quoted as a ratio: the host is shared and noisy.
 """
@@ -57,8 +58,9 @@ def raw_aeq_static(model: bytes, calib: Dataset) -> bytes:
 
 
 def measure(name: str, model: bytes, fmt: str, seconds: float, float_model: bytes,
-            evald: Dataset, labels: np.ndarray | None) -> dict:
-    ref = make_runner(float_model, fmt)
+            float_fmt: str, evald: Dataset, labels: np.ndarray | None) -> dict:
+    """Against the float model as given, in its own runtime (edgekit may pick another one)."""
+    ref = make_runner(float_model, float_fmt)
     cand = make_runner(model, fmt)
     ref_out, out = run_all(ref, evald), run_all(cand, evald)
     lat = interleaved_latency(cand, ref, evald.sample(0), min_runs=200, min_seconds=1.0)
@@ -88,19 +90,21 @@ def bench_model(label: str, path: Path, fmt: str, calib_path: Path | None, eval_
     else:
         calib, evald = synthetic_dataset(ref.inputs, 64), synthetic_dataset(ref.inputs, 32, seed=1)
     labels = load_labels(labels_path, len(evald)) if labels_path else None
-    rows = [measure("float", float_model, fmt, 0.0, float_model, evald, labels)]
+    rows = [measure("float", float_model, fmt, 0.0, float_model, fmt, evald, labels)]
     raw_fn, raw_name = (raw_ort_static, "raw onnxruntime quantize_static") if fmt == "onnx" else (
         raw_aeq_static, "raw ai-edge-quantizer static_wi8_ai8")
     raw, secs = timed(raw_fn, float_model, calib)
-    rows.append(measure(raw_name, raw, fmt, secs, float_model, evald, labels))
-    for recipe, name in (("static_int8", "edgekit static_int8"), (None, "edgekit choice (rpi4)")):
+    rows.append(measure(raw_name, raw, fmt, secs, float_model, fmt, evald, labels))
+    same_runtime = "onnxruntime" if fmt == "onnx" else "auto"
+    for recipe, runtime, name in (("static_int8", same_runtime, "edgekit static_int8"),
+                                  (None, "auto", "edgekit choice (rpi4)")):
         opts = PackOptions(model=path, target="rpi4", out=tmp / f"{label}-{recipe}.ekb",
                            calib=calib_path, eval_data=eval_path, labels=labels_path, recipe=recipe,
-                           synthetic_calib=calib_path is None)
+                           synthetic_calib=calib_path is None, runtime=runtime)
         result, secs = timed(pack, opts)
         chosen = result.chosen[0]
         row = measure(f"{name}: {chosen.recipe.name}", chosen.shipped, chosen.format, secs,
-                      float_model, evald, labels)
+                      float_model, fmt, evald, labels)
         row["bundle_bytes"] = opts.out.stat().st_size if isinstance(opts.out, Path) else None
         rows.append(row)
     for r in rows:
@@ -152,7 +156,8 @@ def main() -> None:
     args.out.write_text(json.dumps(rows, indent=2))
     from edgekit.ui import table
 
-    cols = ["model", "variant", "size_ratio", "sqnr_db", "accuracy_drop", "latency_ratio", "seconds"]
+    cols = ["model", "variant", "format", "size_ratio", "sqnr_db", "accuracy_drop", "latency_ratio",
+            "seconds"]
     print(table(cols, [[r.get(c) for c in cols] for r in rows]))
     print(json.dumps({"results": str(args.out), "rows": len(rows)}))
 
