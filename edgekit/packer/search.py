@@ -213,5 +213,6 @@ def run_search(ctx: Context, recipes: Sequence[Recipe], variants: int, bar: Any)
 def choose(tried: Sequence[Candidate], variants: int) -> list[Candidate]:
     """The first fitting compressing candidates; float32 only when nothing else fits."""
     fits = [c for c in tried if c.fits and c.recipe.quantization != "none"]
-    float_fit = [c for c in tried if c.fits and c.recipe.quantization == "none"]
-    return (fits + float_fit)[:variants]
+    if fits:
+        return fits[:variants]
+    return [c for c in tried if c.fits][:1]

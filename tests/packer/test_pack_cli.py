@@ -94,7 +94,7 @@ def test_synthetic_calibration_is_flagged(tmp_path, digits, edgekit_cli):
 
 
 def test_json_report_lists_every_candidate(tmp_path, digits, edgekit_cli):
-    proc = edgekit_cli("pack", "example:digits", "--target", "x86-64", "-o", tmp_path / "d.ekb",
+    proc = edgekit_cli("pack", "example:digits", "--target", "stm32h7", "-o", tmp_path / "d.ekb",
                        "--variants", "2", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -104,4 +104,9 @@ def test_json_report_lists_every_candidate(tmp_path, digits, edgekit_cli):
     chosen = [c for c in report["candidates"] if c["recipe"] in report["chosen"]]
     assert all(c["fits"] for c in chosen)
     assert report["manifest"]["variants"][0]["name"] == report["chosen"][1]
+    assert "fp32" not in report["chosen"]  # float is a fallback, never a variant beside int8
+    # each variant carries its own evidence and model member
+    variant = report["manifest"]["variants"][0]
+    assert variant["model"]["path"].startswith("variants/") and variant["target_report"]["fits"]
+    assert variant["fidelity"]["min_sqnr_db"] != report["manifest"]["fidelity"]["min_sqnr_db"]
     assert report["bundle_bytes"] > 0
