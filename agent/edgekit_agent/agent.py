@@ -35,9 +35,11 @@ def load_runner(bundle: Bundle, variant: str | None = None,
     manifest = bundle.manifest
     v = manifest.variant(variant) if variant else manifest.primary
     model = bundle.read(v.model.path)
+    # An MCU bundle runs in TFLM with the arena its manifest claims: the claim is tested here.
+    arena = v.target_report.get("arena_bytes") if manifest.family == "mcu" else None
     backend = load_backend(model, v.model.format, threads=threads,
                            edgetpu=manifest.family == "edgetpu" and edgetpu_available(),
-                           prefer_micro=manifest.family == "mcu")
+                           prefer_micro=manifest.family == "mcu", arena_size=arena)
     _check_specs(v, "input", v.inputs, backend.inputs)
     _check_specs(v, "output", v.outputs, backend.outputs)
     return v, Runner(backend)
