@@ -75,6 +75,14 @@ def test_cpu_target_keeps_the_faster_runtime_by_measurement(tmp_path, digits):
         assert "SQNR vs ONNX logits" in step and result.chosen[0].fidelity.min_sqnr_db > 60
 
 
+def _save(path, nodes, inits, inp: tuple, out: tuple) -> None:
+    graph = helper.make_graph(nodes, "test", [helper.make_tensor_value_info(inp[0], TensorProto.FLOAT, inp[1])],
+                              [helper.make_tensor_value_info(out[0], TensorProto.FLOAT, out[1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
 def _dynamic_onnx(path) -> None:
     """Conv net with dynamic batch and spatial dims, unnamed nodes."""
     rng = np.random.default_rng(0)
@@ -87,12 +95,7 @@ def _dynamic_onnx(path) -> None:
              helper.make_node("GlobalAveragePool", ["r"], ["g"]),
              helper.make_node("Flatten", ["g"], ["f"]),
              helper.make_node("Gemm", ["f", "w2", "b2"], ["y"], transB=1)]
-    graph = helper.make_graph(nodes, "dyn",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "H", "W"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
+    _save(path, nodes, inits, ("x", ["N", 1, "H", "W"]), ("y", ["N", 4]))
 
 
 def test_dynamic_shapes_are_frozen_and_recorded(tmp_path):
@@ -131,11 +134,7 @@ def _tiny_wide_onnx(path) -> None:
         nodes += [helper.make_node("Conv", [prev, f"w{i}", f"b{i}"], [f"c{i}"], name=f"conv{i}"),
                   helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
         prev = f"r{i}"
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
-                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 2, 8, 8])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
+    _save(path, nodes, inits, ("x", [1, 2, 8, 8]), (prev, [1, 2, 8, 8]))
 
 
 def test_search_rejects_larger_candidate_by_measurement(tmp_path):
