@@ -122,9 +122,9 @@ def conversion_sqnr(onnx_bytes: bytes, tflite_bytes: bytes, data: Dataset,
 # --- input checks ---------------------------------------------------------------------------
 
 def _static_io(onnx_bytes: bytes) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    from .ingest import _parse_onnx, onnx_value_spec
+    from .ingest import parse_onnx, onnx_value_spec
 
-    graph = _parse_onnx(onnx_bytes).graph
+    graph = parse_onnx(onnx_bytes).graph
     init_names = {i.name for i in graph.initializer}
     inputs = [onnx_value_spec(v) for v in graph.input if v.name not in init_names]
     outputs = [onnx_value_spec(v) for v in graph.output]

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
-from .ingest import _parse_onnx, onnx_value_spec
+from .ingest import parse_onnx, onnx_value_spec
 
 # What onnx2tf/TensorFlow accept: the first character a letter, digit or '.'.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
@@ -20,7 +20,7 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
 def freeze_input_shapes(data: bytes, shapes: dict[str, tuple[int, ...]], default_batch: int
                         ) -> tuple[bytes, list[str]]:
     """Give every dynamic input dim a value: from ``shapes``, or the target's batch for dim 0."""
-    model = _parse_onnx(data)
+    model = parse_onnx(data)
     init_names = {i.name for i in model.graph.initializer}
     steps = []
     unknown = set(shapes) - {v.name for v in model.graph.input}
@@ -70,7 +70,7 @@ def simplify(data: bytes) -> tuple[bytes, list[str]]:
     """Constant folding and graph simplification with onnxslim; keeps the original on failure."""
     import onnxslim
 
-    model = _parse_onnx(data)
+    model = parse_onnx(data)
     before = len(model.graph.node)
     try:
         slim = onnxslim.slim(model)
@@ -85,7 +85,7 @@ def simplify(data: bytes) -> tuple[bytes, list[str]]:
 
 def sanitize_names(data: bytes) -> tuple[bytes, list[str]]:
     """Node names that converters reject (or missing names) become `<op>_<index>`."""
-    model = _parse_onnx(data)
+    model = parse_onnx(data)
     seen: set[str] = set()
     renamed = 0
     for i, node in enumerate(model.graph.node):
@@ -103,7 +103,7 @@ def decompose_fp16_weights(data: bytes) -> tuple[bytes, list[str]]:
     """float16 initializers read through Cast(to=float) become float32 initializers."""
     from onnx import TensorProto, numpy_helper
 
-    model = _parse_onnx(data)
+    model = parse_onnx(data)
     inits = {i.name: i for i in model.graph.initializer}
     casts = [n for n in model.graph.node if n.op_type == "Cast" and n.input[0] in inits
              and inits[n.input[0]].data_type == TensorProto.FLOAT16

@@ -26,10 +26,6 @@ class ModelInfo:
     macs: int
     size_bytes: int
 
-    @property
-    def dynamic_inputs(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.inputs if any(d < 0 for d in t.shape))
-
     def to_dict(self) -> dict[str, Any]:
         return {"format": self.format, "inputs": [t.to_dict() for t in self.inputs],
                 "outputs": [t.to_dict() for t in self.outputs], "op_count": len(self.ops),
@@ -55,13 +51,13 @@ def detect_format(data: bytes, label: str = "model") -> str:
     if len(data) >= 8 and data[4:8] == tflite_model.FILE_IDENTIFIER:
         return "tflite"
     try:
-        _parse_onnx(data)
+        parse_onnx(data)
     except ModelError:
         raise ModelError(f"{label}: not an ONNX or TFLite model") from None
     return "onnx"
 
 
-def _parse_onnx(data: bytes):
+def parse_onnx(data: bytes):
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -84,7 +80,7 @@ def describe(data: bytes, fmt: str) -> ModelInfo:
 
 def op_list(data: bytes, fmt: str) -> list[str]:
     if fmt == "onnx":
-        return [n.op_type for n in _parse_onnx(data).graph.node]
+        return [n.op_type for n in parse_onnx(data).graph.node]
     return tflite_model.op_names(data)
 
 
@@ -104,7 +100,7 @@ def onnx_value_spec(value_info: Any) -> TensorSpec:
 def _describe_onnx(data: bytes) -> ModelInfo:
     from onnx import numpy_helper
 
-    model = _parse_onnx(data)
+    model = parse_onnx(data)
     graph = model.graph
     init_names = {i.name for i in graph.initializer}
     inputs = tuple(onnx_value_spec(v) for v in graph.input if v.name not in init_names)

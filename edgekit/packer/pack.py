@@ -249,9 +249,6 @@ def _context(model: bytes, fmt: str, family: Any, profile: Profile, calib: Datas
 
 # --- bundle contents -------------------------------------------------------------------------
 
-_EXT = {"onnx": "onnx", "tflite": "tflite"}
-
-
 def _bundle_contents(opts: PackOptions, model_path: Path, original: bytes, source: ModelInfo,
                      profile: Profile, ctx: Context, steps: list[str], chosen: list[Candidate],
                      notes: list[str]) -> tuple[Manifest, list[MemberFile]]:
@@ -259,7 +256,7 @@ def _bundle_contents(opts: PackOptions, model_path: Path, original: bytes, sourc
     variants = []
     for i, cand in enumerate(chosen):
         stem = "model" if i == 0 else f"variants/{cand.recipe.name}"
-        path = f"{stem}.{_EXT[cand.format]}"
+        path = f"{stem}.{cand.format}"
         files.append(MemberFile(path, cand.shipped, "model" if i == 0 else "variant"))
         for extra, blob in (cand.compiled.extra_files if cand.compiled else {}).items():
             files.append(MemberFile(f"{stem}_files/{extra}" if i else extra, blob, "target"))

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import CalibrationError, ModelError
 from .data import Dataset
-from .ingest import _parse_onnx
+from .ingest import parse_onnx
 from .recipes import Recipe
 
 WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}  # op -> weight input index
@@ -60,7 +60,7 @@ def compress_weights(data: bytes, sparsity: float, clusters: int) -> tuple[bytes
 
     from . import compress
 
-    model = _parse_onnx(data)
+    model = parse_onnx(data)
     inits = weight_initializers(model)
     weights = {n: numpy_helper.to_array(t).astype(np.float32) for n, t in inits.items()}
     if sparsity:
@@ -79,7 +79,7 @@ def fp16_weights(data: bytes) -> bytes:
     """float32 initializers stored as float16 and Cast back to float32: half the file, same compute."""
     from onnx import TensorProto, helper, numpy_helper
 
-    model = _parse_onnx(data)
+    model = parse_onnx(data)
     casts = []
     for init in list(model.graph.initializer):
         if init.data_type != TensorProto.FLOAT or int(np.prod(init.dims)) < MIN_FP16_ELEMENTS:
@@ -165,7 +165,7 @@ def weight_only(data: bytes, bits: int) -> bytes:
     """Block-wise int4/int8 weights for MatMul/Gemm (MatMulNBits); other ops stay float."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    model = _parse_onnx(_gemm_to_matmul(data))
+    model = parse_onnx(_gemm_to_matmul(data))
     try:
         quant = MatMulNBitsQuantizer(model, bits=bits, block_size=32, is_symmetric=True,
                                      op_types_to_quantize=("MatMul",))
@@ -182,7 +182,7 @@ def _gemm_to_matmul(data: bytes) -> bytes:
     """Gemm(A, W, b) with constant W → MatMul + Add, which MatMulNBits can quantize."""
     from onnx import helper, numpy_helper
 
-    model = _parse_onnx(data)
+    model = parse_onnx(data)
     inits = {i.name: i for i in model.graph.initializer}
     nodes = []
     for node in model.graph.node:
@@ -219,7 +219,7 @@ def sensitive_nodes(float_model: bytes, qdq_model: bytes, calib: Dataset, limit:
     """
     from onnxruntime.quantization import qdq_loss_debug as dbg
 
-    model = _parse_onnx(float_model)
+    model = parse_onnx(float_model)
     sub = Dataset(calib.inputs, tuple(a[:limit] for a in calib.arrays))
     with tempfile.TemporaryDirectory(prefix="edgekit-dbg-") as tmp, _quiet():
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Sequence
 
 import numpy as np
@@ -83,8 +84,9 @@ class Candidate:
     def shipped(self) -> bytes:
         return self.compiled.model if self.compiled else self.model
 
-    @property
+    @cached_property
     def compressed_bytes(self) -> int:
+        """Deflated size (what the bundle member costs); read once the candidate is final."""
         return len(zlib.compress(self.shipped, 9))
 
     def to_dict(self) -> dict[str, Any]:
