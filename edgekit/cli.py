@@ -110,7 +110,7 @@ def _inspect(sub: Any) -> None:
 
 @command
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from edgekit_agent.bundle import open_bundle
+    from edgekit_agent.bundle.reader import open_bundle
 
     bundle = open_bundle(args.bundle, args.key)
     if args.json:
@@ -130,7 +130,7 @@ def _verify(sub: Any) -> None:
 
 @command
 def cmd_verify(args: argparse.Namespace) -> int:
-    from edgekit_agent.bundle import open_bundle
+    from edgekit_agent.bundle.reader import open_bundle
 
     b = open_bundle(args.bundle, args.key)
     sig = (f"signature OK (key {b.key_id})" if b.signature_checked
@@ -170,7 +170,7 @@ def _keygen(sub: Any) -> None:
 
 @command
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from edgekit_agent.signing import generate_keypair
+    from edgekit_agent.bundle.signing import generate_keypair
 
     key, pub = generate_keypair(args.out)
     print(f"wrote {key} (private, keep secret) and {pub} (public, give to devices)")

@@ -4,7 +4,7 @@
     edgekit fleet cmd DEVICE ACTION [--arg KEY=VALUE ...] --key FLEET.key [--fleet NAME] [--json]
 
 ``status`` subscribes to every device's retained ``status`` and live ``telemetry`` (topics and
-payloads from :mod:`edgekit_agent.schema`), collects for ``--wait`` seconds and prints one table;
+payloads from :mod:`edgekit_agent.telemetry.schema`), collects for ``--wait`` seconds and prints one table;
 ``--watch`` keeps printing (a JSON line per refresh with ``--json``). ``cmd`` signs a command
 with the fleet's ed25519 key (the key that signs bundles), publishes it and waits for the
 device's ``cmd_result``/``cmd_error`` event with the same correlation id.
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit_agent import schema
+from edgekit_agent.telemetry import schema
 from edgekit_agent.errors import ConfigError, TransportError
 
 from . import ui
@@ -180,7 +180,7 @@ def _print_view(view: FleetView, as_json: bool, watch: bool) -> None:
 # --- commands -----------------------------------------------------------------------------------
 
 def _cmd(args: argparse.Namespace) -> int:
-    from edgekit_agent.signing import load_private_key
+    from edgekit_agent.bundle.signing import load_private_key
 
     if args.fleet == "+":
         raise ConfigError("a command goes to one device: give --fleet NAME", key="--fleet")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from edgekit_agent.bundle import Bundle
+from edgekit_agent.bundle.reader import Bundle
 
 from . import ui
 
@@ -37,7 +37,8 @@ def render_manifest(bundle: Bundle) -> str:
              f"{ui.human_bytes(m.source.get('size_bytes'))}"]
     rows = []
     for v in m.all_variants:
-        fid, rep = v.fidelity, v.target_report
+        fid = v.fidelity.to_dict() if v.fidelity else {}
+        rep = v.target_report.to_dict() if v.target_report else {}
         rows.append((v.name, v.model.format, ui.human_bytes(v.model.size_bytes),
                      ui.human_bytes(v.model.compressed_bytes), fid.get("min_sqnr_db"),
                      fid.get("accuracy"), fid.get("accuracy_drop"), v.latency_ms,
@@ -49,7 +50,7 @@ def render_manifest(bundle: Bundle) -> str:
           for t in m.primary.inputs]
     io += [f"  out {t.name} {list(t.shape)} {t.dtype}" + (f" scale={t.scale:.6g} zp={t.zero_point}" if t.scale else "")
            for t in m.primary.outputs]
-    lines += ["", "tensors", *io, "", "recipe", *(f"  {_step_line(s)}" for s in m.primary.recipe)]
+    lines += ["", "tensors", *io, "", "recipe", *(f"  {_step_line(s.to_dict())}" for s in m.primary.recipe)]
     lines += [f"note     {n}" for n in m.notes]
     return "\n".join(lines)
 

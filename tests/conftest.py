@@ -10,8 +10,9 @@ import pytest
 
 from edgekit.bundle_writer import MemberFile, write_bundle
 from edgekit.examples import get_example
-from edgekit_agent.manifest import Manifest, ModelRef, TensorSpec, Variant, sha256_hex
-from edgekit_agent.signing import generate_keypair
+from edgekit_agent.bundle.manifest import (Fidelity, Manifest, ModelRef, OutputFidelity, RecipeStep,
+                                           TargetReport, TensorSpec, Variant, sha256_hex)
+from edgekit_agent.bundle.signing import generate_keypair
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = "".join(f"{d}\n" for d in range(10)).encode()
@@ -44,12 +45,11 @@ def _digits_manifest(model: bytes, model_path: str = "model.tflite") -> Manifest
         name="float", model=ref,
         inputs=(TensorSpec("image", (1, 8, 8, 1), "float32"),),
         outputs=(TensorSpec("logits", (1, 10), "float32"),),
-        recipe=({"step": "none"},),
-        fidelity={"logits": {"sqnr_db": 99.0, "cosine": 1.0}, "top1_agreement": 1.0},
+        recipe=(RecipeStep("none"),),
+        fidelity=Fidelity(outputs={"logits": OutputFidelity(sqnr_db=99.0, cosine=1.0)},
+                          top1_agreement=1.0, samples=16, synthetic=False),
         latency_ms=0.05,
-        target_report={"family": "cpu", "arena_bytes": None, "sram_bytes": None,
-                       "flash_bytes": len(model), "ops_on_accelerator": [],
-                       "ops_on_cpu": ["CONV_2D"], "fits": True, "violations": []})
+        target_report=TargetReport(family="cpu", flash_bytes=len(model), ops_on_cpu=("CONV_2D",)))
     return Manifest(name="digits", version="1", target="x86-64", family="cpu", primary=primary,
                     members=(), source={"format": "tflite", "size_bytes": len(model),
                                         "latency_ms": 0.05},

@@ -22,7 +22,12 @@ import numpy as np
 
 from . import __version__
 from .cliutil import Handler, dispatch
+from .config import AgentConfig
 from .errors import InputError
+from .service import daemon
+from .service.agent import Agent
+from .service.http_api import HttpApi
+from .store.slots import BundleStore
 
 COMMANDS: dict[str, Handler] = {}
 
@@ -76,8 +81,6 @@ def _print_json(obj: Any) -> None:
 
 @command
 def cmd_install(args: argparse.Namespace) -> int:
-    from .store import BundleStore
-
     result = BundleStore(args.store).install(args.bundle, args.key)
     if args.json:
         _print_json(result.to_dict())
@@ -93,8 +96,6 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 @command
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from .store import BundleStore
-
     store = BundleStore(args.store)
     active = store.rollback("manual (edgekit-agent rollback)")
     if args.json:
@@ -106,8 +107,6 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 @command
 def cmd_status(args: argparse.Namespace) -> int:
-    from .store import BundleStore
-
     status = BundleStore(args.store).status()
     if args.json:
         _print_json(status.to_dict())
@@ -131,8 +130,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 @command
 def cmd_infer(args: argparse.Namespace) -> int:
-    from .agent import Agent
-
     inputs = _read_inputs(args.input)
     with Agent(args.store, public_key=args.key, threads=args.threads, variant=args.variant) as agent:
         outputs = agent.infer(inputs)
@@ -177,10 +174,6 @@ def _load_array_file(path: str, npz: bool = False) -> Any:
 
 @command
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .agent import Agent
-    from .config import AgentConfig
-    from .http_api import HttpApi
-
     config = AgentConfig.from_file(args.config)
     with Agent.from_config(config) as agent:
         api = HttpApi.from_config(agent, config).start()
@@ -201,10 +194,6 @@ def _wait_for_stop_signal() -> None:
 
 @command
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import AgentConfig
-
-    from . import daemon
-
     return daemon.run(AgentConfig.from_file(args.config)) or 0
 
 

@@ -20,16 +20,14 @@ key, the bad value and the allowed values (``ConfigError``).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .defaults import (DEVICE_NAME_RE, DEVICE_NAME_RULE, HTTP_HOST, HTTP_MAX_BODY_BYTES,
+                       HTTP_PORT, MQTT_HOST, MQTT_PORT, MQTT_PROTOCOLS, SENSOR_KINDS)
 from .tomlfile import read_toml
-from .errors import ConfigError
-
-SENSOR_KINDS = ("sysfs", "simulated", "pi")
-_DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # one MQTT topic level, no wildcards
+from .validate import REQUIRED, Table, invalid
 
 
 @dataclass(frozen=True)
@@ -49,16 +47,19 @@ class RuntimeConfig:
 @dataclass(frozen=True)
 class HttpConfig:
     enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = 8470
-    max_body_bytes: int = 8 << 20
+    host: str = HTTP_HOST
+    port: int = HTTP_PORT
+    max_body_bytes: int = HTTP_MAX_BODY_BYTES
 
 
 @dataclass(frozen=True)
 class MqttConfig:
+    """The MQTT link's settings (the ``[mqtt]`` section); ``password`` is for use in code only:
+    a config file names a ``password_file``, read when connecting so it is never logged."""
+
     enabled: bool = True
-    host: str = "localhost"
-    port: int = 1883
+    host: str = MQTT_HOST
+    port: int = MQTT_PORT
     tls: bool = False
     ca_file: Path | None = None
     username: str | None = None
@@ -67,6 +68,9 @@ class MqttConfig:
     client_id: str | None = None
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
+    protocol: str = "5"  # "5" or "3.1.1"
+    inflight: int = 20
+    password: str | None = field(default=None, repr=False)
 
     def read_password(self) -> str | None:
         """The password (first line of ``password_file``), read when needed so it is never logged."""
@@ -75,8 +79,8 @@ class MqttConfig:
         try:
             return self.password_file.read_text(encoding="utf-8").splitlines()[0].strip()
         except (OSError, UnicodeDecodeError, IndexError) as exc:
-            raise ConfigError(f"cannot read the MQTT password file: {exc}",
-                              key="mqtt.password_file", value=str(self.password_file)) from None
+            raise invalid("", "mqtt.password_file", str(self.password_file),
+                          f"a readable password file ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -123,30 +127,30 @@ class AgentConfig:
     source: str = ""  # the file it was read from
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "AgentConfig":
+    def from_file(cls, path: str | Path) -> AgentConfig:
         path = Path(path)
         data = read_toml(path, "config")
         return cls.from_dict(data, source=str(path), base=path.parent)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], *, source: str = "", base: Path | None = None) -> "AgentConfig":
-        r = _Reader(source, base or Path.cwd())
-        r.only(d, "", ("device_id", "fleet", "store", "runtime", "http", "mqtt", "queue", "policy",
-                       "sensors", "telemetry", "load"))
-        device_id = r.name(d, "device_id", required=True)
-        store = _store(r, r.section(d, "store"))
-        return cls(device_id=device_id, fleet=r.name(d, "fleet", default="default"), store=store,
-                   queue=_queue(r, r.section(d, "queue"), store.root),
-                   runtime=_runtime(r, r.section(d, "runtime")), http=_http(r, r.section(d, "http")),
-                   mqtt=_mqtt(r, r.section(d, "mqtt")), policy=_policy(r, r.section(d, "policy")),
-                   sensors=_sensors(r, r.section(d, "sensors")),
-                   telemetry=_telemetry(r, r.section(d, "telemetry")),
-                   load=_load(r, r.section(d, "load")), source=source)
+    def from_dict(cls, d: dict[str, Any], *, source: str = "", base: Path | None = None) -> AgentConfig:
+        t = Table(d, source, base=base or Path.cwd())
+        t.only(("device_id", "fleet", "store", "runtime", "http", "mqtt", "queue", "policy",
+                "sensors", "telemetry", "load"))
+        device_id = _name(t, "device_id")
+        store = _store(t.table("store"))
+        return cls(device_id=device_id, fleet=_name(t, "fleet", "default"), store=store,
+                   queue=_queue(t.table("queue"), store.root), runtime=_runtime(t.table("runtime")),
+                   http=_http(t.table("http")), mqtt=_mqtt(t.table("mqtt")),
+                   policy=_policy(t.table("policy")), sensors=_sensors(t.table("sensors")),
+                   telemetry=_telemetry(t.table("telemetry")), load=_load(t.table("load")),
+                   source=source)
 
     def to_dict(self) -> dict[str, Any]:
         """The TOML-shaped dict ``from_dict`` reads back (unset values left out, like in TOML)."""
         d = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "source"}
         d["sensors"] = {"kind": self.sensors.kind, **_plain(self.sensors.options)}
+        d["mqtt"].pop("password", None)
         return d
 
 
@@ -160,154 +164,76 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _store(r: "_Reader", s: dict[str, Any]) -> StoreConfig:
-    r.only(s, "store", ("root", "public_key", "max_failures", "failure_window_s"))
-    return StoreConfig(root=r.path(s, "store.root", required=True),
-                       public_key=r.path(s, "store.public_key"),
-                       max_failures=r.integer(s, "store.max_failures", 3, lo=1, hi=1000),
-                       failure_window_s=r.number(s, "store.failure_window_s", 600.0, lo=1.0))
+def _name(t: Table, key: str, default: Any = REQUIRED) -> str:
+    return t.string(key, default, pattern=DEVICE_NAME_RE, what=DEVICE_NAME_RULE)
 
 
-def _runtime(r: "_Reader", s: dict[str, Any]) -> RuntimeConfig:
-    r.only(s, "runtime", ("threads", "variant"))
-    threads = r.integer(s, "runtime.threads", None, lo=1, hi=256)
-    variant = r.string(s, "runtime.variant", None)
-    return RuntimeConfig(threads=threads, variant=variant or None)
+def _store(t: Table) -> StoreConfig:
+    t.only(("root", "public_key", "max_failures", "failure_window_s"))
+    return StoreConfig(root=t.path("root"), public_key=t.path("public_key", None),
+                       max_failures=t.integer("max_failures", 3, lo=1, hi=1000),
+                       failure_window_s=t.number("failure_window_s", 600.0, lo=1.0))
 
 
-def _http(r: "_Reader", s: dict[str, Any]) -> HttpConfig:
-    r.only(s, "http", ("enabled", "host", "port", "max_body_bytes"))
-    return HttpConfig(enabled=r.boolean(s, "http.enabled", True),
-                      host=r.string(s, "http.host", "127.0.0.1", nonempty=True),
-                      port=r.integer(s, "http.port", 8470, lo=0, hi=65535),
-                      max_body_bytes=r.integer(s, "http.max_body_bytes", 8 << 20, lo=1024, hi=1 << 30))
+def _runtime(t: Table) -> RuntimeConfig:
+    t.only(("threads", "variant"))
+    return RuntimeConfig(threads=t.integer("threads", None, lo=1, hi=256),
+                         variant=t.string("variant", None) or None)
 
 
-def _mqtt(r: "_Reader", s: dict[str, Any]) -> MqttConfig:
-    r.only(s, "mqtt", ("enabled", "host", "port", "tls", "ca_file", "username", "password_file",
-                       "keepalive", "client_id", "reconnect_min_s", "reconnect_max_s"))
-    cfg = MqttConfig(enabled=r.boolean(s, "mqtt.enabled", True),
-                     host=r.string(s, "mqtt.host", "localhost", nonempty=True),
-                     port=r.integer(s, "mqtt.port", 1883, lo=1, hi=65535),
-                     tls=r.boolean(s, "mqtt.tls", False), ca_file=r.path(s, "mqtt.ca_file"),
-                     username=r.string(s, "mqtt.username", None) or None,
-                     password_file=r.path(s, "mqtt.password_file"),
-                     keepalive=r.integer(s, "mqtt.keepalive", 30, lo=5, hi=65535),
-                     client_id=r.string(s, "mqtt.client_id", None) or None,
-                     reconnect_min_s=r.number(s, "mqtt.reconnect_min_s", 0.5, lo=0.01, hi=3600.0),
-                     reconnect_max_s=r.number(s, "mqtt.reconnect_max_s", 30.0, lo=0.01, hi=86400.0))
+def _http(t: Table) -> HttpConfig:
+    t.only(("enabled", "host", "port", "max_body_bytes"))
+    return HttpConfig(enabled=t.boolean("enabled", True),
+                      host=t.string("host", HTTP_HOST, nonempty=True),
+                      port=t.integer("port", HTTP_PORT, lo=0, hi=65535),
+                      max_body_bytes=t.integer("max_body_bytes", HTTP_MAX_BODY_BYTES, lo=1024,
+                                               hi=1 << 30))
+
+
+def _mqtt(t: Table) -> MqttConfig:
+    t.only(("enabled", "host", "port", "tls", "ca_file", "username", "password_file",
+            "keepalive", "client_id", "reconnect_min_s", "reconnect_max_s", "protocol", "inflight"))
+    cfg = MqttConfig(enabled=t.boolean("enabled", True),
+                     host=t.string("host", MQTT_HOST, nonempty=True),
+                     port=t.integer("port", MQTT_PORT, lo=1, hi=65535),
+                     tls=t.boolean("tls", False), ca_file=t.path("ca_file", None),
+                     username=t.string("username", None) or None,
+                     password_file=t.path("password_file", None),
+                     keepalive=t.integer("keepalive", 30, lo=5, hi=65535),
+                     client_id=t.string("client_id", None) or None,
+                     reconnect_min_s=t.number("reconnect_min_s", 0.5, lo=0.01, hi=3600.0),
+                     reconnect_max_s=t.number("reconnect_max_s", 30.0, lo=0.01, hi=86400.0),
+                     protocol=t.choice("protocol", MQTT_PROTOCOLS, "5"),
+                     inflight=t.integer("inflight", 20, lo=1, hi=65535))
     if cfg.password_file is not None and cfg.username is None:
-        raise ConfigError("a password file needs a username", source=r.source, key="mqtt.username")
+        raise t.fail("username", None, "optional when a password_file is set", missing=True)
     if cfg.ca_file is not None and not cfg.tls:
-        raise ConfigError("ca_file is set but tls is off", source=r.source, key="mqtt.tls", value=False,
-                          allowed=[True])
+        raise t.fail("tls", False, "false when ca_file is set", [True])
     return cfg
 
 
-def _queue(r: "_Reader", s: dict[str, Any], store_root: Path) -> QueueConfig:
-    r.only(s, "queue", ("path", "max_messages"))
-    path = r.path(s, "queue.path") or store_root / "telemetry-queue.sqlite"
-    return QueueConfig(path=path, max_messages=r.integer(s, "queue.max_messages", 100_000, lo=1,
-                                                         hi=100_000_000))
+def _queue(t: Table, store_root: Path) -> QueueConfig:
+    t.only(("path", "max_messages"))
+    return QueueConfig(path=t.path("path", None) or store_root / "telemetry-queue.sqlite",
+                       max_messages=t.integer("max_messages", 100_000, lo=1, hi=100_000_000))
 
 
-def _policy(r: "_Reader", s: dict[str, Any]) -> PolicyConfig:
-    r.only(s, "policy", ("file",))
-    return PolicyConfig(file=r.path(s, "policy.file"))
+def _policy(t: Table) -> PolicyConfig:
+    t.only(("file",))
+    return PolicyConfig(file=t.path("file", None))
 
 
-def _sensors(r: "_Reader", s: dict[str, Any]) -> SensorsConfig:
-    kind = r.string(s, "sensors.kind", "sysfs")
-    if kind not in SENSOR_KINDS:
-        raise ConfigError("unknown sensor kind", source=r.source, key="sensors.kind", value=kind,
-                          allowed=SENSOR_KINDS)
-    return SensorsConfig(kind=kind, options={k: v for k, v in s.items() if k != "kind"})
+def _sensors(t: Table) -> SensorsConfig:
+    kind = t.choice("kind", SENSOR_KINDS, "sysfs")
+    return SensorsConfig(kind=kind, options={k: v for k, v in t.data.items() if k != "kind"})
 
 
-def _telemetry(r: "_Reader", s: dict[str, Any]) -> TelemetryConfig:
-    r.only(s, "telemetry", ("interval_s",))
-    return TelemetryConfig(interval_s=r.number(s, "telemetry.interval_s", 10.0, lo=0.05, hi=86400.0))
+def _telemetry(t: Table) -> TelemetryConfig:
+    t.only(("interval_s",))
+    return TelemetryConfig(interval_s=t.number("interval_s", 10.0, lo=0.05, hi=86400.0))
 
 
-def _load(r: "_Reader", s: dict[str, Any]) -> LoadConfig:
-    r.only(s, "load", ("rate", "seed"))
-    return LoadConfig(rate=r.number(s, "load.rate", 0.0, lo=0.0, hi=1e6),
-                      seed=r.integer(s, "load.seed", 0, lo=0, hi=2**32 - 1))
-
-
-class _Reader:
-    """Typed getters that raise ConfigError naming the file, the dotted key and the bad value."""
-
-    def __init__(self, source: str, base: Path) -> None:
-        self.source, self.base = source, base
-
-    def _fail(self, message: str, key: str, value: Any = None, allowed: Any = None) -> ConfigError:
-        return ConfigError(message, source=self.source, key=key, value=value, allowed=allowed)
-
-    def only(self, d: dict[str, Any], section: str, allowed: tuple[str, ...]) -> None:
-        for key, value in d.items():
-            if key not in allowed:
-                dotted = f"{section}.{key}" if section else key
-                raise self._fail("unknown key", dotted, value, allowed=allowed)
-
-    def section(self, d: dict[str, Any], name: str) -> dict[str, Any]:
-        value = d.get(name, {})
-        if not isinstance(value, dict):
-            raise self._fail("must be a [table]", name, value)
-        return value
-
-    @staticmethod
-    def _leaf(key: str) -> str:
-        return key.rsplit(".", 1)[-1]
-
-    def string(self, d: dict[str, Any], key: str, default: Any, *, nonempty: bool = False) -> Any:
-        value = d.get(self._leaf(key), default)
-        if value is default:
-            return value
-        if not isinstance(value, str) or (nonempty and not value.strip()):
-            raise self._fail("must be a non-empty string" if nonempty else "must be a string", key, value)
-        return value
-
-    def name(self, d: dict[str, Any], key: str, *, required: bool = False, default: str = "") -> str:
-        if key not in d:
-            if required:
-                raise self._fail("is required", key)
-            return default
-        value = d[key]
-        if not isinstance(value, str) or not _DEVICE_ID_RE.match(value):
-            raise self._fail("must be 1-64 characters of letters, digits, '_', '.', '-' "
-                             "(it becomes an MQTT topic level)", key, value)
-        return value
-
-    def boolean(self, d: dict[str, Any], key: str, default: bool) -> bool:
-        value = d.get(self._leaf(key), default)
-        if not isinstance(value, bool):
-            raise self._fail("must be true or false", key, value, allowed=[True, False])
-        return value
-
-    def integer(self, d: dict[str, Any], key: str, default: int | None, *, lo: int, hi: int) -> Any:
-        value = d.get(self._leaf(key), default)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise self._fail(f"must be an integer in {lo}..{hi}", key, value)
-        return value
-
-    def number(self, d: dict[str, Any], key: str, default: float, *, lo: float,
-               hi: float = float("inf")) -> float:
-        value = d.get(self._leaf(key), default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-            raise self._fail(f"must be a number in {lo}..{hi}", key, value)
-        return float(value)
-
-    def path(self, d: dict[str, Any], key: str, *, required: bool = False) -> Path | None:
-        leaf = self._leaf(key)
-        if leaf not in d:
-            if required:
-                raise self._fail("is required", key)
-            return None
-        value = d[leaf]
-        if not isinstance(value, str) or not value.strip():
-            raise self._fail("must be a non-empty path string", key, value)
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else (self.base / p)
+def _load(t: Table) -> LoadConfig:
+    t.only(("rate", "seed"))
+    return LoadConfig(rate=t.number("rate", 0.0, lo=0.0, hi=1e6),
+                      seed=t.integer("seed", 0, lo=0, hi=2**32 - 1))

@@ -1,4 +1,4 @@
-"""The one error hierarchy of edgekit (host and device).
+"""The one error hierarchy of edgekit (host and device). Each class means one thing.
 
     EdgekitError                  anything edgekit refuses, with a one-line message
     ├── BundleError               a bundle cannot be read or trusted
@@ -11,11 +11,15 @@
     ├── BudgetError               no recipe fits the target's budgets
     ├── RuntimeBackendError       no runtime can execute the bundle, or inference failed
     ├── InputError                inference inputs have unknown names, wrong shapes or dtypes
+    ├── RateLimited               inference refused for now by the mode's rate limit or duty cycle
     ├── StoreError                the on-device bundle store refused an install or rollback
-    └── TransportError            MQTT, serial or network input is malformed or unreachable
+    ├── CommandError              a command is unknown, malformed, unauthenticated, stale or replayed
+    └── TransportError            MQTT or network input is malformed or unreachable
+        └── SerialLinkError       the serial link to a microcontroller failed or broke protocol
 
 Library exceptions are mapped at the boundary (``raise ...Error(...) from None``) so that
-callers, and the CLIs, only ever see these types.
+callers, and the CLIs, only ever see these types. ``http_status`` is what the local HTTP API
+answers when a request ends in that error.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 class EdgekitError(Exception):
     """Base of every error edgekit raises on purpose."""
+
+    http_status = 500
 
 
 class BundleError(EdgekitError):
@@ -81,12 +87,30 @@ class RuntimeBackendError(EdgekitError):
 
 
 class InputError(EdgekitError):
-    pass
+    http_status = 400
+
+
+class RateLimited(EdgekitError):
+    http_status = 503
 
 
 class StoreError(EdgekitError):
     pass
 
 
+class CommandError(EdgekitError):
+    http_status = 400
+
+
 class TransportError(EdgekitError):
+    http_status = 502
+
+
+class SerialLinkError(TransportError):
     pass
+
+
+def first_line(exc: BaseException) -> str:
+    """A library exception as one short line, for messages that must stay one line."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

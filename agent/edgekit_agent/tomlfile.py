@@ -1,10 +1,17 @@
-"""Read a TOML file (config, policy, target profile) with errors that name the file."""
+"""Read a TOML file (config, policy, target profile) with errors that name the file.
+
+``tomllib`` on Python 3.11+, ``tomli`` (the same code) on 3.10."""
 
 from __future__ import annotations
 
-import tomllib
+import sys
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (Ubuntu 22.04 boards): the same parser, packaged as tomli
+    import tomli as tomllib
 
 from .errors import ConfigError
 

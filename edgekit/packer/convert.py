@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from edgekit_agent.manifest import TensorSpec
+from edgekit_agent.bundle.manifest import TensorSpec
 from edgekit_agent.runtime import load_backend
 
 from ..errors import CalibrationError, ModelError, UnsupportedOpError

@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from edgekit_agent.manifest import TensorSpec
+from edgekit_agent.bundle.manifest import TensorSpec
 
 from ..errors import CalibrationError
 

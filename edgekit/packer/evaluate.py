@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from edgekit_agent.bundle.manifest import Fidelity, OutputFidelity
 from edgekit_agent.runtime import Runner, load_backend
 
 from ..errors import ModelError
@@ -58,33 +59,9 @@ def accuracy(out: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(out.reshape(len(out), -1).argmax(axis=1) == labels))
 
 
-@dataclass(frozen=True)
-class Fidelity:
-    outputs: dict[str, dict[str, float]]
-    top1_agreement: float | None
-    accuracy: float | None
-    accuracy_drop: float | None
-    samples: int
-    synthetic: bool
-
-    @property
-    def min_sqnr_db(self) -> float:
-        return min(o["sqnr_db"] for o in self.outputs.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"outputs": {k: {m: _json_float(v) for m, v in d.items()} for k, d in self.outputs.items()},
-                "min_sqnr_db": _json_float(self.min_sqnr_db), "top1_agreement": self.top1_agreement,
-                "accuracy": self.accuracy, "accuracy_drop": self.accuracy_drop,
-                "samples": self.samples, "synthetic_data": self.synthetic}
-
-
-def _json_float(x: float) -> float | str:
-    return "inf" if x == float("inf") else round(float(x), 4)
-
-
 def compare(names: Sequence[str], ref: list[np.ndarray], test: list[np.ndarray], data: Dataset,
             labels: np.ndarray | None, ref_accuracy: float | None) -> Fidelity:
-    outputs = {n: {"sqnr_db": sqnr_db(r, t), "cosine": cosine(r, t)}
+    outputs = {n: OutputFidelity(sqnr_db=sqnr_db(r, t), cosine=cosine(r, t))
                for n, r, t in zip(names, ref, test)}
     top1 = float(np.mean(ref[0].reshape(len(ref[0]), -1).argmax(1) ==
                          test[0].reshape(len(test[0]), -1).argmax(1))) if is_classifier(ref[0]) else None

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit_agent.manifest import sha256_hex
+from edgekit_agent.bundle.manifest import sha256_hex
 
 from ..errors import ConfigError, ModelError
 from .data import Dataset

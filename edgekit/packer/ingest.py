@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit_agent.manifest import TensorSpec
+from edgekit_agent.bundle.manifest import TensorSpec
 
 from ..errors import ModelError
 from . import tflite_model

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgekit_agent.manifest import Manifest, ModelRef, Variant, sha256_hex
+from edgekit_agent.bundle.manifest import Manifest, ModelRef, RecipeStep, Variant, sha256_hex
 
 from .. import ui
 from ..bundle_writer import MemberFile, write_bundle
@@ -279,18 +279,17 @@ def _bundle_contents(opts: PackOptions, model_path: Path, original: bytes, sourc
 
 def _variant(cand: Candidate, path: str, doctor_steps: list[str]) -> Variant:
     runner = cand.runner
-    recipe = [{"step": "doctor", "detail": s} for s in doctor_steps]
-    recipe.append({"step": "recipe", **cand.recipe.to_dict(), **cand.stats})
+    recipe = [RecipeStep("doctor", s) for s in doctor_steps]
+    recipe.append(RecipeStep("recipe", params={**cand.recipe.to_dict(), **cand.stats}))
     if cand.compiled and cand.compiled.report.details.get("compile_steps"):
-        recipe += [{"step": "target", "detail": s} for s in cand.compiled.report.details["compile_steps"]]
+        recipe += [RecipeStep("target", s) for s in cand.compiled.report.details["compile_steps"]]
     shipped = cand.shipped
     return Variant(name=cand.recipe.name,
                    model=ModelRef(path=path, format=cand.format, sha256=sha256_hex(shipped),
                                   size_bytes=len(shipped), compressed_bytes=cand.compressed_bytes),
                    inputs=runner.inputs, outputs=runner.outputs, recipe=tuple(recipe),
-                   fidelity=cand.fidelity.to_dict() | {"latency_ratio": round(cand.latency.ratio, 3)},
-                   latency_ms=round(cand.latency.p50_ms, 4),
-                   target_report=cand.compiled.report.to_dict())
+                   fidelity=replace(cand.fidelity, latency_ratio=round(cand.latency.ratio, 3)),
+                   latency_ms=round(cand.latency.p50_ms, 4), target_report=cand.compiled.report)
 
 
 def _selftest(cand: Candidate, data: Dataset) -> bytes:

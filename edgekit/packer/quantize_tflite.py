@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from edgekit_agent.manifest import TensorSpec
+from edgekit_agent.bundle.manifest import TensorSpec
 from edgekit_agent.runtime import Runner, load_backend, quantize
 
 from ..errors import CalibrationError, ConfigError, EdgekitError, ModelError

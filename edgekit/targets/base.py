@@ -5,31 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from edgekit_agent.bundle.manifest import TargetReport
+
 from .profiles import Profile
 
-
-@dataclass(frozen=True)
-class TargetReport:
-    """Per-target evidence with the common keys of DESIGN.md; ``details`` holds family extras."""
-
-    family: str
-    ops_on_accelerator: tuple[str, ...] = ()
-    ops_on_cpu: tuple[str, ...] = ()
-    arena_bytes: int | None = None
-    sram_bytes: int | None = None
-    flash_bytes: int | None = None
-    violations: tuple[str, ...] = ()
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def fits(self) -> bool:
-        return not self.violations
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"family": self.family, "ops_on_accelerator": list(self.ops_on_accelerator),
-                "ops_on_cpu": list(self.ops_on_cpu), "arena_bytes": self.arena_bytes,
-                "sram_bytes": self.sram_bytes, "flash_bytes": self.flash_bytes, "fits": self.fits,
-                "violations": list(self.violations), **self.details}
+__all__ = ["Compiled", "TargetFamily", "TargetReport"]
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgekit_agent.manifest import TensorSpec
+from edgekit_agent.bundle.manifest import TensorSpec
 
 DIR = "mcu"
 ALIGNMENT = 16

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from edgekit_agent.manifest import TensorSpec
+from edgekit_agent.bundle.manifest import TensorSpec
 from edgekit_agent.runtime import load_backend, quantize
 
 from ..errors import CalibrationError, ModelError, UnsupportedOpError

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from edgekit.bundle_writer import MemberFile, write_bundle
-from edgekit_agent.manifest import Manifest, ModelRef, Variant, sha256_hex
+from edgekit_agent.bundle.manifest import Manifest, ModelRef, Variant, sha256_hex
 from edgekit_agent.runtime import Runner, load_backend
 
 FORMATS = {"tflite": "tflite", "int8": "tflite", "onnx": "onnx", "gather": "onnx"}

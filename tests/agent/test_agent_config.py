@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edgekit_agent.config import SENSOR_KINDS, AgentConfig, LoadConfig, QueueConfig, StoreConfig
+from edgekit_agent.config import AgentConfig, LoadConfig, QueueConfig, StoreConfig
+from edgekit_agent.defaults import SENSOR_KINDS
 from edgekit_agent.errors import ConfigError
 
 SAMPLE = Path(__file__).resolve().parents[2] / "agent" / "agent.toml"

@@ -9,9 +9,9 @@ import socket
 import numpy as np
 import pytest
 
-from edgekit_agent.agent import Agent
+from edgekit_agent.service.agent import Agent
 from edgekit_agent.errors import TransportError
-from edgekit_agent.http_api import HttpApi
+from edgekit_agent.service.http_api import HttpApi
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,13 @@ import zipfile
 import numpy as np
 import pytest
 
-from edgekit_agent.agent import Agent
-from edgekit_agent.bundle import open_bundle
+from edgekit_agent.service.agent import Agent
+from edgekit_agent.bundle.reader import open_bundle
 from edgekit_agent.errors import StoreError
-from edgekit_agent.signing import generate_keypair
-from edgekit_agent.store import (CRASH_HOOK_ENV, INSTALL_STEPS, BundleStore, bundle_id)
+from edgekit_agent.bundle.signing import generate_keypair
+from edgekit_agent.bundle.manifest import bundle_id
+from edgekit_agent.store.durable import CRASH_HOOK_ENV
+from edgekit_agent.store.slots import INSTALL_STEPS, BundleStore
 
 
 def _id(path) -> str:
@@ -153,7 +155,7 @@ def test_failures_within_the_window_roll_back_once(tmp_path, v1, v2):
 
 _START_AGENT = """
 import os, signal, sys
-from edgekit_agent.agent import Agent
+from edgekit_agent.service.agent import Agent
 a = Agent(sys.argv[1] if len(sys.argv) > 1 else {root!r})
 print(a.manifest.version, flush=True)
 {ending}
@@ -180,7 +182,7 @@ def test_runs_killed_without_clean_stop_count_as_crashes(tmp_path, v1, v2, run_p
     assert "ended without a clean stop" in store.status().last_event["reason"]
 
 
-_INSTALL = "from edgekit_agent.store import BundleStore; BundleStore({root!r}).install({bundle!r})"
+_INSTALL = "from edgekit_agent.store.slots import BundleStore; BundleStore({root!r}).install({bundle!r})"
 
 
 @pytest.mark.parametrize("step", INSTALL_STEPS)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import edgekit
-from edgekit_agent.agent import Agent
-from edgekit_agent.store import BundleStore
+from edgekit_agent.service.agent import Agent
+from edgekit_agent.store.slots import BundleStore
 
 
 @pytest.mark.parametrize("target, kw", [("x86-64", {"recipe": "static_int8", "runtime": "onnxruntime"}),
@@ -26,5 +26,5 @@ def test_packed_bundle_installs_and_reproduces_its_accuracy(tmp_path, digits, ke
         name = agent.inputs[0].name
         logits = np.concatenate([next(iter(agent.infer({name: x[None]}).values())) for x in images])
     accuracy = float(np.mean(logits.argmax(1) == labels))
-    assert accuracy == pytest.approx(result.manifest.primary.fidelity["accuracy"], abs=0.002)
+    assert accuracy == pytest.approx(result.manifest.primary.fidelity.accuracy, abs=0.002)
     assert accuracy >= 0.95

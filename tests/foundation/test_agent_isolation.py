@@ -83,7 +83,7 @@ for name in ("edgekit", "onnx", "tensorflow", "ethosu"):
         importlib.import_module(name)
     except ImportError:
         missing.append(name)
-from edgekit_agent.bundle import open_bundle
+from edgekit_agent.bundle.reader import open_bundle
 from edgekit_agent.errors import EdgekitError
 b = open_bundle(sys.argv[1], sys.argv[2])
 try:
@@ -98,7 +98,7 @@ print(json.dumps({"modules": modules, "heavy": heavy, "missing": missing, "key_i
 
 
 def test_agent_installs_and_verifies_bundles_in_a_bare_venv(tmp_path, make_bundle, keypair):
-    from edgekit_agent.bundle import open_bundle
+    from edgekit_agent.bundle.reader import open_bundle
 
     src = tmp_path / "agent"
     shutil.copytree(AGENT, src, ignore=shutil.ignore_patterns("*.egg-info", "build", "__pycache__"))
@@ -127,8 +127,8 @@ def test_agent_installs_and_verifies_bundles_in_a_bare_venv(tmp_path, make_bundl
     result = json.loads(run.stdout)
 
     assert result["file"].startswith(str(venv))   # the installed copy, not the work tree
-    assert {"edgekit_agent.bundle", "edgekit_agent.manifest", "edgekit_agent.runtime",
-            "edgekit_agent.signing", "edgekit_agent.errors"} <= set(result["modules"])
+    assert {"edgekit_agent.bundle", "edgekit_agent.bundle.manifest", "edgekit_agent.runtime",
+            "edgekit_agent.bundle.signing", "edgekit_agent.errors"} <= set(result["modules"])
     assert result["heavy"] == []
     assert result["missing"] == ["edgekit", "onnx", "tensorflow", "ethosu"]
     host = open_bundle(bundle, keypair[1])

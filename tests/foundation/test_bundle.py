@@ -17,11 +17,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgekit.bundle_writer import MemberFile, write_bundle
-from edgekit_agent.bundle import (MAX_MANIFEST_BYTES, MAX_MEMBER_BYTES, MAX_MEMBERS, SIGNATURE_NAME,
+from edgekit_agent.bundle.reader import (MAX_MANIFEST_BYTES, MAX_MEMBER_BYTES, MAX_MEMBERS, SIGNATURE_NAME,
                                   open_bundle)
 from edgekit_agent.errors import BundleError, EdgekitError, IntegrityError, SignatureError
-from edgekit_agent.manifest import Manifest, sha256_hex
-from edgekit_agent.signing import generate_keypair
+from edgekit_agent.bundle.manifest import Manifest, sha256_hex
+from edgekit_agent.bundle.signing import generate_keypair
 
 from .zipcraft import (CD_CRC, CD_FLAGS, CD_USIZE, Parts, build, local_data_offset,
                        patch_central, zip_bytes)
@@ -82,7 +82,7 @@ def test_inspect_json_prints_the_contract_fields(make_bundle, digits, edgekit_cl
         "size_bytes": len(model)}
     assert m["source"]["size_bytes"] == len(model) and m["source"]["latency_ms"] == 0.05
     assert m["recipe"] == [{"step": "none"}]
-    assert m["fidelity"]["logits"]["sqnr_db"] == 99.0 and m["fidelity"]["top1_agreement"] == 1.0
+    assert m["fidelity"]["outputs"]["logits"]["sqnr_db"] == 99.0 and m["fidelity"]["top1_agreement"] == 1.0
     assert m["target_report"]["fits"] is True
     assert {x["path"] for x in m["members"]} == {"model.tflite", "labels.txt"}
 
@@ -162,7 +162,7 @@ def test_writer_refuses_a_bundle_the_reader_would_reject_and_keeps_the_old_file(
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), np.float32(0.5)])
 def test_writer_refuses_evidence_that_is_not_json(digits_manifest, tmp_path, bad):
     manifest = digits_manifest(b"m")
-    manifest = manifest.replace(primary=replace(manifest.primary, fidelity={"sqnr_db": bad}))
+    manifest = manifest.replace(primary=replace(manifest.primary, fidelity=replace(manifest.primary.fidelity, top1_agreement=bad)))
     with pytest.raises(BundleError, match="manifest cannot be stored as JSON"):
         write_bundle(tmp_path / "x.ekb", manifest, [MemberFile("model.tflite", b"m")])
     assert list(tmp_path.iterdir()) == []

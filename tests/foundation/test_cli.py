@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit_agent import signing
+from edgekit_agent.bundle import signing
 
 SUBCOMMANDS = {  # subcommand -> options its --help must mention
     "pack": ["--target", "--out", "--calib", "--labels", "--max-drop", "--sign", "--input-shape",

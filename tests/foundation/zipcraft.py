@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 
-from edgekit_agent import signing
-from edgekit_agent.bundle import MANIFEST_NAME, SIGNATURE_NAME
-from edgekit_agent.manifest import sha256_hex
+from edgekit_agent.bundle import signing
+from edgekit_agent.bundle.reader import MANIFEST_NAME, SIGNATURE_NAME
+from edgekit_agent.bundle.manifest import sha256_hex
 
 CENTRAL, LOCAL = b"PK\x01\x02", b"PK\x03\x04"
 # offsets of fields inside a central directory header

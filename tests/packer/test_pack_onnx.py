@@ -16,7 +16,7 @@ from edgekit.packer.evaluate import accuracy, interleaved_latency, make_runner, 
 from edgekit.packer.recipes import Recipe
 from edgekit.packer.search import SPEED_TOLERANCE, Context, Criteria, evaluate
 from edgekit.targets import family_for, get_profile
-from edgekit_agent.bundle import open_bundle
+from edgekit_agent.bundle.reader import open_bundle
 
 
 def test_digits_int8_cpu_meets_size_and_accuracy(tmp_path, digits):
@@ -26,15 +26,15 @@ def test_digits_int8_cpu_meets_size_and_accuracy(tmp_path, digits):
     m = open_bundle(out).manifest
     float_size = digits.onnx.stat().st_size
     assert m.model.size_bytes <= 0.30 * float_size, (m.model.size_bytes, float_size)
-    assert m.primary.fidelity["accuracy_drop"] <= 0.01
-    assert m.primary.fidelity["accuracy"] >= 0.95
-    assert m.primary.fidelity["samples"] == 500
+    assert m.primary.fidelity.accuracy_drop <= 0.01
+    assert m.primary.fidelity.accuracy >= 0.95
+    assert m.primary.fidelity.samples == 500
     assert m.source["size_bytes"] == float_size
     assert m.source["latency_ms"] > 0 and m.primary.latency_ms > 0
     assert result.chosen[0].recipe.name == "static_int8"
     # the evidence is what the model in the bundle really does
     ref = result.chosen[0].fidelity.accuracy
-    assert ref == pytest.approx(m.primary.fidelity["accuracy"])
+    assert ref == pytest.approx(m.primary.fidelity.accuracy)
 
 
 def test_prune_cluster_int8_bundle_is_small(tmp_path, digits):
@@ -46,8 +46,8 @@ def test_prune_cluster_int8_bundle_is_small(tmp_path, digits):
     float_size = digits.onnx.stat().st_size
     bundle_size = out.stat().st_size
     assert bundle_size <= 0.15 * float_size, (bundle_size, float_size)
-    assert m.primary.fidelity["accuracy_drop"] <= 0.02
-    step = next(s for s in m.primary.recipe if s["step"] == "recipe")
+    assert m.primary.fidelity.accuracy_drop <= 0.02
+    step = next(s.to_dict() for s in m.primary.recipe if s.step == "recipe")
     assert step["weight_sparsity"] >= 0.49 and step["clusters"] == 16
     # the archive really deflates the sparse, clustered weights
     with zipfile.ZipFile(out) as zf:
@@ -62,7 +62,7 @@ def test_cpu_target_keeps_the_faster_runtime_by_measurement(tmp_path, digits):
     result = edgekit.pack(str(digits.onnx), "rpi4", tmp_path / "rt.ekb", calib=digits.calib,
                           eval_data=digits.eval, labels=digits.labels, recipe="fp16")
     m = open_bundle(tmp_path / "rt.ekb").manifest
-    step = next(s["detail"] for s in m.primary.recipe if s.get("detail", "").startswith("runtime:"))
+    step = next(s.detail for s in m.primary.recipe if (s.detail or "").startswith("runtime:"))
     ratio = float(step.split("LiteRT/onnxruntime = ")[1].split(";")[0])
     assert (m.model.format == "tflite") == (ratio <= 0.95), step
     # an independent timing agrees with the choice the packer recorded
@@ -107,11 +107,11 @@ def test_dynamic_shapes_are_frozen_and_recorded(tmp_path):
     pack(PackOptions(model=src, target="x86-64", out=out, calib=calib,
                      input_shapes=("x:1,1,16,16",), recipe="static_int8", runtime="onnxruntime"))
     m = open_bundle(out).manifest
-    steps = [s.get("detail", "") for s in m.primary.recipe if s["step"] == "doctor"]
+    steps = [(s.detail or "") for s in m.primary.recipe if s.step == "doctor"]
     assert any("froze input x [?,1,?,?] -> [1,1,16,16]" in s for s in steps), steps
     assert any("renamed" in s for s in steps), steps
     assert m.primary.inputs[0].shape == (1, 1, 16, 16)
-    assert m.primary.fidelity["min_sqnr_db"] >= 15.0
+    assert m.primary.fidelity.min_sqnr_db >= 15.0
     assert any("held out" in n for n in m.notes)
 
 

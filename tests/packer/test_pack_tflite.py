@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import edgekit
 from edgekit.packer import tflite_model
-from edgekit_agent.bundle import open_bundle
+from edgekit_agent.bundle.reader import open_bundle
 from edgekit_agent.runtime import load_backend
 
 
@@ -15,8 +15,8 @@ def test_digits_tflite_int8_cpu(tmp_path, digits):
     m = open_bundle(out).manifest
     assert m.model.format == "tflite"
     assert m.model.size_bytes <= 0.30 * digits.tflite.stat().st_size
-    assert m.primary.fidelity["accuracy_drop"] <= 0.01
-    assert m.primary.fidelity["top1_agreement"] >= 0.98
+    assert m.primary.fidelity.accuracy_drop <= 0.01
+    assert m.primary.fidelity.top1_agreement >= 0.98
 
 
 def test_tflite_without_signature_packs(tmp_path, digits):
@@ -30,9 +30,9 @@ def test_tflite_without_signature_packs(tmp_path, digits):
     edgekit.pack(str(bare), "rpi4", out, calib=digits.calib, eval_data=digits.eval,
                  labels=digits.labels, recipe="static_int8")
     m = open_bundle(out).manifest
-    doctor = " ".join(s.get("detail", "") for s in m.primary.recipe if s["step"] == "doctor")
+    doctor = " ".join((s.detail or "") for s in m.primary.recipe if s.step == "doctor")
     assert "signature" in doctor.lower(), doctor
-    assert m.primary.fidelity["accuracy_drop"] <= 0.01
+    assert m.primary.fidelity.accuracy_drop <= 0.01
 
 
 def test_keras_model_through_the_tf_extra(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from edgekit.targets import get_profile
 from edgekit.targets.csource import generate_sources
 from edgekit.targets.mcu import McuFamily, tflm_op_set
-from edgekit_agent.manifest import TensorSpec
+from edgekit_agent.bundle.manifest import TensorSpec
 from edgekit_agent.runtime import load_backend
 
 CHECK_PROGRAM = r"""

@@ -14,7 +14,7 @@ import pytest
 
 import edgekit
 from edgekit.targets import edgetpu, mcu
-from edgekit_agent.bundle import open_bundle
+from edgekit_agent.bundle.reader import open_bundle
 
 
 @pytest.fixture(scope="module", params=["onnx", "tflite"])
@@ -32,14 +32,14 @@ def _pack(tmp_path, model, target, **kw):
 def test_mcu_arena_and_sources_come_from_tflm(tmp_path, digits_model):
     out, bundle = _pack(tmp_path, digits_model, "stm32h7")
     m = bundle.manifest
-    rep = m.primary.target_report
+    rep = m.primary.target_report.to_dict()
     model = bundle.read_model()
     assert m.model.format == "tflite" and rep["fits"] is True
     again = mcu.measure_arena(model)
     assert rep["arena_measured_bytes"] == again.measured_bytes
     assert again.measured_bytes < rep["arena_bytes"] <= again.measured_bytes + 2 * 16
     assert rep["flash_bytes"] == len(model) + 102400
-    assert m.primary.fidelity["accuracy_drop"] <= 0.01
+    assert m.primary.fidelity.accuracy_drop <= 0.01
     assert rep["tflm_vs_litert_max_lsb"] <= 1
     src = tmp_path / "model_data.c"
     src.write_bytes(bundle.read("mcu/model_data.c"))
@@ -51,7 +51,7 @@ def test_mcu_arena_and_sources_come_from_tflm(tmp_path, digits_model):
 
 def test_ethos_u_figures_come_from_vela(tmp_path, digits_model):
     out, bundle = _pack(tmp_path, digits_model, "ethos-u55-128")
-    rep = bundle.manifest.primary.target_report
+    rep = bundle.manifest.primary.target_report.to_dict()
     rows = list(csv.DictReader(io.StringIO(bundle.read("vela_summary.csv").decode())))
     assert rep["fits"] is True and rep["ops_on_cpu"] == []
     vela = rep["vela"]
@@ -65,7 +65,7 @@ def test_ethos_u_figures_come_from_vela(tmp_path, digits_model):
 
 def test_edgetpu_partition_maps_every_op(tmp_path, digits_model):
     out, bundle = _pack(tmp_path, digits_model, "coral-usb")
-    rep = bundle.manifest.primary.target_report
+    rep = bundle.manifest.primary.target_report.to_dict()
     model = bundle.read_model()
     verdicts = edgetpu.analyze(model)
     assert rep["ops_on_cpu"] == []

@@ -194,7 +194,7 @@ POWER = {"idle_w": 2.2, "active_w": 5.4}
 def power_bundle(tmp_path_factory, digits, keypair, digits_manifest):
     """A signed digits bundle whose target profile has power figures, plus an ONNX 'onnx' variant."""
     from edgekit.bundle_writer import MemberFile, write_bundle
-    from edgekit_agent.manifest import ModelRef, sha256_hex
+    from edgekit_agent.bundle.manifest import ModelRef, sha256_hex
 
     tflite, onnx = digits.tflite.read_bytes(), digits.onnx.read_bytes()
     manifest = digits_manifest(tflite)
@@ -275,7 +275,7 @@ def start_agent():
 def power_bundle_v2(tmp_path_factory, power_bundle, keypair):
     """The same model as version 2 (a different bundle id), to have something to roll back from."""
     from edgekit.bundle_writer import MemberFile, write_bundle
-    from edgekit_agent.bundle import open_bundle
+    from edgekit_agent.bundle.reader import open_bundle
 
     b = open_bundle(power_bundle)
     files = [MemberFile(m.path, b.read(m.path), m.role) for m in b.manifest.members]
@@ -312,7 +312,7 @@ def agent_config(tmp_path, keypair, power_bundle):
 
     The store is filled by the real ``BundleStore.install``; sections override the defaults.
     """
-    from edgekit_agent.store import BundleStore
+    from edgekit_agent.store.slots import BundleStore
 
     def make(broker: Broker, policy: str = HOT_POLICY, bundles: tuple[Path, ...] | None = None,
              **sections: dict[str, Any]) -> Path:

@@ -7,10 +7,10 @@ import re
 import signal
 import time
 
-from edgekit_agent import schema
-from edgekit_agent.bundle import open_bundle
-from edgekit_agent.signing import load_private_key
-from edgekit_agent.store import bundle_id
+from edgekit_agent.telemetry import schema
+from edgekit_agent.bundle.reader import open_bundle
+from edgekit_agent.bundle.signing import load_private_key
+from edgekit_agent.bundle.manifest import bundle_id
 
 from conftest import by_seq
 

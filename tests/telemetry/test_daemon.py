@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 
 from edgekit_agent.config import AgentConfig
-from edgekit_agent.daemon import Daemon, ModeGate, TokenBucket
+from edgekit_agent.power.rate import ModeGate, TokenBucket
+from edgekit_agent.service.daemon import Daemon
 from edgekit_agent.errors import ConfigError
-from edgekit_agent.policy import Mode
-from edgekit_agent.schema import sign_command
-from edgekit_agent.signing import load_private_key
-from edgekit_agent.store import BundleStore
+from edgekit_agent.power.policy import Mode
+from edgekit_agent.telemetry.schema import sign_command
+from edgekit_agent.bundle.signing import load_private_key
+from edgekit_agent.store.slots import BundleStore
 
 POLICY = """
 default_mode = "normal"

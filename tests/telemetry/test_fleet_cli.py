@@ -11,7 +11,7 @@ import time
 import pytest
 
 from edgekit.fleet import FleetView, parse_broker
-from edgekit_agent import schema
+from edgekit_agent.telemetry import schema
 from edgekit_agent.errors import ConfigError
 
 from conftest import by_seq

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from edgekit_agent import schema
+from edgekit_agent.telemetry import schema
 
 from conftest import by_seq
 

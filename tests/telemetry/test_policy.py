@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from edgekit_agent.errors import ConfigError
-from edgekit_agent.policy import (Mode, Policy, PolicyEngine, PowerFigures, Rule, estimate_energy)
-from edgekit_agent.sensors import Readings
+from edgekit_agent.power.energy import PowerFigures, estimate_energy
+from edgekit_agent.power.policy import Mode, Policy, PolicyEngine, Rule
+from edgekit_agent.power.sensors import Readings
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from edgekit_agent import schema
+from edgekit_agent.telemetry import schema
 from edgekit_agent.errors import TransportError
-from edgekit_agent.manifest import canonical_json
-from edgekit_agent.signing import generate_keypair, load_private_key, sign
+from edgekit_agent.bundle.manifest import canonical_json
+from edgekit_agent.bundle.signing import generate_keypair, load_private_key, sign
 
 NOW = 1_700_000_000.0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgekit_agent.errors import ConfigError
-from edgekit_agent.sensors import (CpuFreq, Hwmon, PowerSupplies, SimulatedDevice, SysfsSensors,
+from edgekit_agent.power.sensors import (CpuFreq, Hwmon, PowerSupplies, SimulatedDevice, SysfsSensors,
                                    ThermalZones, Vcgencmd, decode_throttled, make_sensors)
 
 

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from edgekit_agent.errors import StoreError
-from edgekit_agent.schema import Topics
-from edgekit_agent.telemetry import Backoff, MqttOptions, Outbox, Telemetry
+from edgekit_agent.telemetry.schema import Topics
+from edgekit_agent.config import MqttConfig
+from edgekit_agent.telemetry.mqtt import Backoff, Telemetry
+from edgekit_agent.telemetry.outbox import Outbox
 
 from conftest import Broker
 
@@ -64,7 +66,7 @@ def test_outbox_bound_drops_oldest_and_counts_once(tmp_path: Path):
 
 def test_outbox_survives_kill_9(tmp_path: Path):
     """Rows committed before SIGKILL are all there, in order, after reopening."""
-    code = ("import sys, os, signal\nfrom edgekit_agent.telemetry import Outbox\n"
+    code = ("import sys, os, signal\nfrom edgekit_agent.telemetry.outbox import Outbox\n"
             f"ob = Outbox({str(tmp_path / 'q.sqlite')!r}, 1000)\n"
             "for i in range(300):\n    ob.put('t', lambda seq: {'seq': seq})\n"
             "os.kill(os.getpid(), signal.SIGKILL)\n")
@@ -109,7 +111,7 @@ def test_replay_after_broker_restart_and_drop_report(tmp_path: Path, collect):
     try:
         sub = collect(broker, "edgekit/v1/lab/dev1/#", client_id="replay-collector")
         ob = Outbox(tmp_path / "q.sqlite", 8)
-        tel = Telemetry(MqttOptions(host=broker.host, port=broker.port, reconnect_min_s=0.1,
+        tel = Telemetry(MqttConfig(host=broker.host, port=broker.port, reconnect_min_s=0.1,
                                     reconnect_max_s=0.3), TOPICS, ob)
         tel.start()
         for i in range(5):
@@ -156,10 +158,10 @@ def test_username_and_password(tmp_path: Path, collect):
     broker.start()
     try:
         sub = collect(broker, "edgekit/v1/lab/#", username="device", password="s3cret")
-        bad = Telemetry(MqttOptions(host=broker.host, port=broker.port, username="device",
+        bad = Telemetry(MqttConfig(host=broker.host, port=broker.port, username="device",
                                     password="wrong", reconnect_min_s=0.1, reconnect_max_s=0.2),
                         Topics("lab", "intruder"), Outbox(tmp_path / "bad.sqlite"))
-        good = Telemetry(MqttOptions(host=broker.host, port=broker.port, username="device",
+        good = Telemetry(MqttConfig(host=broker.host, port=broker.port, username="device",
                                      password="s3cret"), TOPICS, Outbox(tmp_path / "good.sqlite"))
         bad.start()
         good.start()
@@ -212,7 +214,7 @@ def test_tls(tmp_path: Path, collect):
     broker.start()
     try:
         sub = collect(broker, "edgekit/v1/lab/#", ca_file=ca)
-        tel = Telemetry(MqttOptions(host=broker.host, port=broker.port, tls=True, ca_file=ca), TOPICS,
+        tel = Telemetry(MqttConfig(host=broker.host, port=broker.port, tls=True, ca_file=ca), TOPICS,
                         Outbox(tmp_path / "q.sqlite"))
         tel.start()
         tel.publish_telemetry(telemetry_body(7))
@@ -220,7 +222,7 @@ def test_tls(tmp_path: Path, collect):
         assert msg.payload["inference"] == {"i": 7}
         tel.stop()
         # Without the CA the handshake fails: nothing is sent, the message stays queued.
-        untrusting = Telemetry(MqttOptions(host=broker.host, port=broker.port, tls=True,
+        untrusting = Telemetry(MqttConfig(host=broker.host, port=broker.port, tls=True,
                                            reconnect_min_s=0.1, reconnect_max_s=0.2),
                                Topics("lab", "dev2"), Outbox(tmp_path / "q2.sqlite"))
         untrusting.start()

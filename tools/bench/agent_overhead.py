@@ -84,7 +84,7 @@ def build_digits_int8() -> bytes:
 
 def write_model_bundle(model: bytes, name: str, out: Path) -> Path:
     from edgekit.bundle_writer import MemberFile, write_bundle
-    from edgekit_agent.manifest import Manifest, ModelRef, Variant, sha256_hex
+    from edgekit_agent.bundle.manifest import Manifest, ModelRef, Variant, sha256_hex
     from edgekit_agent.runtime import load_backend
 
     backend = load_backend(model, "tflite")
@@ -152,7 +152,7 @@ def compare(bundle: Path, threads: int, calls: int, warmup: int, instances: int 
     every round builds fresh instances (``instances`` per side, used in turn) and the figures
     pool all rounds.
     """
-    from edgekit_agent.bundle import open_bundle
+    from edgekit_agent.bundle.reader import open_bundle
 
     model = open_bundle(bundle).read_model()
     per_round = max(1, calls // rounds)
@@ -188,7 +188,7 @@ def compare(bundle: Path, threads: int, calls: int, warmup: int, instances: int 
 
 def _build_sides(bundle: Path, model: bytes, threads: int,
                  instances: int) -> tuple[dict[str, list[Callable]], list[np.ndarray], dict[str, Any]]:
-    from edgekit_agent.agent import Agent
+    from edgekit_agent.service.agent import Agent
 
     agents = [Agent(bundle, threads=threads) for _ in range(instances)]
     spec, out_name = agents[0].inputs[0], agents[0].outputs[0].name
@@ -249,7 +249,7 @@ _AGENT_PROC = """
 import json, sys, time
 t0 = time.time()
 import numpy as np
-from edgekit_agent.agent import Agent
+from edgekit_agent.service.agent import Agent
 agent = Agent(sys.argv[1], threads=1)
 x = {agent.inputs[0].name: np.zeros(agent.inputs[0].shape, np.float32)}
 agent.infer(x)
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     from edgekit.examples import get_example
-    from edgekit_agent.store import BundleStore
+    from edgekit_agent.store.slots import BundleStore
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)

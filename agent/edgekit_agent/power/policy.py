@@ -33,13 +33,12 @@ the rules until it expires or is cleared with mode ``auto``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from .tomlfile import read_toml
-from .errors import ConfigError
+from ..tomlfile import read_toml
+from ..validate import Table, invalid
 from .sensors import GOVERNORS, METRICS, Readings
 
 SCHEMA = "edgekit.policy/1"
@@ -120,8 +119,7 @@ class Policy:
         for m in self.modes:
             if m.name == name:
                 return m
-        raise ConfigError("unknown mode", source=self.source, key="mode", value=name,
-                          allowed=self.mode_names)
+        raise invalid(self.source, "mode", name, "a mode of this policy", self.mode_names)
 
     @property
     def mode_names(self) -> tuple[str, ...]:
@@ -150,137 +148,90 @@ class Policy:
         return cls(default_mode=mode.name, modes=(mode,), source="<built-in>")
 
 
-# --- validation ----------------------------------------------------------------------------------
-
-def _err(source: str, message: str, key: str, value: Any = None, allowed: Any = None) -> ConfigError:
-    return ConfigError(message, source=source, key=key, value=value, allowed=allowed)
-
+# --- reading a policy file ----------------------------------------------------------------------------------
 
 def _policy(d: dict[str, Any], source: str) -> Policy:
-    if not isinstance(d, dict):
-        raise _err(source, "policy must be a table", "", d)
-    _only(d, _TOP_KEYS, "", source)
-    if d.get("schema", SCHEMA) != SCHEMA:
-        raise _err(source, "unsupported policy schema", "schema", d.get("schema"), [SCHEMA])
-    raw_modes = d.get("modes")
-    if not isinstance(raw_modes, dict) or not raw_modes:
-        raise _err(source, "at least one [modes.NAME] table is required", "modes", raw_modes)
-    modes = tuple(_mode(name, _resolve_inherit(name, raw_modes, source), source) for name in raw_modes)
+    t = Table(d, source)
+    t.only(_TOP_KEYS)
+    t.choice("schema", (SCHEMA,), SCHEMA)
+    raw_modes = t.get("modes", dict)
+    if not raw_modes:
+        raise t.fail("modes", raw_modes, "at least one [modes.NAME] table")
+    modes = tuple(_mode(name, _resolve_inherit(name, t.table("modes")), source) for name in raw_modes)
     names = tuple(m.name for m in modes)
-    default = d.get("default_mode", names[0])
-    if default not in names:
-        raise _err(source, "unknown mode", "default_mode", default, names)
-    raw_rules = d.get("rules", [])
-    if not isinstance(raw_rules, list):
-        raise _err(source, "must be an array of [[rules]] tables", "rules", raw_rules)
+    default = t.choice("default_mode", names, names[0])
+    raw_rules = t.get("rules", list, [])
     rules = tuple(_rule(r, source, i, names) for i, r in enumerate(raw_rules))
     seen: set[str] = set()
-    for r in rules:
+    for i, r in enumerate(rules):
         if r.name in seen:
-            raise _err(source, "duplicate rule name", "rules.name", r.name)
+            raise t.fail(f"rules[{i}].name", r.name, "a unique rule name")
         seen.add(r.name)
     return Policy(default_mode=default, modes=modes, rules=rules, source=source)
 
 
-def _resolve_inherit(name: str, raw: dict[str, Any], source: str, chain: tuple[str, ...] = ()) -> dict[str, Any]:
-    table = raw[name]
-    if not isinstance(table, dict):
-        raise _err(source, "must be a table", f"modes.{name}", table)
-    parent = table.get("inherit")
+def _resolve_inherit(name: str, modes: Table, chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    table = modes.table(name)
+    parent = table.data.get("inherit")
     if parent is None:
-        return dict(table)
-    if parent not in raw:
-        raise _err(source, "inherits an unknown mode", f"modes.{name}.inherit", parent, list(raw))
+        return dict(table.data)
+    if parent not in modes.data:
+        raise table.fail("inherit", parent, "a mode", list(modes.data))
     if parent == name or parent in chain:
-        raise _err(source, "inheritance loop", f"modes.{name}.inherit", parent)
-    merged = {**_resolve_inherit(parent, raw, source, (*chain, name)), **table}
+        raise table.fail("inherit", parent, "a mode outside its own inheritance chain (loop)")
+    merged = {**_resolve_inherit(parent, modes, (*chain, name)), **table.data}
     merged.pop("inherit")
     return merged
 
 
 def _mode(name: str, d: dict[str, Any], source: str) -> Mode:
     if not name or not name.replace("_", "").replace("-", "").isalnum() or name == AUTO:
-        raise _err(source, "mode names are letters, digits, '_' or '-' (and not 'auto')", "modes", name)
-    key = f"modes.{name}"
-    _only(d, _MODE_KEYS, key, source)
-    threads = _number(d, "threads", key, source, lo=1, hi=256, integer=True)
-    rate = _number(d, "max_inferences_per_s", key, source, lo=0.001, hi=1e6)
-    duty = _number(d, "duty_cycle", key, source, lo=0.01, hi=1.0)
-    period = _number(d, "duty_period_s", key, source, lo=0.01, hi=3600.0)
-    variant = d.get("variant")
-    if variant is not None and (not isinstance(variant, str) or not variant):
-        raise _err(source, "must be a variant name", f"{key}.variant", variant)
-    governor = d.get("governor")
-    if governor is not None and governor not in GOVERNORS:
-        raise _err(source, "unknown cpufreq governor", f"{key}.governor", governor, GOVERNORS)
-    offload = d.get("offload_allowed", False)
-    if not isinstance(offload, bool):
-        raise _err(source, "must be true or false", f"{key}.offload_allowed", offload, [True, False])
-    return Mode(name=name, threads=threads, max_inferences_per_s=rate, variant=variant,
-                duty_cycle=1.0 if duty is None else duty, duty_period_s=1.0 if period is None else period,
-                governor=governor, offload_allowed=offload)
+        raise invalid(source, "modes", name, "a mode name of letters, digits, '_' or '-' (not 'auto')")
+    t = Table(d, source, f"modes.{name}")
+    t.only(_MODE_KEYS)
+    variant = t.get("variant", str, None)
+    if variant == "":
+        raise t.fail("variant", variant, "a variant name")
+    return Mode(name=name, threads=t.integer("threads", None, lo=1, hi=256),
+                max_inferences_per_s=t.number("max_inferences_per_s", None, lo=0.001, hi=1e6),
+                variant=variant, duty_cycle=t.number("duty_cycle", 1.0, lo=0.01, hi=1.0),
+                duty_period_s=t.number("duty_period_s", 1.0, lo=0.01, hi=3600.0),
+                governor=t.choice("governor", GOVERNORS, None),
+                offload_allowed=t.boolean("offload_allowed", False))
 
 
 def _rule(d: Any, source: str, index: int, modes: tuple[str, ...] | None) -> Rule:
-    key = f"rules[{index}]"
-    if not isinstance(d, dict):
-        raise _err(source, "must be a table", key, d)
-    _only(d, _RULE_KEYS, key, source)
-    name = d.get("name", f"rule{index}")
-    if not isinstance(name, str) or not name:
-        raise _err(source, "must be a non-empty string", f"{key}.name", name)
-    metric = d.get("metric")
-    if metric not in METRICS:
-        raise _err(source, "unknown metric", f"{key}.metric", metric, METRICS)
-    mode = d.get("mode")
-    if modes is not None and mode not in modes:
-        raise _err(source, "unknown mode", f"{key}.mode", mode, modes)
-    if not isinstance(mode, str):
-        raise _err(source, "must be a mode name", f"{key}.mode", mode)
-    t = {k: _number(d, k, key, source, lo=-1e9, hi=1e9)
-         for k in ("enter_above", "exit_below", "enter_below", "exit_above")}
-    rising, falling = t["enter_above"] is not None, t["enter_below"] is not None
+    t = Table(d, source, f"rules[{index}]")
+    t.only(_RULE_KEYS)
+    name = t.string("name", f"rule{index}", nonempty=True)
+    metric = t.choice("metric", METRICS)
+    mode = t.choice("mode", modes) if modes is not None else t.string("mode", what="a mode name")
+    bounds = {k: t.number(k, None, lo=-1e9, hi=1e9)
+              for k in ("enter_above", "exit_below", "enter_below", "exit_above")}
+    rising, falling = bounds["enter_above"] is not None, bounds["enter_below"] is not None
     if rising == falling:
-        raise _err(source, "give exactly one of enter_above or enter_below", f"{key}.enter_above",
-                   t["enter_above"])
+        raise t.fail("enter_above", bounds["enter_above"],
+                     "given together with enter_below (give exactly one of them)" if rising
+                     else "optional when enter_below is absent (give exactly one of them)",
+                     missing=not rising)
     if rising:
-        _pair(t, "enter_above", "exit_below", "exit_above", key, source, lambda e, x: x <= e)
+        _pair(t, bounds, "enter_above", "exit_below", "exit_above", lambda e, x: x <= e)
     else:
-        _pair(t, "enter_below", "exit_above", "exit_below", key, source, lambda e, x: x >= e)
-    hold = _number(d, "hold_s", key, source, lo=0.0, hi=86400.0)
-    exit_hold = _number(d, "exit_hold_s", key, source, lo=0.0, hi=86400.0)
-    return Rule(name=name, metric=metric, mode=mode, **t, hold_s=hold or 0.0,
-                exit_hold_s=exit_hold)
+        _pair(t, bounds, "enter_below", "exit_above", "exit_below", lambda e, x: x >= e)
+    return Rule(name=name, metric=metric, mode=mode, **bounds,
+                hold_s=t.number("hold_s", 0.0, lo=0.0, hi=86400.0),
+                exit_hold_s=t.number("exit_hold_s", None, lo=0.0, hi=86400.0))
 
 
-def _pair(t: dict[str, float | None], enter: str, exit_: str, wrong: str, key: str, source: str,
-          ok: Any) -> None:
-    if t[wrong] is not None:
-        raise _err(source, f"{enter} pairs with {exit_}", f"{key}.{wrong}", t[wrong], [exit_])
-    if t[exit_] is None:
-        t[exit_] = t[enter]  # no hysteresis asked for
-    if not ok(t[enter], t[exit_]):
+def _pair(t: Table, bounds: dict[str, float | None], enter: str, exit_: str, wrong: str,
+          ok: Callable[[float, float], bool]) -> None:
+    if bounds[wrong] is not None:
+        raise t.fail(wrong, bounds[wrong], f"a key that pairs with {enter}", [exit_])
+    if bounds[exit_] is None:
+        bounds[exit_] = bounds[enter]  # no hysteresis asked for
+    if not ok(bounds[enter], bounds[exit_]):  # type: ignore[arg-type]
         side = "at or below" if enter == "enter_above" else "at or above"
-        raise _err(source, f"{exit_} must be {side} {enter} ({t[enter]:g})", f"{key}.{exit_}", t[exit_])
-
-
-def _number(d: dict[str, Any], name: str, key: str, source: str, *, lo: float, hi: float,
-            integer: bool = False) -> Any:
-    value = d.get(name)
-    if value is None:
-        return None
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) \
-            or not lo <= value <= hi:
-        what = "an integer" if integer else "a number"
-        raise _err(source, f"must be {what} in {lo:g}..{hi:g}", f"{key}.{name}", value)
-    return value if integer else float(value)
-
-
-def _only(d: dict[str, Any], allowed: tuple[str, ...], key: str, source: str) -> None:
-    for k, v in d.items():
-        if k not in allowed:
-            raise _err(source, "unknown key", f"{key}.{k}" if key else k, v, allowed)
+        raise t.fail(exit_, bounds[exit_], f"{side} {enter} ({bounds[enter]:g})")
 
 
 # --- the engine -----------------------------------------------------------------------------------
@@ -378,56 +329,3 @@ class PolicyEngine:
         change = ModeChange(from_mode=self.mode, to_mode=to, reason=reason, ts=now)
         self.mode = to
         return change
-
-
-# --- energy ------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class PowerFigures:
-    """The bundle's ``target_profile.power``: watts at idle and while running inference."""
-
-    idle_w: float = 0.0
-    active_w: float | None = None
-
-    @classmethod
-    def from_profile(cls, target_profile: dict[str, Any]) -> "PowerFigures":
-        power = target_profile.get("power") or {}
-        if not isinstance(power, dict):
-            return cls()
-        idle, active = power.get("idle_w"), power.get("active_w")
-        ok = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0  # noqa: E731
-        return cls(idle_w=float(idle) if ok(idle) else 0.0,
-                   active_w=float(active) if ok(active) else None)
-
-
-@dataclass(frozen=True)
-class EnergyReport:
-    energy_j: float
-    power_w: float
-    per_inference_j: float | None
-    source: str  # "profile" | "hwmon"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"energy_j": round(self.energy_j, 6), "power_w": round(self.power_w, 4),
-                "per_inference_j": None if self.per_inference_j is None else round(self.per_inference_j, 9),
-                "source": self.source}
-
-
-def estimate_energy(figures: PowerFigures, *, elapsed_s: float, busy_s: float, count: int,
-                    measured_power_w: float | None = None) -> EnergyReport | None:
-    """Energy drawn over an interval and per inference in it.
-
-    With a power meter (hwmon) its mean reading is used; otherwise the profile's idle watts for
-    the idle time plus active watts for the measured busy time.
-    """
-    if elapsed_s <= 0:
-        return None
-    if measured_power_w is not None:
-        energy, source = measured_power_w * elapsed_s, "hwmon"
-    elif figures.active_w is not None:
-        busy = min(max(busy_s, 0.0), elapsed_s)
-        energy, source = figures.idle_w * (elapsed_s - busy) + figures.active_w * busy, "profile"
-    else:
-        return None
-    return EnergyReport(energy_j=energy, power_w=energy / elapsed_s,
-                        per_inference_j=energy / count if count > 0 else None, source=source)

@@ -15,70 +15,34 @@ place and ``state.json`` switched. Every state change is a write to a temporary 
 or the new ``state.json``, and it only ever names slots whose bundles were completely written,
 verified and self-tested. A refused install changes nothing.
 
-Self-test vectors (shipped by the packer): ``manifest.extras["selftest"]`` names a member
-(role ``selftest``) holding an ``.npz`` (``allow_pickle=False``) with
-
-    input_<i>    float array for the primary variant's i-th input (manifest order): one test
-                 vector in the input's own shape, or K vectors stacked on an extra leading axis,
-                 or (for a model whose batch dimension is 1) K vectors concatenated along it
-    output_<j>   the expected float (dequantized) j-th output, same convention and the same K
-    atol, rtol   optional 0-d floats; a vector passes when |got - expected| <= atol + rtol*|expected|
-                 everywhere. Defaults: rtol 1e-3, atol 1e-4 plus one quantization step (the
-                 output's scale) for quantized outputs.
-
-A bundle without one gets a smoke test: zeros in the input specs (dynamic dims as 1) must give
-finite outputs of the declared shapes. Every other variant gets the smoke test too.
+Self-tests are :mod:`.selftest`; the crash-safe file writes are :mod:`.durable`.
 """
 
 from __future__ import annotations
 
 import fcntl
-import io
-import json
 import os
-import signal
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
-
-from .bundle import Bundle, open_bundle
-from .errors import BundleError, EdgekitError, SignatureError, StoreError
-from .manifest import Manifest, TensorSpec, Variant, sha256_hex
+from ..bundle.manifest import bundle_id
+from ..bundle.reader import Bundle, open_bundle
+from ..errors import BundleError, EdgekitError, SignatureError, StoreError
+from .durable import checkpoint, copy_durably, pid_alive, place, read_json, write_json_atomic
+from .selftest import SelfTestResult, run_selftest
 
 SLOTS = ("a", "b")
 BUNDLE_FILE = "bundle.ekb"
 STATE_FILE = "state.json"
 HEALTH_FILE = "health.json"
 STATE_SCHEMA = "edgekit.store/1"
-SELFTEST_EXTRA = "selftest"
-DEFAULT_RTOL = 1e-3
-DEFAULT_ATOL = 1e-4
-CRASH_HOOK_ENV = "EDGEKIT_STORE_CRASH_AT"  # tests: SIGKILL ourselves at this install step
 INSTALL_STEPS = ("verified", "copying", "copied", "selftested", "released", "placed",
                  "pointer-written", "switched")
-_COPY_CHUNK = 64 << 10
 
 EventSink = Callable[[str, dict[str, Any]], None]
-
-
-def bundle_id(manifest: Manifest) -> str:
-    """A short, stable identity: the sha256 of the canonical (signed) manifest bytes."""
-    return sha256_hex(manifest.to_json_bytes())[:16]
-
-
-@dataclass(frozen=True)
-class SelfTestResult:
-    kind: str  # "vectors" | "smoke"
-    vectors: int
-    max_abs_error: float
-    variants_smoked: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "variants_smoked": list(self.variants_smoked)}
 
 
 @dataclass(frozen=True)
@@ -196,27 +160,27 @@ class BundleStore:
         t0 = time.monotonic()
         key = public_key if public_key is not None else self.public_key
         source = _verify_source(Path(bundle_path), key)
-        _checkpoint("verified")
+        checkpoint("verified")
         self._create()
         with self._locked():
             self._remove_temporaries()
             state = self._state()
             old_active = state["active"]
             target = "b" if old_active == "a" else "a"
-            staged = _copy_durably(source.path, self.slot_path(target))
-            _checkpoint("copied")
+            staged = copy_durably(source.path, self.slot_path(target))
+            checkpoint("copied")
             try:
                 installed = self._verify_copy(staged, key, source)
                 selftest = self._selftest_or_refuse(installed)
             except StoreError:
                 staged.unlink(missing_ok=True)
                 raise
-            _checkpoint("selftested")
+            checkpoint("selftested")
             if state["previous"] == target:  # its bundle is about to be replaced
                 self._write_state({**state, "previous": None})
-            _checkpoint("released")
-            _place(staged, self.slot_path(target))
-            _checkpoint("placed")
+            checkpoint("released")
+            place(staged, self.slot_path(target))
+            checkpoint("placed")
             previous_id = self._slot_status(old_active).bundle_id if old_active else None
             new_id = bundle_id(installed.manifest)
             event = {"event": "install", "bundle_id": new_id, "version": installed.manifest.version,
@@ -224,7 +188,7 @@ class BundleStore:
             self._write_state({"active": target, "previous": old_active,
                                "bad": [b for b in state["bad"] if b != new_id], "last": event},
                               hook="pointer-written")
-            _checkpoint("switched")
+            checkpoint("switched")
             self._reset_health(new_id)
         self._emit("install", event)
         m = installed.manifest
@@ -300,7 +264,7 @@ class BundleStore:
         with self._locked():
             health = self._health()
             running = health.get("running")
-            if running and running.get("pid") != os.getpid() and not _pid_alive(running.get("pid")):
+            if running and running.get("pid") != os.getpid() and not pid_alive(running.get("pid")):
                 crashed = running
             health["running"] = {"pid": os.getpid(), "since": time.time()}
             self._write_health(health)
@@ -337,7 +301,7 @@ class BundleStore:
             os.close(fd)
 
     def _state(self) -> dict[str, Any]:
-        state = _read_json(self.root / STATE_FILE) or {}
+        state = read_json(self.root / STATE_FILE) or {}
         active = state.get("active") if state.get("active") in SLOTS else None
         previous = state.get("previous") if state.get("previous") in SLOTS else None
         if previous == active:
@@ -346,16 +310,16 @@ class BundleStore:
         return {"active": active, "previous": previous, "bad": bad, "last": state.get("last")}
 
     def _write_state(self, state: dict[str, Any], hook: str | None = None) -> None:
-        _write_json_atomic(self.root / STATE_FILE, {"schema": STATE_SCHEMA, **state}, hook=hook)
+        write_json_atomic(self.root / STATE_FILE, {"schema": STATE_SCHEMA, **state}, hook=hook)
 
     def _health(self) -> dict[str, Any]:
-        health = _read_json(self.root / HEALTH_FILE) or {}
+        health = read_json(self.root / HEALTH_FILE) or {}
         if not isinstance(health.get("failures"), list):
             health["failures"] = []
         return health
 
     def _write_health(self, health: dict[str, Any]) -> None:
-        _write_json_atomic(self.root / HEALTH_FILE, health)
+        write_json_atomic(self.root / HEALTH_FILE, health)
 
     def _reset_health(self, new_bundle_id: str) -> None:
         """Failures belong to the bundle that had them; a run in progress stays tracked."""
@@ -372,110 +336,6 @@ class BundleStore:
             self.on_event(kind, payload)
 
 
-# --- self-test ------------------------------------------------------------------------------
-
-def run_selftest(bundle: Bundle, threads: int | None = None) -> SelfTestResult:
-    """Run the shipped vectors on the primary variant and a smoke inference on every variant."""
-    from .agent import load_runner  # the agent imports this module; load lazily
-
-    manifest = bundle.manifest
-    variant, runner = load_runner(bundle, None, threads)
-    member = manifest.extras.get(SELFTEST_EXTRA)
-    if member:
-        vectors, max_err = _run_vectors(runner, variant, bundle.read(member))
-        kind = "vectors"
-    else:
-        _smoke(runner, variant)
-        vectors, max_err, kind = 0, 0.0, "smoke"
-    smoked = []
-    for other in manifest.variants:
-        _smoke(load_runner(bundle, other.name, threads)[1], other)
-        smoked.append(other.name)
-    return SelfTestResult(kind=kind, vectors=vectors, max_abs_error=max_err,
-                          variants_smoked=tuple(smoked))
-
-
-def _run_vectors(runner: Any, variant: Variant, data: bytes) -> tuple[int, float]:
-    arrays = _load_npz(data)
-    ins = [_vector_stack(arrays, f"input_{i}", s) for i, s in enumerate(variant.inputs)]
-    outs = [_vector_stack(arrays, f"output_{j}", s) for j, s in enumerate(variant.outputs)]
-    counts = {len(a) for a in ins + outs}
-    if len(counts) != 1:
-        raise StoreError(f"self-test vectors disagree on the number of cases: {sorted(counts)}")
-    rtol = _scalar(arrays, "rtol", DEFAULT_RTOL)
-    atol = _scalar(arrays, "atol", None)
-    max_err = 0.0
-    for k in range(counts.pop()):
-        got = runner([a[k] for a in ins])
-        for j, (g, want, spec) in enumerate(zip(got, (o[k] for o in outs), variant.outputs)):
-            if g.shape != want.shape:
-                raise StoreError(f"self-test vector {k}: output {spec.name!r} has shape {g.shape}, "
-                                 f"expected {want.shape}")
-            err = np.abs(g.astype(np.float64) - want)
-            limit = (atol if atol is not None else DEFAULT_ATOL + (spec.scale or 0.0)) + rtol * np.abs(want)
-            max_err = max(max_err, float(err.max(initial=0.0)))
-            if not np.all(err <= limit):
-                raise StoreError(f"self-test vector {k}: output {spec.name!r} differs by up to "
-                                 f"{float(err.max()):.4g} (allowed {float(np.max(limit)):.4g})")
-    return len(ins[0]) if ins else 0, max_err
-
-
-def _load_npz(data: bytes) -> dict[str, np.ndarray]:
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, EOFError, KeyError) as exc:
-        raise StoreError(f"self-test member is not a readable .npz: {exc}") from None
-
-
-def _vector_stack(arrays: dict[str, np.ndarray], key: str, spec: TensorSpec) -> np.ndarray:
-    if key not in arrays:
-        raise StoreError(f"self-test file has no {key!r} (for {spec.name!r})")
-    a = arrays[key]
-    if a.dtype.kind not in "fiub":
-        raise StoreError(f"self-test {key!r} has dtype {a.dtype}, expected numbers")
-    if a.ndim == len(spec.shape):
-        if _shape_fits(a.shape, spec.shape):
-            a = a[None]
-        elif spec.shape and spec.shape[0] == 1 and _shape_fits(a.shape[1:], spec.shape[1:]):
-            a = a[:, None]  # K cases along the batch axis of a batch-1 model
-    if a.ndim != len(spec.shape) + 1 or not _shape_fits(a.shape[1:], spec.shape):
-        raise StoreError(f"self-test {key!r} has shape {a.shape}, expected {spec.shape} "
-                         "(K cases: along a batch axis of 1, or on an extra leading axis)")
-    return a.astype(np.float64) if key.startswith("output_") else a
-
-
-def _scalar(arrays: dict[str, np.ndarray], key: str, default: float | None) -> float | None:
-    if key not in arrays:
-        return default
-    a = arrays[key]
-    if a.size != 1 or a.dtype.kind not in "fiu" or not np.isfinite(a).all() or float(a.ravel()[0]) < 0:
-        raise StoreError(f"self-test {key!r} must be one finite number >= 0")
-    return float(a.ravel()[0])
-
-
-def _shape_fits(shape: tuple[int, ...], spec_shape: tuple[int, ...]) -> bool:
-    return len(shape) == len(spec_shape) and all(s < 0 or s == d for d, s in zip(shape, spec_shape))
-
-
-def _smoke(runner: Any, variant: Variant) -> None:
-    zeros = [np.zeros([d if d > 0 else 1 for d in s.shape], dtype=_float_or_own(s))
-             for s in variant.inputs]
-    outs = runner(zeros)
-    for out, spec in zip(outs, variant.outputs):
-        if not _shape_fits(out.shape, spec.shape):
-            raise StoreError(f"variant {variant.name!r}: output {spec.name!r} has shape {out.shape}, "
-                             f"manifest says {spec.shape}")
-        if out.dtype.kind == "f" and not np.isfinite(out).all():
-            raise StoreError(f"variant {variant.name!r}: output {spec.name!r} is not finite on zeros")
-
-
-def _float_or_own(spec: TensorSpec) -> str:
-    return "float32" if spec.scale is not None or spec.dtype.startswith("float") else spec.dtype
-
-
-# --- durable file helpers -------------------------------------------------------------------
-
 def _verify_source(path: Path, key: str | Path | None) -> Bundle:
     try:
         return open_bundle(path, key)
@@ -483,83 +343,3 @@ def _verify_source(path: Path, key: str | Path | None) -> Bundle:
         raise StoreError(f"signature check failed, previous bundle stays active: {exc}") from None
     except BundleError as exc:
         raise StoreError(f"bundle refused, previous bundle stays active: {exc}") from None
-
-
-def _copy_durably(src: Path, dst: Path) -> Path:
-    """Copy to a temporary name beside ``dst`` and fsync it; ``_place`` makes it the slot's bundle."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            first = True
-            while chunk := fin.read(_COPY_CHUNK):
-                fout.write(chunk)
-                if first:
-                    fout.flush()
-                    _checkpoint("copying")
-                    first = False
-            fout.flush()
-            os.fsync(fout.fileno())
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise StoreError(f"cannot write slot {dst.parent.name}: {exc.strerror or exc}; "
-                         "previous bundle stays active") from None
-    return tmp
-
-
-def _place(staged: Path, dst: Path) -> None:
-    try:
-        os.replace(staged, dst)
-        _fsync_dir(dst.parent)
-    except OSError as exc:
-        raise StoreError(f"cannot place the bundle in slot {dst.parent.name}: "
-                         f"{exc.strerror or exc}") from None
-
-
-def _write_json_atomic(path: Path, obj: Any, hook: str | None = None) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        if hook:
-            _checkpoint(hook)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{path} is unreadable ({exc}); the store needs repair") from None
-    return obj if isinstance(obj, dict) else None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _checkpoint(step: str) -> None:
-    if os.environ.get(CRASH_HOOK_ENV) == step:
-        os.kill(os.getpid(), signal.SIGKILL)

@@ -20,24 +20,24 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..config import AgentConfig
+from ..defaults import HTTP_HOST, HTTP_MAX_BODY_BYTES, HTTP_PORT
+from ..errors import EdgekitError, TransportError
 from .agent import Agent
-from .config import AgentConfig
-from .errors import EdgekitError, InputError, RuntimeBackendError, TransportError
 
 InferFn = Callable[[dict[str, Any]], dict[str, np.ndarray]]
-DEFAULT_MAX_BODY = 8 << 20
 
 
 class HttpApi:
     """``HttpApi(agent).start()`` serves in a background thread; ``stop()`` shuts it down.
 
-    ``infer`` replaces ``agent.infer`` for POST /v1/infer (e.g. a rate-limited wrapper); it may
-    raise ``InputError`` (→ 400), ``RuntimeBackendError`` (→ 500) or another ``EdgekitError``
-    (→ 503, e.g. "rate limit reached").
+    ``infer`` replaces ``agent.infer`` for POST /v1/infer (e.g. a rate-limited wrapper). An
+    ``EdgekitError`` it raises is answered with the class's ``http_status`` (``InputError`` 400,
+    ``RateLimited`` 503, ``RuntimeBackendError`` and the rest 500).
     """
 
-    def __init__(self, agent: Agent, *, host: str = "127.0.0.1", port: int = 8470,
-                 mode: Callable[[], str] | None = None, max_body_bytes: int = DEFAULT_MAX_BODY,
+    def __init__(self, agent: Agent, *, host: str = HTTP_HOST, port: int = HTTP_PORT,
+                 mode: Callable[[], str] | None = None, max_body_bytes: int = HTTP_MAX_BODY_BYTES,
                  infer: InferFn | None = None) -> None:
         self.agent = agent
         self.mode = mode or (lambda: "default")
@@ -117,14 +117,8 @@ class _Handler(BaseHTTPRequestHandler):
         except _HttpError as exc:
             self._send_error(exc.status, str(exc))
             return
-        except InputError as exc:
-            self._send_error(400, str(exc))
-            return
-        except RuntimeBackendError as exc:
-            self._send_error(500, str(exc))
-            return
         except EdgekitError as exc:
-            self._send_error(503, str(exc))
+            self._send_error(exc.http_status, str(exc))
             return
         agent = self.api.agent
         self._send_json(200, {"outputs": {k: _jsonable(v) for k, v in outputs.items()},

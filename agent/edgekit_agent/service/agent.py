@@ -19,47 +19,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .bundle import Bundle, open_bundle
-from .errors import BundleError, EdgekitError, InputError, RuntimeBackendError
-from .manifest import Manifest, TensorSpec, Variant
-from .runtime import Runner, _first_line, edgetpu_available, load_backend
-from .config import AgentConfig
-from .store import BundleStore, EventSink, bundle_id
+from ..bundle.manifest import Manifest, TensorSpec, Variant, bundle_id
+from ..bundle.reader import Bundle, open_bundle
+from ..config import AgentConfig
+from ..errors import BundleError, EdgekitError, InputError, RuntimeBackendError, first_line
+from ..runtime.loader import load_runner
+from ..runtime.runner import Runner
+from ..store.slots import BundleStore, EventSink
 
 Inputs = Mapping[str, Any] | Sequence[Any] | np.ndarray
-
-
-def load_runner(bundle: Bundle, variant: str | None = None,
-                threads: int | None = None) -> tuple[Variant, Runner]:
-    """Load one variant of a verified bundle and check the model agrees with its manifest."""
-    manifest = bundle.manifest
-    v = manifest.variant(variant) if variant else manifest.primary
-    model = bundle.read(v.model.path)
-    # An MCU bundle runs in TFLM with the arena its manifest claims: the claim is tested here.
-    arena = v.target_report.get("arena_bytes") if manifest.family == "mcu" else None
-    backend = load_backend(model, v.model.format, threads=threads,
-                           edgetpu=manifest.family == "edgetpu" and edgetpu_available(),
-                           prefer_micro=manifest.family == "mcu", arena_size=arena)
-    _check_specs(v, "input", v.inputs, backend.inputs)
-    _check_specs(v, "output", v.outputs, backend.outputs)
-    return v, Runner(backend)
-
-
-def _check_specs(v: Variant, kind: str, declared: tuple[TensorSpec, ...],
-                 actual: tuple[TensorSpec, ...]) -> None:
-    if len(declared) != len(actual):
-        raise BundleError(f"variant {v.name!r}: manifest lists {len(declared)} {kind}s, "
-                          f"the model has {len(actual)}")
-    for d, a in zip(declared, actual):
-        same_shape = len(d.shape) == len(a.shape) and all(
-            x == y or x < 0 or y < 0 for x, y in zip(d.shape, a.shape))
-        same_quant = (d.scale is None) == (a.scale is None) and (
-            d.scale is None or (np.isclose(d.scale, a.scale, rtol=1e-6) and d.zero_point == a.zero_point))
-        if d.dtype != a.dtype or not same_shape or not same_quant:
-            raise BundleError(
-                f"variant {v.name!r}: {kind} {d.name!r} is {d.dtype}{list(d.shape)} "
-                f"scale={d.scale} zp={d.zero_point} in the manifest but {a.dtype}{list(a.shape)} "
-                f"scale={a.scale} zp={a.zero_point} in the model")
 
 
 class _InputCheck:
@@ -226,7 +194,7 @@ class Agent:
                 outputs = loaded.runner(arrays)
             except Exception as exc:  # any runtime failure counts against the bundle
                 self._errors += 1
-                failure = f"inference failed: {type(exc).__name__}: {_first_line(exc)}"
+                failure = f"inference failed: {type(exc).__name__}: {first_line(exc)}"
             else:
                 t1 = time.perf_counter()
                 self._count += 1

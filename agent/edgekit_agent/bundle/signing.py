@@ -5,6 +5,7 @@ Keys are stored as PEM (PKCS#8 private, SubjectPublicKeyInfo public), readable b
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .errors import EdgekitError, SignatureError
+from ..errors import EdgekitError, SignatureError
 
 
 def generate_keypair(prefix: str | Path) -> tuple[Path, Path]:
@@ -76,7 +77,5 @@ def verify(public: Ed25519PublicKey, message: bytes, signature: bytes) -> None:
 
 def key_id(public: Ed25519PublicKey) -> str:
     """Short fingerprint shown in reports: first 16 hex chars of the raw key's sha256."""
-    import hashlib
-
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]

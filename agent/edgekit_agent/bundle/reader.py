@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from . import signing
-from .errors import BundleError, IntegrityError, SignatureError
+from ..errors import BundleError, IntegrityError, SignatureError
 from .manifest import Manifest, sha256_hex
 
 MANIFEST_NAME = "manifest.json"

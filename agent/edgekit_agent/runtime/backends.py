@@ -1,4 +1,4 @@
-"""Runtime backends behind one small interface, and a Runner that speaks float to callers.
+"""Runtime backends behind one small interface.
 
 Backends (imported lazily, so a device only needs the one it uses):
 - ``tflite``: ai_edge_litert → tflite_runtime → tensorflow.lite; Edge TPU delegate when asked
@@ -6,8 +6,7 @@ Backends (imported lazily, so a device only needs the one it uses):
 - ``onnx``: onnxruntime on the CPU execution provider.
 - ``tflm``: the tflite-micro interpreter, to simulate a microcontroller on a host.
 
-A backend takes and returns arrays in the model's own dtypes. ``Runner`` quantizes float inputs
-and dequantizes outputs using the specs the model declares (the manifest's copy of the same).
+A backend takes and returns arrays in the model's own dtypes (``runner.Runner`` speaks float).
 """
 
 from __future__ import annotations
@@ -18,13 +17,12 @@ import os
 import re
 import sys
 import tempfile
-from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from .errors import ModelError, RuntimeBackendError, UnsupportedOpError
-from .manifest import TensorSpec
+from ..bundle.manifest import TensorSpec
+from ..errors import ModelError, RuntimeBackendError, UnsupportedOpError, first_line
 
 BACKENDS = ("tflite", "onnx", "tflm")
 EDGETPU_LIBRARY = "libedgetpu.so.1"
@@ -75,7 +73,7 @@ class TFLiteBackend:
                                            experimental_delegates=delegates)
                 self._it.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"TFLite cannot load the model: {_first_line(exc)}") from None
+            raise ModelError(f"TFLite cannot load the model: {first_line(exc)}") from None
         ins, outs = self._it.get_input_details(), self._it.get_output_details()
         names_in, names_out = _signature_names(self._it, ins, outs)
         self.inputs = tuple(_spec_from_tflite(d, n) for d, n in zip(ins, names_in))
@@ -154,7 +152,7 @@ class OnnxBackend:
         try:
             self._sess = ort.InferenceSession(bytes(model), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types, one per failure kind
-            msg = _first_line(exc)
+            msg = first_line(exc)
             if "NOT_IMPLEMENTED" in msg or "Could not find an implementation" in msg:
                 raise UnsupportedOpError(f"ONNX Runtime cannot run the model: {msg}") from None
             raise ModelError(f"ONNX Runtime cannot load the model: {msg}") from None
@@ -184,7 +182,7 @@ class TFLMBackend:
         try:
             self._it = tflm.Interpreter.from_bytes(bytes(model), arena_size=arena_size)
         except (RuntimeError, ValueError) as exc:
-            raise ModelError(f"TFLM cannot allocate the model: {_first_line(exc)}") from None
+            raise ModelError(f"TFLM cannot allocate the model: {first_line(exc)}") from None
         with _native_stderr_filtered(_TFLM_NOISE):
             self.inputs = tuple(self._specs(self._it.get_input_details, "input"))
             self.outputs = tuple(self._specs(self._it.get_output_details, "output"))
@@ -213,7 +211,7 @@ class TFLMBackend:
             self._it.invoke()
             return [np.array(self._it.get_output(i)) for i in range(len(self.outputs))]
         except RuntimeError as exc:
-            raise RuntimeBackendError(f"TFLM invoke failed: {_first_line(exc)}") from None
+            raise RuntimeBackendError(f"TFLM invoke failed: {first_line(exc)}") from None
 
 
 def load_backend(model: bytes, fmt: str, *, threads: int | None = None, edgetpu: bool = False,
@@ -235,68 +233,3 @@ def edgetpu_available() -> bool:
         return True
     except OSError:
         return False
-
-
-@dataclass
-class Runner:
-    """Float in, float out: quantizes inputs and dequantizes outputs per the model's specs."""
-
-    backend: Backend
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self.backend.inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self.backend.outputs
-
-    def __post_init__(self) -> None:
-        # Converters built once per model: after a long invoke the caches are cold, and every
-        # line of Python left on the per-call path (dtype lookups, iinfo) costs misses.
-        self._to_model = [quantizer(s) for s in self.backend.inputs]
-        self._from_model = [dequantizer(s) for s in self.backend.outputs]
-
-    def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        raw = self.backend.run([q(a) for q, a in zip(self._to_model, inputs)])
-        return [d(a) for d, a in zip(self._from_model, raw)]
-
-
-def quantize(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    return quantizer(spec)(x)
-
-
-def dequantize(q: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    return dequantizer(spec)(q)
-
-
-def quantizer(spec: TensorSpec) -> Callable[[Any], np.ndarray]:
-    """x -> clip(round(x / scale) + zero_point) in the spec's integer dtype (a cast if not quantized)."""
-    dtype = np.dtype(spec.dtype)
-    if spec.scale is None:
-        return lambda x: np.asarray(x, dtype=dtype)
-    scale, zero_point = np.float32(spec.scale), spec.zero_point
-    lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
-
-    def to_model(x: Any) -> np.ndarray:
-        # One float32 scratch buffer updated in place: fresh temporaries per step cost more
-        # cache misses than the arithmetic on large inputs.
-        q = np.asarray(np.divide(x, scale, dtype=np.float32))
-        np.rint(q, out=q)
-        q += zero_point
-        np.clip(q, lo, hi, out=q)
-        return q.astype(dtype)
-    return to_model
-
-
-def dequantizer(spec: TensorSpec) -> Callable[[np.ndarray], np.ndarray]:
-    """q -> (q - zero_point) * scale as float32 (a float32 cast if not quantized)."""
-    if spec.scale is None:
-        return lambda q: np.asarray(q, dtype=np.float32)
-    scale, zero_point = np.float32(spec.scale), spec.zero_point
-    return lambda q: (q.astype(np.float32) - zero_point) * scale
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from .errors import ConfigError
+from ..defaults import SENSOR_KINDS
+from ..validate import Table, invalid
 
 METRICS = ("temperature_c", "battery_pct", "charging", "power_w", "cpu_freq_mhz", "throttled",
            "under_voltage")
@@ -360,12 +361,10 @@ class SimulatedDevice:
         return True
 
 
-_SIM_KEYS: dict[str, type | tuple[type, ...]] = {
-    "idle_w": (int, float), "active_w": (int, float), "ambient_c": (int, float),
-    "r_th_c_per_w": (int, float), "tau_s": (int, float), "start_c": (int, float),
-    "battery_wh": (int, float), "battery_start_pct": (int, float), "speed": (int, float),
-    "report_power": bool}
-_SYSFS_KEYS: dict[str, type | tuple[type, ...]] = {"root": str, "zone_type": str, "vcgencmd": str}
+_SIM_KEYS = ("idle_w", "active_w", "ambient_c", "r_th_c_per_w", "tau_s", "start_c", "battery_wh",
+             "battery_start_pct", "speed", "report_power")
+_POSITIVE = ("idle_w", "active_w", "tau_s", "r_th_c_per_w", "speed", "battery_wh")
+_SYSFS_KEYS = ("root", "zone_type", "vcgencmd")
 
 
 def make_sensors(kind: str, options: dict[str, Any], *, power: dict[str, float] | None = None,
@@ -374,35 +373,32 @@ def make_sensors(kind: str, options: dict[str, Any], *, power: dict[str, float] 
 
     ``power`` is the bundle's ``target_profile.power``: the simulation's default idle/active watts.
     """
+    t = Table(options, source, "sensors")
     if kind == "simulated":
-        opts = _checked(options, _SIM_KEYS, source)
-        for key in ("idle_w", "active_w", "tau_s", "r_th_c_per_w", "speed", "battery_wh"):
-            if key in opts and not opts[key] > 0:
-                raise ConfigError("must be > 0", source=source, key=f"sensors.{key}", value=opts[key])
-        defaults = {k: float(v) for k, v in (power or {}).items() if k in ("idle_w", "active_w")}
-        return SimulatedDevice(**{**defaults, **opts})
+        return SimulatedDevice(**_simulated(t, power or {}))
     if kind in ("sysfs", "pi"):
-        opts = _checked(options, _SYSFS_KEYS, source)
-        root = Path(opts.get("root", "/"))
+        t.only(_SYSFS_KEYS)
+        root = Path(t.string("root", "/"))
         if not root.is_absolute() and base is not None:
             root = base / root
         vcgencmd = None
         if kind == "pi":
-            cmd = opts.get("vcgencmd") or shutil.which("vcgencmd") or "vcgencmd"
+            cmd = t.string("vcgencmd", None) or shutil.which("vcgencmd") or "vcgencmd"
             vcgencmd = Vcgencmd(cmd)
-        return SysfsSensors(root=root, zone_type=opts.get("zone_type"), vcgencmd=vcgencmd)
-    raise ConfigError("unknown sensor kind", source=source, key="sensors.kind", value=kind,
-                      allowed=("sysfs", "simulated", "pi"))
+        return SysfsSensors(root=root, zone_type=t.string("zone_type", None), vcgencmd=vcgencmd)
+    raise invalid(source, "sensors.kind", kind, "a sensor kind", SENSOR_KINDS)
 
 
-def _checked(options: dict[str, Any], spec: dict[str, type | tuple[type, ...]],
-             source: str) -> dict[str, Any]:
-    for key, value in options.items():
-        if key not in spec:
-            raise ConfigError("unknown key", source=source, key=f"sensors.{key}", value=value,
-                              allowed=list(spec))
-        typ = spec[key]
-        if (isinstance(value, bool) and typ is not bool) or not isinstance(value, typ):
-            raise ConfigError("wrong type", source=source, key=f"sensors.{key}", value=value)
-    return {k: (float(v) if isinstance(v, int) and not isinstance(v, bool) else v)
-            for k, v in options.items()}
+def _simulated(t: Table, power: dict[str, float]) -> dict[str, Any]:
+    t.only(_SIM_KEYS)
+    opts: dict[str, Any] = {k: float(v) for k, v in power.items() if k in ("idle_w", "active_w")}
+    for key in _SIM_KEYS:
+        if key == "report_power":
+            value = t.boolean(key, None)
+        else:
+            value = t.number(key, None)
+        if value is not None and key in _POSITIVE and not value > 0:
+            raise t.fail(key, value, "a number > 0")
+        if value is not None:
+            opts[key] = value
+    return opts

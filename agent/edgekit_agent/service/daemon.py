@@ -1,4 +1,4 @@
-"""`edgekit-agent run`: the agent daemon.
+"""`edgekit-agent run`: the agent daemon (commands are executed by :mod:`.commands`).
 
 Composes the bundle store and :class:`Agent`, the sensors, the power :class:`PolicyEngine`, MQTT
 :class:`Telemetry` with its on-disk queue, the local HTTP API and (for demos and tests) a
@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import resource
 import signal
 import sys
 import threading
@@ -22,14 +23,19 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from .. import __version__
+from ..config import AgentConfig
+from ..errors import EdgekitError, RateLimited
+from ..power.energy import PowerFigures, estimate_energy
+from ..power.policy import Mode, ModeChange, Policy, PolicyEngine
+from ..power.rate import ModeGate, TokenBucket
+from ..power.sensors import Readings, SensorSource, make_sensors
+from ..telemetry.mqtt import Telemetry
+from ..telemetry.outbox import Outbox
+from ..telemetry.schema import Command, CommandVerifier, Topics, command_id_of, event_payload
 from .agent import Agent
-from .config import AgentConfig
-from .errors import ConfigError, EdgekitError, TransportError
-from .policy import Mode, ModeChange, Policy, PolicyEngine, PowerFigures, estimate_energy
-from .schema import Command, CommandVerifier, Topics, command_id_of, event_payload
-from .sensors import Readings, SensorSource, make_sensors
-from .telemetry import MqttOptions, Outbox, Telemetry
+from .commands import execute
+from .http_api import HttpApi
 
 log = logging.getLogger("edgekit_agent.daemon")
 SAMPLE_S = 0.25  # sensor/policy tick; rule hold times are measured at this resolution
@@ -51,89 +57,6 @@ def run(config: AgentConfig) -> int:
     return 0
 
 
-# --- rate limiting --------------------------------------------------------------------------------
-
-class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` saved up; ``rate`` None = unlimited."""
-
-    def __init__(self, rate: float | None = None, burst: float = 1.0) -> None:
-        self._lock = threading.Lock()
-        self._rate, self._burst = rate, burst
-        self._tokens, self._last = burst, time.monotonic()
-
-    def set_rate(self, rate: float | None) -> None:
-        with self._lock:
-            self._refill()
-            self._rate = rate
-            self._tokens = min(self._tokens, self._burst)
-
-    @property
-    def rate(self) -> float | None:
-        return self._rate
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        if self._rate is not None:
-            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-
-    def try_take(self) -> bool:
-        with self._lock:
-            if self._rate is None:
-                return True
-            self._refill()
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
-                return True
-            return False
-
-    def wait_s(self) -> float:
-        with self._lock:
-            if self._rate is None:
-                return 0.0
-            self._refill()
-            return max(0.0, (1.0 - self._tokens) / self._rate)
-
-
-class ModeGate:
-    """Admission to inference under the current mode: the duty cycle window, then the token bucket."""
-
-    def __init__(self) -> None:
-        self.bucket = TokenBucket()
-        self.duty, self.period_s = 1.0, 1.0
-
-    def apply(self, mode: Mode) -> None:
-        self.bucket.set_rate(mode.max_inferences_per_s)
-        self.duty, self.period_s = mode.duty_cycle, mode.duty_period_s
-
-    def duty_wait_s(self, now: float | None = None) -> float:
-        if self.duty >= 1.0:
-            return 0.0
-        phase = (time.monotonic() if now is None else now) % self.period_s
-        on = self.duty * self.period_s
-        return 0.0 if phase < on else self.period_s - phase
-
-    def try_enter(self) -> str | None:
-        """None when admitted, else why not (for a 503)."""
-        if self.duty_wait_s() > 0:
-            return f"duty cycle {self.duty:g}: inference paused, retry in {self.duty_wait_s():.2f} s"
-        if not self.bucket.try_take():
-            return f"rate limit of {self.bucket.rate:g} inferences/s reached"
-        return None
-
-    def enter(self, stop: threading.Event, pacing: TokenBucket | None = None) -> bool:
-        """Block until admitted (False if ``stop`` was set first)."""
-        while not stop.is_set():
-            wait = max(self.duty_wait_s(), self.bucket.wait_s(), pacing.wait_s() if pacing else 0.0)
-            if wait > 0:
-                stop.wait(min(wait, 0.05))
-                continue
-            if (pacing is None or pacing.try_take()) and self.bucket.try_take():
-                return True
-        return False
-
-
-# --- the daemon ----------------------------------------------------------------------------------
 
 class Daemon:
     def __init__(self, config: AgentConfig) -> None:
@@ -144,12 +67,12 @@ class Daemon:
         self.telemetry: Telemetry | None = None
         self.outbox: Outbox | None = None
         self.agent: Agent | None = None
-        self.http: Any = None
+        self.http: HttpApi | None = None
         self._load_thread: threading.Thread | None = None
         if config.mqtt.enabled:
             self.outbox = Outbox(config.queue.path, config.queue.max_messages)
             topics = Topics(config.fleet, config.device_id)
-            self.telemetry = Telemetry(MqttOptions.from_config(config.mqtt), topics, self.outbox,
+            self.telemetry = Telemetry(config.mqtt, topics, self.outbox,
                                        status=self._status_body)
         self.policy = self._load_policy()
         self.engine = PolicyEngine(self.policy)
@@ -182,8 +105,6 @@ class Daemon:
         if self.telemetry is not None:
             self.telemetry.start()
         if self.config.http.enabled:
-            from .http_api import HttpApi
-
             self.http = HttpApi.from_config(self.agent, self.config, mode=lambda: self.engine.mode,
                                             infer=self._gated_infer).start()
             log.info("HTTP API on %s", self.http.url)
@@ -268,7 +189,7 @@ class Daemon:
     def _gated_infer(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
         refusal = self.gate.try_enter()
         if refusal is not None:
-            raise TransportError(f"mode {self.engine.mode}: {refusal}")
+            raise RateLimited(f"mode {self.engine.mode}: {refusal}")
         return self.agent.infer(inputs)
 
     def _load_loop(self) -> None:
@@ -361,7 +282,7 @@ class Daemon:
             return
         try:
             with self._lock:
-                result = self._execute(cmd)
+                result = execute(self, cmd)
         except EdgekitError as exc:
             self._reply(cmd, "cmd_error", f"{cmd.action} failed: {exc}", "error", {})
         except Exception as exc:  # a bug must not take the agent down; say so and carry on
@@ -377,36 +298,6 @@ class Daemon:
         if cmd.reply_to and self.telemetry is not None:
             self.telemetry.publish_to(cmd.reply_to, event_payload(
                 self.config.device_id, 0, kind, message, level=level, data=data, correlation_id=cmd.id))
-
-    def _execute(self, cmd: Command) -> dict[str, Any]:
-        if cmd.action == "set_mode":
-            before = self.engine.mode
-            change = self.engine.set_override(cmd.args["mode"], time.monotonic(), cmd.args.get("duration_s"))
-            if change is not None:
-                self._on_mode_change(change)
-            return {"from": before, "mode": self.engine.mode, "override": self.engine.override}
-        if cmd.action == "reload":
-            before = self.agent.bundle_id
-            bundle_id = self.agent.reload()
-            if bundle_id != before:
-                self._event("reload", f"now running bundle {bundle_id} (was {before})",
-                            data={"bundle": self._bundle_info(), "previous_bundle_id": before})
-            self.policy = self._load_policy()
-            mode = self.engine.mode if self.engine.mode in self.policy.mode_names else None
-            self.engine = PolicyEngine(self.policy, mode=mode or "")
-            applied = self._apply(self.engine.current)
-            return {"bundle_id": bundle_id, "mode": self.engine.mode, "applied": applied,
-                    "policy": self.policy.source}
-        if cmd.action == "rollback":
-            if self.agent.store is None:
-                raise ConfigError("this agent runs a bundle file, not a store: nothing to roll back to")
-            bundle_id = self.agent.store.rollback(f"command {cmd.id}")
-            self.agent.reload()
-            self._apply(self.engine.current)
-            return {"bundle_id": bundle_id}
-        if cmd.action == "report_now":
-            return {"seq": self.report()}
-        raise TransportError(f"unknown action {cmd.action!r}")  # the verifier already refuses these
 
     # -- shutdown --
 
@@ -447,6 +338,4 @@ def _rss_bytes() -> int | None:
         with open("/proc/self/statm", "rb") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
-        import resource
-
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # peak, KiB on Linux

@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import signing
-from .errors import SignatureError, TransportError
-from .manifest import canonical_json
+from ..bundle import signing
+from ..bundle.manifest import canonical_json
+from ..errors import SignatureError, TransportError
 
 ROOT = "edgekit/v1"
 KINDS = ("status", "telemetry", "event", "cmd", "ota", "offload/req", "offload/resp")

@@ -1,0 +1,1 @@
+"""Bundles: the manifest (the contract), the reader/verifier of `.ekb` archives, ed25519 signing."""

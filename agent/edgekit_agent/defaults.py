@@ -1,0 +1,16 @@
+"""Defaults and name rules the agent, its config and the host's fleet tools share (one place each)."""
+
+from __future__ import annotations
+
+import re
+
+HTTP_HOST = "127.0.0.1"
+HTTP_PORT = 8470
+HTTP_MAX_BODY_BYTES = 8 << 20
+MQTT_HOST = "localhost"
+MQTT_PORT = 1883
+MQTT_PROTOCOLS = ("5", "3.1.1")
+# A fleet or device name is one MQTT topic level: no wildcards, no slashes.
+DEVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEVICE_NAME_RULE = "a name of 1-64 letters, digits, '_', '.', '-' (one MQTT topic level)"
+SENSOR_KINDS = ("sysfs", "simulated", "pi")
