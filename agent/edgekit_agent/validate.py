@@ -47,9 +47,7 @@ def problem(source: str, key: str, value: Any, what: str, allowed: Any = None, *
 
 def format_allowed(allowed: Any) -> str:
     if isinstance(allowed, (list, tuple, set, frozenset)) or isinstance(allowed, Mapping):
-        items = list(allowed)
-        if isinstance(allowed, (set, frozenset)):
-            items = sorted(items, key=str)
+        items = sorted(allowed, key=_show)
         return ", ".join(_show(a) for a in items) or "none"
     return str(allowed)
 

@@ -67,7 +67,7 @@ def test_refusals_are_one_line_errors(tmp_path, bundle_factory, keypair, cli_err
     bad_cfg = tmp_path / "a.toml"
     bad_cfg.write_text('device_id = "d"\n[store]\nroot = "s"\n[sensors]\nkind = "magic"\n')
     for cmd in ("serve", "run"):
-        cli_error(agent_cli(cmd, "--config", bad_cfg), "key 'sensors.kind'", "allowed: pi, simulated, sysfs")
+        cli_error(agent_cli(cmd, "--config", bad_cfg), "sensors.kind: 'magic' is not", "allowed: pi, simulated, sysfs")
 
 
 def test_usage_errors_exit_2(capsys):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from edgekit_agent.service.agent import Agent
-from edgekit_agent.errors import TransportError
+from edgekit_agent.errors import (EdgekitError, InputError, RateLimited, RuntimeBackendError,
+                                  TransportError)
 from edgekit_agent.service.http_api import HttpApi
 
 
@@ -108,18 +109,19 @@ def test_unknown_paths_methods_and_missing_length(api):
     assert "Content-Length is required" in reply
 
 
-def test_errors_of_a_custom_infer_map_to_503(bundle_factory):
-    from edgekit_agent.errors import EdgekitError
-
+@pytest.mark.parametrize("error, status", [(RateLimited, 503), (InputError, 400),
+                                           (RuntimeBackendError, 500), (EdgekitError, 500)])
+def test_the_status_of_a_custom_infer_error_comes_from_its_class(bundle_factory, error, status):
     agent = Agent(bundle_factory("tflite"))
 
-    def limited(inputs):
-        raise EdgekitError("rate limit of 2 inferences/s reached")
+    def refuse(inputs):
+        raise error("rate limit of 2 inferences/s reached")
 
-    server = HttpApi(agent, port=0, infer=limited).start()
+    server = HttpApi(agent, port=0, infer=refuse).start()
     try:
-        status, got = _request(server, "POST", "/v1/infer", {"inputs": {"image": [[0.0]]}})
-        assert status == 503 and got["error"] == "rate limit of 2 inferences/s reached"
+        got_status, got = _request(server, "POST", "/v1/infer", {"inputs": {"image": [[0.0]]}})
+        assert got_status == status == error.http_status
+        assert got["error"] == "rate limit of 2 inferences/s reached"
         assert _request(server, "GET", "/v1/mode")[1] == {"mode": "default"}
     finally:
         server.stop()

@@ -16,7 +16,7 @@ from pathlib import Path
 AGENT = Path(__file__).resolve().parents[2] / "agent"
 PACKAGE = AGENT / "edgekit_agent"
 # What the device side may import at module level besides the standard library.
-ALLOWED_THIRD_PARTY = {"numpy", "paho", "cryptography"}
+ALLOWED_THIRD_PARTY = {"numpy", "paho", "cryptography", "tomli"}  # tomli: Python 3.10 only
 VENV_PACKAGES = ["numpy", "paho-mqtt", "cryptography", "cffi", "pycparser"]
 
 
@@ -128,7 +128,8 @@ def test_agent_installs_and_verifies_bundles_in_a_bare_venv(tmp_path, make_bundl
 
     assert result["file"].startswith(str(venv))   # the installed copy, not the work tree
     assert {"edgekit_agent.bundle", "edgekit_agent.bundle.manifest", "edgekit_agent.runtime",
-            "edgekit_agent.bundle.signing", "edgekit_agent.errors"} <= set(result["modules"])
+            "edgekit_agent.bundle.signing", "edgekit_agent.bundle.reader", "edgekit_agent.errors",
+            "edgekit_agent.service.daemon", "edgekit_agent.validate"} <= set(result["modules"])
     assert result["heavy"] == []
     assert result["missing"] == ["edgekit", "onnx", "tensorflow", "ethosu"]
     host = open_bundle(bundle, keypair[1])

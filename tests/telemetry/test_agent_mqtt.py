@@ -133,9 +133,9 @@ def test_commands_bad_ones_are_answered_good_ones_executed(broker, collect, agen
     assert "must be a JSON object" in anonymous[1].payload["message"]
     assert "not signed" in errors["unsigned"]["message"]
     assert "signature rejected" in errors["forged"]["message"]
-    assert "unknown cmd action 'reboot'" in errors["unknown-action"]["message"]
-    assert "for device 'dev9'" in errors["wrong-device"]["message"]
-    assert "unknown mode" in errors["bad-mode"]["message"] and "allowed: eco, performance" in errors["bad-mode"]["message"]
+    assert "action: 'reboot' is not" in errors["unknown-action"]["message"]
+    assert "device: 'dev9' is not" in errors["wrong-device"]["message"]
+    assert "mode: 'turbo' is not a mode" in errors["bad-mode"]["message"] and "allowed: eco, performance" in errors["bad-mode"]["message"]
     assert "over the 16384 byte limit" in errors["huge"]["message"]
     assert all(e["level"] == "error" and "\n" not in e["message"] for e in errors.values())
     assert agent.alive(), agent.output()

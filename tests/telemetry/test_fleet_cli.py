@@ -101,7 +101,7 @@ def test_fleet_status_table_and_json(broker, collect, agent_config, start_agent,
 @pytest.mark.parametrize("args, fragment", [
     (("fleet", "status", "--broker", "127.0.0.1:1", "--wait", "0"), "cannot reach the broker 127.0.0.1:1"),
     (("fleet", "status", "--broker", "nohost:xyz"), "must be HOST:PORT"),
-    (("fleet", "status", "--fleet", "a/b", "--broker", "127.0.0.1:1"), "must be 1-64"),
+    (("fleet", "status", "--fleet", "a/b", "--broker", "127.0.0.1:1"), "is not a name of 1-64"),
     (("fleet", "cmd", "dev1", "report_now", "--key", "/nonexistent.key"), "give --fleet NAME"),
     (("fleet", "cmd", "dev1", "report_now", "--fleet", "lab", "--key", "/nonexistent.key"),
      "cannot read key /nonexistent.key"),

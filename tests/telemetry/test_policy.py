@@ -78,33 +78,33 @@ def test_inherit_merges_and_to_dict_round_trips(tmp_path: Path):
 
 
 @pytest.mark.parametrize("text, fragments", [
-    ('[modes.a]\nthreads = 0', ["key 'modes.a.threads'", "value 0", "must be an integer in 1..256"]),
-    ('[modes.a]\nthreads = 2.5', ["key 'modes.a.threads'", "2.5"]),
-    ('[modes.a]\nturbo = true', ["unknown key", "key 'modes.a.turbo'", "allowed: ", "duty_cycle"]),
-    ('[modes.a]\ngovernor = "fast"', ["unknown cpufreq governor", "'fast'", "allowed: conservative, ondemand"]),
-    ('[modes.a]\nduty_cycle = 1.5', ["key 'modes.a.duty_cycle'", "1.5", "0.01..1"]),
-    ('[modes.a]\noffload_allowed = "yes"', ["must be true or false", "'yes'"]),
-    ('[modes.a]\ninherit = "b"', ["inherits an unknown mode", "'b'", "allowed: a"]),
-    ('[modes.a]\ninherit = "b"\n[modes.b]\ninherit = "a"', ["inheritance loop"]),
-    ('default_mode = "x"\n[modes.a]', ["key 'default_mode'", "'x'", "allowed: a"]),
-    ('schema = "edgekit.policy/9"\n[modes.a]', ["unsupported policy schema", "edgekit.policy/1"]),
-    ('rules = 3\n[modes.a]', ["must be an array"]),
+    ('[modes.a]\nthreads = 0', ["modes.a.threads: 0 is not an integer in 1..256"]),
+    ('[modes.a]\nthreads = 2.5', ["modes.a.threads: 2.5 is not an integer"]),
+    ('[modes.a]\nturbo = true', ["modes.a.turbo: True is not a known key", "allowed: ", "duty_cycle"]),
+    ('[modes.a]\ngovernor = "fast"', ["modes.a.governor: 'fast' is not", "allowed: conservative, ondemand"]),
+    ('[modes.a]\nduty_cycle = 1.5', ["modes.a.duty_cycle: 1.5 is not a number in 0.01..1"]),
+    ('[modes.a]\noffload_allowed = "yes"', ["modes.a.offload_allowed: 'yes' is not true or false"]),
+    ('[modes.a]\ninherit = "b"', ["modes.a.inherit: 'b' is not a mode", "allowed: a"]),
+    ('[modes.a]\ninherit = "b"\n[modes.b]\ninherit = "a"', ["modes.b.inherit: 'a' is not a mode outside its own inheritance chain (loop)"]),
+    ('default_mode = "x"\n[modes.a]', ["default_mode: 'x' is not", "allowed: a"]),
+    ('schema = "edgekit.policy/9"\n[modes.a]', ["schema: 'edgekit.policy/9' is not", "allowed: edgekit.policy/1"]),
+    ('rules = 3\n[modes.a]', ["rules: 3 is not a list"]),
     ('[modes.auto]', ["not 'auto'"]),
     ('[modes.a]\n[[rules]]\nmetric = "humidity"\nenter_above = 1\nmode = "a"',
-     ["unknown metric", "key 'rules[0].metric'", "allowed: ", "temperature_c"]),
+     ["rules[0].metric: 'humidity' is not", "allowed: ", "temperature_c"]),
     ('[modes.a]\n[[rules]]\nmetric = "temperature_c"\nenter_above = 1\nmode = "b"',
-     ["unknown mode", "key 'rules[0].mode'", "'b'", "allowed: a"]),
-    ('[modes.a]\n[[rules]]\nmetric = "temperature_c"\nmode = "a"', ["exactly one of enter_above or enter_below"]),
+     ["rules[0].mode: 'b' is not", "allowed: a"]),
+    ('[modes.a]\n[[rules]]\nmetric = "temperature_c"\nmode = "a"', ["rules[0].enter_above: missing", "exactly one of them"]),
     ('[modes.a]\n[[rules]]\nmetric = "temperature_c"\nenter_above = 70\nexit_below = 75\nmode = "a"',
-     ["exit_below must be at or below enter_above (70)", "value 75"]),
+     ["rules[0].exit_below: 75.0 is not at or below enter_above (70)"]),
     ('[modes.a]\n[[rules]]\nmetric = "battery_pct"\nenter_below = 20\nexit_below = 30\nmode = "a"',
-     ["enter_below pairs with exit_above", "key 'rules[0].exit_below'", "allowed: exit_above"]),
+     ["rules[0].exit_below: 30.0 is not a key that pairs with enter_below", "allowed: exit_above"]),
     ('[modes.a]\n[[rules]]\nmetric = "battery_pct"\nenter_below = 20\nhold_s = -1\nmode = "a"',
-     ["key 'rules[0].hold_s'", "-1"]),
+     ["rules[0].hold_s: -1 is not a number in 0..86400"]),
     ('[modes.a]\n[[rules]]\nname = "x"\nmetric = "battery_pct"\nenter_below = 2\nmode = "a"\n'
-     '[[rules]]\nname = "x"\nmetric = "battery_pct"\nenter_below = 3\nmode = "a"', ["duplicate rule name", "'x'"]),
+     '[[rules]]\nname = "x"\nmetric = "battery_pct"\nenter_below = 3\nmode = "a"', ["rules[1].name: 'x' is not a unique rule name"]),
     ('[modes.a]\n[[rules]]\nmetric = "battery_pct"\nenter_below = 2\nmode = "a"\nsince = 3',
-     ["unknown key", "key 'rules[0].since'"]),
+     ["rules[0].since: 3 is not a known key"]),
     ('[modes', ["not valid TOML"]),
 ])
 def test_bad_policy_files_name_file_key_value_and_allowed(tmp_path: Path, text, fragments):
@@ -198,7 +198,7 @@ def test_manual_override_wins_until_cleared_or_expired(tmp_path: Path):
     assert engine.update(temp(50), 13.9) is None
     change = engine.update(temp(50), 14.0)
     assert change.to_mode == "performance" and "manual mode expired" in change.reason
-    with pytest.raises(ConfigError, match=r"unknown mode.*'turbo'.*allowed: critical, eco, performance"):
+    with pytest.raises(ConfigError, match=r"mode: 'turbo' is not a mode of this policy \(allowed: critical, eco, performance\)"):
         engine.set_override("turbo", 20.0)
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import re
 import time
 import uuid
@@ -37,7 +36,9 @@ from typing import Any
 
 from ..bundle import signing
 from ..bundle.manifest import canonical_json
-from ..errors import SignatureError, TransportError
+from ..defaults import DEVICE_NAME_RE, DEVICE_NAME_RULE
+from ..errors import CommandError, EdgekitError, SignatureError, TransportError
+from ..validate import NUMBER, REQUIRED, Table, invalid
 
 ROOT = "edgekit/v1"
 KINDS = ("status", "telemetry", "event", "cmd", "ota", "offload/req", "offload/resp")
@@ -45,6 +46,7 @@ SCHEMAS = {kind: f"edgekit.{kind.replace('/', '_')}/1" for kind in KINDS}
 EVENT_KINDS = ("start", "stop", "mode_change", "install", "rollback", "reload", "cmd_result",
                "cmd_error", "error")
 LEVELS = ("info", "warning", "error")
+STATES = ("online", "offline")
 ACTIONS: dict[str, dict[str, tuple[type, ...]]] = {  # action -> allowed args and their types
     "set_mode": {"mode": (str,), "duration_s": (int, float)},
     "reload": {},
@@ -52,16 +54,16 @@ ACTIONS: dict[str, dict[str, tuple[type, ...]]] = {  # action -> allowed args an
     "report_now": {},
 }
 _REQUIRED_ARGS = {"set_mode": ("mode",)}
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_CMD_BYTES = 16 << 10
 MAX_PAYLOAD_BYTES = 1 << 20
+MAX_DURATION_S = 7 * 86400
 
 
 def check_name(value: str, what: str) -> str:
     """A fleet or device name: one topic level, no wildcards, no slashes."""
-    if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise TransportError(f"{what} {value!r} must be 1-64 of letters, digits, '_', '.', '-'")
+    if not isinstance(value, str) or not DEVICE_NAME_RE.match(value):
+        raise invalid("", what, value, DEVICE_NAME_RULE, error=TransportError)
     return value
 
 
@@ -76,7 +78,7 @@ class Topics:
 
     def topic(self, kind: str) -> str:
         if kind not in KINDS:
-            raise TransportError(f"unknown topic kind {kind!r} (allowed: {', '.join(KINDS)})")
+            raise invalid("", "topic kind", kind, "a topic kind", KINDS, error=TransportError)
         return f"{ROOT}/{self.fleet}/{self.device}/{kind}"
 
     status = property(lambda self: self.topic("status"))
@@ -95,7 +97,7 @@ def subscription(fleet: str = "+", kind: str = "#", device: str = "+") -> str:
     if device != "+":
         check_name(device, "device")
     if kind != "#" and kind not in KINDS:
-        raise TransportError(f"unknown topic kind {kind!r} (allowed: {', '.join(KINDS)})")
+        raise invalid("", "topic kind", kind, "a topic kind", KINDS, error=TransportError)
     return f"{ROOT}/{fleet}/{device}/{kind}"
 
 
@@ -118,8 +120,8 @@ def envelope(kind: str, device: str, seq: int, ts: float | None = None, /, **bod
 def status_payload(device: str, seq: int, state: str, *, bundle: dict[str, Any] | None = None,
                    mode: str | None = None, will: bool = False, ts: float | None = None,
                    **extra: Any) -> dict[str, Any]:
-    if state not in ("online", "offline"):
-        raise TransportError(f"status state {state!r} must be online or offline")
+    if state not in STATES:
+        raise invalid("status payload", "state", state, "a status state", STATES, error=TransportError)
     body = {"state": state, "bundle": bundle, "mode": mode, **extra}
     if will:
         body["will"] = True
@@ -130,9 +132,9 @@ def event_payload(device: str, seq: int, kind: str, message: str, *, level: str 
                   data: dict[str, Any] | None = None, correlation_id: str | None = None,
                   ts: float | None = None) -> dict[str, Any]:
     if kind not in EVENT_KINDS:
-        raise TransportError(f"unknown event kind {kind!r} (allowed: {', '.join(EVENT_KINDS)})")
+        raise invalid("event payload", "kind", kind, "an event kind", EVENT_KINDS, error=TransportError)
     if level not in LEVELS:
-        raise TransportError(f"unknown event level {level!r} (allowed: {', '.join(LEVELS)})")
+        raise invalid("event payload", "level", level, "an event level", LEVELS, error=TransportError)
     body: dict[str, Any] = {"kind": kind, "level": level, "message": message, "data": data or {}}
     if correlation_id is not None:
         body["correlation_id"] = correlation_id
@@ -143,10 +145,9 @@ def telemetry_payload(device: str, seq: int, *, ts: float | None = None, **body:
     return envelope("telemetry", device, seq, ts, **body)
 
 
-_NUMBER = (int, float)
 _BODY_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
     "status": {"state": (str,)},
-    "telemetry": {"interval_s": _NUMBER, "mode": (str,), "inference": (dict,), "sensors": (dict,),
+    "telemetry": {"interval_s": NUMBER, "mode": (str,), "inference": (dict,), "sensors": (dict,),
                   "queue": (dict,)},
     "event": {"kind": (str,), "level": (str,), "message": (str,), "data": (dict,)},
 }
@@ -167,47 +168,33 @@ def decode(data: bytes, kind: str, *, limit: int = MAX_PAYLOAD_BYTES) -> dict[st
 
 
 def validate(obj: dict[str, Any], kind: str) -> None:
-    expected = SCHEMAS.get(kind)
-    if expected is None:
-        raise TransportError(f"unknown payload kind {kind!r} (allowed: {', '.join(KINDS)})")
-    if obj.get("schema") != expected:
-        raise TransportError(f"{kind} payload schema is {obj.get('schema')!r}, expected {expected!r}")
-    _field(obj, "device", (str,), kind)
-    check_name(obj["device"], f"{kind} device")
-    _field(obj, "seq", (int,), kind)
-    if obj["seq"] < 0:
-        raise TransportError(f"{kind} payload seq {obj['seq']} is negative")
-    _field(obj, "ts", _NUMBER, kind)
+    if kind not in SCHEMAS:
+        raise invalid("", "payload kind", kind, "a payload kind", KINDS, error=TransportError)
+    t = Table(obj, f"{kind} payload", error=TransportError)
+    t.choice("schema", (SCHEMAS[kind],))
+    check_name(t.get("device", str), f"{kind} payload: device")
+    t.integer("seq", lo=0)
+    t.get("ts", NUMBER)
     for name, types in _BODY_TYPES.get(kind, {}).items():
-        _field(obj, name, types, kind)
-    if kind == "status" and obj["state"] not in ("online", "offline"):
-        raise TransportError(f"status state {obj['state']!r} must be online or offline")
-    if kind == "event" and obj["kind"] not in EVENT_KINDS:
-        raise TransportError(f"unknown event kind {obj['kind']!r}")
+        t.get(name, types)
+    if kind == "status":
+        t.choice("state", STATES)
+    if kind == "event":
+        t.choice("kind", EVENT_KINDS)
 
 
-def _field(obj: dict[str, Any], name: str, types: tuple[type, ...], kind: str) -> Any:
-    if name not in obj:
-        raise TransportError(f"{kind} payload has no {name!r}")
-    value = obj[name]
-    if isinstance(value, bool) or not isinstance(value, types) or (
-            isinstance(value, float) and not math.isfinite(value)):
-        names = "/".join(t.__name__ for t in types)
-        raise TransportError(f"{kind} payload field {name!r} must be {names}, got {value!r:.60}")
-    return value
-
-
-def _json_object(data: bytes, limit: int, kind: str) -> dict[str, Any]:
+def _json_object(data: bytes, limit: int, kind: str,
+                 error: type[EdgekitError] = TransportError) -> dict[str, Any]:
     if len(data) > limit:
-        raise TransportError(f"{kind} payload is {len(data)} bytes, over the {limit} byte limit")
+        raise error(f"{kind} payload is {len(data)} bytes, over the {limit} byte limit")
     try:
         obj = json.loads(bytes(data).decode("utf-8"))
     except UnicodeDecodeError:
-        raise TransportError(f"{kind} payload is not UTF-8") from None
+        raise error(f"{kind} payload is not UTF-8") from None
     except (json.JSONDecodeError, RecursionError) as exc:
-        raise TransportError(f"{kind} payload is not JSON: {str(exc).splitlines()[0]}") from None
+        raise error(f"{kind} payload is not JSON: {str(exc).splitlines()[0]}") from None
     if not isinstance(obj, dict):
-        raise TransportError(f"{kind} payload must be a JSON object, got {type(obj).__name__}")
+        raise error(f"{kind} payload must be a JSON object, got {type(obj).__name__}")
     return obj
 
 
@@ -258,77 +245,61 @@ class CommandVerifier:
         self._key = signing.load_public_key(self.public_key) if self.public_key else None
 
     def parse(self, data: bytes, now: float | None = None) -> Command:
-        """A valid, authentic, fresh command, or TransportError with a one-line reason."""
-        obj = _json_object(data, MAX_CMD_BYTES, "cmd")
-        command_id = obj.get("id")
-        if not isinstance(command_id, str) or not _ID_RE.match(command_id):
-            raise TransportError(f"cmd 'id' must be 1-64 of letters, digits, '_.:-', got {command_id!r:.40}")
-        for key in obj:
-            if key not in _CMD_KEYS:
-                raise TransportError(f"cmd has unknown field {key!r:.40} (allowed: {', '.join(_CMD_KEYS)})")
-        if obj.get("schema") != SCHEMAS["cmd"]:
-            raise TransportError(f"cmd schema is {obj.get('schema')!r:.40}, expected {SCHEMAS['cmd']!r}")
-        if obj.get("device") != self.device:
-            raise TransportError(f"cmd is for device {obj.get('device')!r:.40}, this is {self.device!r}")
-        seq, ts = _field(obj, "seq", (int,), "cmd"), _field(obj, "ts", _NUMBER, "cmd")
-        action = obj.get("action")
-        if action not in ACTIONS:
-            raise TransportError(f"unknown cmd action {action!r:.40} (allowed: {', '.join(ACTIONS)})")
-        args = _check_args(action, obj.get("args", {}))
-        reply_to = obj.get("reply_to")
+        """A valid, authentic, fresh command, or CommandError with a one-line reason."""
+        t = Table(_json_object(data, MAX_CMD_BYTES, "cmd", CommandError), "cmd", error=CommandError)
+        command_id = t.string("id", pattern=_ID_RE, what="an id of 1-64 letters, digits, '_.:-'")
+        t.only(_CMD_KEYS)
+        t.choice("schema", (SCHEMAS["cmd"],))
+        t.choice("device", (self.device,))
+        seq, ts = t.get("seq", int), t.get("ts", NUMBER)
+        action = t.choice("action", tuple(ACTIONS))
+        args = _check_args(action, t.table("args"))
+        reply_to = t.data.get("reply_to")
         if reply_to is not None and (not isinstance(reply_to, str) or not reply_to or
                                      any(c in reply_to for c in "+#\x00")):
-            raise TransportError(f"cmd 'reply_to' must be a topic without wildcards, got {reply_to!r:.40}")
-        self._authenticate(obj)
+            raise t.fail("reply_to", reply_to, "a topic without wildcards")
+        self._authenticate(dict(t.data))
         self._check_fresh(command_id, float(ts), time.time() if now is None else now)
         return Command(id=command_id, action=action, args=args, device=self.device, seq=seq,
                        ts=float(ts), reply_to=reply_to)
 
     def _authenticate(self, obj: dict[str, Any]) -> None:
         if self._key is None:
-            raise TransportError("commands are refused: no fleet public key configured (store.public_key)")
+            raise CommandError("commands are refused: no fleet public key configured (store.public_key)")
         sig_text = obj.get("sig")
         if not isinstance(sig_text, str):
-            raise TransportError("cmd is not signed (no 'sig')")
+            raise CommandError("cmd is not signed (no 'sig')")
         try:
             sig = base64.b64decode(sig_text, validate=True)
         except ValueError:
-            raise TransportError("cmd 'sig' is not base64") from None
+            raise CommandError("cmd 'sig' is not base64") from None
         body = {k: v for k, v in obj.items() if k != "sig"}
         try:
             signing.verify(self._key, canonical_json(body), sig)
         except SignatureError as exc:
-            raise TransportError(f"cmd signature rejected: {exc}") from None
+            raise CommandError(f"cmd signature rejected: {exc}") from None
         except ValueError as exc:  # canonical_json refuses NaN
-            raise TransportError(f"cmd cannot be canonicalised: {exc}") from None
+            raise CommandError(f"cmd cannot be canonicalised: {exc}") from None
 
     def _check_fresh(self, command_id: str, ts: float, now: float) -> None:
         if abs(now - ts) > self.max_skew_s:
-            raise TransportError(f"cmd is {now - ts:+.0f} s old, outside the ±{self.max_skew_s:g} s window")
+            raise CommandError(f"cmd is {now - ts:+.0f} s old, outside the ±{self.max_skew_s:g} s window")
         if command_id in self._seen:
-            raise TransportError(f"cmd {command_id!r} was already executed (replay)")
+            raise CommandError(f"cmd {command_id!r} was already executed (replay)")
         self._seen[command_id] = None
         while len(self._seen) > self.remember:
             self._seen.popitem(last=False)
 
 
-def _check_args(action: str, args: Any) -> dict[str, Any]:
-    if not isinstance(args, dict):
-        raise TransportError(f"cmd 'args' must be an object, got {type(args).__name__}")
+def _check_args(action: str, args: Table) -> dict[str, Any]:
     allowed = ACTIONS[action]
-    for key, value in args.items():
-        if key not in allowed:
-            names = ", ".join(allowed) or "none"
-            raise TransportError(f"{action} has no argument {key!r:.40} (allowed: {names})")
-        if isinstance(value, bool) or not isinstance(value, allowed[key]) or (
-                isinstance(value, float) and not math.isfinite(value)):
-            raise TransportError(f"{action} argument {key!r} has the wrong type: {value!r:.40}")
-    for key in _REQUIRED_ARGS.get(action, ()):
-        if key not in args:
-            raise TransportError(f"{action} needs argument {key!r}")
-    if "duration_s" in args and not 0 < args["duration_s"] <= 7 * 86400:
-        raise TransportError(f"{action} duration_s must be in (0, 604800], got {args['duration_s']!r}")
-    return dict(args)
+    args.only(tuple(allowed))
+    for key, types in allowed.items():
+        args.get(key, types, REQUIRED if key in _REQUIRED_ARGS.get(action, ()) else None)
+    duration = args.data.get("duration_s")
+    if duration is not None and not 0 < duration <= MAX_DURATION_S:
+        raise args.fail("duration_s", duration, f"a duration in (0, {MAX_DURATION_S}] s")
+    return dict(args.data)
 
 
 def command_id_of(data: bytes) -> str | None:
