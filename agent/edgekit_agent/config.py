@@ -24,8 +24,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .defaults import (DEVICE_NAME_RE, DEVICE_NAME_RULE, HTTP_HOST, HTTP_MAX_BODY_BYTES,
-                       HTTP_PORT, MQTT_HOST, MQTT_PORT, MQTT_PROTOCOLS, SENSOR_KINDS)
+from .defaults import (
+    DEVICE_NAME_RE,
+    DEVICE_NAME_RULE,
+    HTTP_HOST,
+    HTTP_MAX_BODY_BYTES,
+    HTTP_PORT,
+    MQTT_HOST,
+    MQTT_PORT,
+    MQTT_PROTOCOLS,
+    SENSOR_KINDS,
+)
 from .tomlfile import read_toml
 from .validate import REQUIRED, Table, invalid
 

@@ -4,7 +4,8 @@
 whose manifest specs come from the model itself (``load_backend(...).inputs/.outputs``) and
 whose self-test vectors are the model's outputs on real digits test images. Kinds: ``tflite``
 (float), ``onnx`` (float), ``int8`` (full-int8 TFLite with int8 I/O, quantized here with
-ai-edge-quantizer) and ``gather`` (an ONNX model that fails at run time on out-of-range indices).
+ai-edge-quantizer, a host library: tests using it are marked ``host``) and ``gather`` (an ONNX
+model that fails at run time on out-of-range indices). Models are made on first use.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import io
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
-from edgekit.bundle_writer import MemberFile, write_bundle
 from edgekit_agent.bundle.manifest import Manifest, ModelRef, Variant, sha256_hex
 from edgekit_agent.runtime import Runner, load_backend
 
@@ -51,10 +52,22 @@ def _gather_onnx() -> bytes:
     return model.SerializeToString()
 
 
+class _Models(dict):
+    """kind -> model bytes, each built when first asked for."""
+
+    def __init__(self, digits) -> None:
+        super().__init__()
+        self._make = {"tflite": digits.tflite.read_bytes, "onnx": digits.onnx.read_bytes,
+                      "int8": lambda: _int8_digits(digits), "gather": _gather_onnx}
+
+    def __missing__(self, kind: str) -> bytes:
+        self[kind] = self._make[kind]()
+        return self[kind]
+
+
 @pytest.fixture(scope="session")
 def models(digits) -> dict[str, bytes]:
-    return {"tflite": digits.tflite.read_bytes(), "onnx": digits.onnx.read_bytes(),
-            "int8": _int8_digits(digits), "gather": _gather_onnx()}
+    return _Models(digits)
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +98,7 @@ def _selftest_npz(model: bytes, fmt: str, images: np.ndarray, mode: str, family:
 
 
 @pytest.fixture(scope="session")
-def bundle_factory(tmp_path_factory, models, images) -> Callable[..., Path]:
+def bundle_factory(tmp_path_factory, models, images, write_bundle_file) -> Callable[..., Path]:
     """make(kind="tflite", version="1", selftest="good"|"batch"|"bad"|None, sign_key=None, variants=()).
 
     "good" stacks the 8 vectors on an extra leading axis, "batch" concatenates them along the
@@ -97,21 +110,22 @@ def bundle_factory(tmp_path_factory, models, images) -> Callable[..., Path]:
         fmt = FORMATS[kind]
         model = models[kind]
         path = f"model.{fmt}"
-        files = [MemberFile(path, model, "model")]
+        files = [(path, model, "model")]
         extras: dict[str, str] = {}
         if selftest:
-            files.append(MemberFile("selftest.npz", _selftest_npz(model, fmt, images, selftest, family), "selftest"))
+            npz = _selftest_npz(model, fmt, images, selftest, family)
+            files.append(("selftest.npz", npz, "selftest"))
             extras["selftest"] = "selftest.npz"
         alternates = []
         for v in variants:
             vpath = f"variant-{v}.{FORMATS[v]}"
-            files.append(MemberFile(vpath, models[v], "variant"))
+            files.append((vpath, models[v], "variant"))
             alternates.append(_variant(v, vpath, models[v], FORMATS[v]))
         manifest = Manifest(name=name, version=version, target="x86-64", family=family,
                             primary=_variant("primary", path, model, fmt), members=(),
                             variants=tuple(alternates), extras=extras)
         out = tmp_path_factory.mktemp("bundle") / f"{name}-{kind}-{version}.ekb"
-        return write_bundle(out, manifest, files, sign_key)
+        return write_bundle_file(out, manifest, files, sign_key)
 
     return make
 

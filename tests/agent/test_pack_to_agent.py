@@ -6,15 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import edgekit
 from edgekit_agent.service.agent import Agent
 from edgekit_agent.store.slots import BundleStore
+
+pytestmark = pytest.mark.host  # packs with the host package
 
 
 @pytest.mark.parametrize("target, kw", [("x86-64", {"recipe": "static_int8", "runtime": "onnxruntime"}),
                                         ("stm32h7", {})])
 def test_packed_bundle_installs_and_reproduces_its_accuracy(tmp_path, digits, keypair, target, kw):
     out = tmp_path / f"{target}.ekb"
+    import edgekit  # the host package: imported here so the agent-only runs can collect this module
+
     result = edgekit.pack("example:digits", target, out, sign_key=keypair[0], **kw)
     store = BundleStore(tmp_path / "store", public_key=keypair[1])
     installed = store.install(out)

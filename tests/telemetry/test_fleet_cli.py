@@ -14,7 +14,6 @@ from edgekit.fleet import FleetView, parse_broker
 from edgekit_agent.telemetry import schema
 from edgekit_agent.errors import ConfigError
 
-from conftest import by_seq
 
 
 def test_fleet_view_keeps_latest_state():
@@ -48,7 +47,7 @@ def test_parse_broker():
             parse_broker(bad)
 
 
-def test_fleet_status_table_and_json(broker, collect, agent_config, start_agent, edgekit_cli):
+def test_fleet_status_table_and_json(dedupe, broker, collect, agent_config, start_agent, edgekit_cli):
     sub = collect(broker, f"{schema.ROOT}/lab/dev1/telemetry")
     agent = start_agent(agent_config(broker, load={"rate": 40.0}, sensors={"speed": 0.01}))
     # A second device that went away earlier, as its retained will left it.
@@ -57,7 +56,7 @@ def test_fleet_status_table_and_json(broker, collect, agent_config, start_agent,
                        qos=1, retain=True).wait_for_publish(5)
     junk = schema.Topics("lab", "junk")
     sub.client.publish(junk.status, b"\x00garbage", qos=1, retain=True).wait_for_publish(5)
-    sub.wait_for(lambda m: len(by_seq(sub.of("telemetry"))) >= 2, 30, "telemetry")
+    sub.wait_for(lambda m: len(dedupe(sub.of("telemetry"))) >= 2, 30, "telemetry")
 
     proc = edgekit_cli("fleet", "status", "--broker", broker.url, "--fleet", "lab", "--json", "--wait", "1.5")
     assert proc.returncode == 0, proc.stderr

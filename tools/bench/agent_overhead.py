@@ -34,8 +34,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -72,6 +73,7 @@ def build_mobilenet_int8(size: int = 128, alpha: float = 0.5, calib: int = 16) -
 
 def build_digits_int8() -> bytes:
     from ai_edge_quantizer import quantizer, recipe
+
     from edgekit.examples import get_example
 
     digits = get_example("digits")

@@ -27,8 +27,7 @@ sys.path.insert(0, str(REPO))
 from edgekit.examples import get_example  # noqa: E402
 from edgekit.packer import PackOptions, pack  # noqa: E402
 from edgekit.packer.data import Dataset, load_dataset, load_labels, synthetic_dataset  # noqa: E402
-from edgekit.packer.evaluate import (accuracy, interleaved_latency, make_runner, run_all,  # noqa: E402
-                                     sqnr_db)
+from edgekit.packer.evaluate import accuracy, interleaved_latency, make_runner, run_all, sqnr_db  # noqa: E402
 
 
 def raw_ort_static(model: bytes, calib: Dataset) -> bytes:
@@ -120,9 +119,11 @@ def mobile_cnn_onnx(path: Path) -> None:
     rng = np.random.default_rng(0)
     nodes, inits, prev, ch = [], [], "x", 3
     for i, (out_ch, stride) in enumerate([(16, 2), (32, 1), (64, 2), (64, 1), (128, 2), (128, 1)]):
-        inits += [numpy_helper.from_array(rng.normal(0, (2 / (9 * ch)) ** 0.5, (ch, 1, 3, 3)).astype(np.float32), f"dw{i}"),
-                  numpy_helper.from_array(rng.normal(0, (2 / ch) ** 0.5, (out_ch, ch, 1, 1)).astype(np.float32), f"pw{i}")]
-        nodes += [helper.make_node("Conv", [prev, f"dw{i}"], [f"d{i}"], group=ch, pads=[1, 1, 1, 1], strides=[stride, stride]),
+        dw = rng.normal(0, (2 / (9 * ch)) ** 0.5, (ch, 1, 3, 3)).astype(np.float32)
+        pw = rng.normal(0, (2 / ch) ** 0.5, (out_ch, ch, 1, 1)).astype(np.float32)
+        inits += [numpy_helper.from_array(dw, f"dw{i}"), numpy_helper.from_array(pw, f"pw{i}")]
+        nodes += [helper.make_node("Conv", [prev, f"dw{i}"], [f"d{i}"], group=ch, pads=[1, 1, 1, 1],
+                                   strides=[stride, stride]),
                   helper.make_node("Relu", [f"d{i}"], [f"dr{i}"]),
                   helper.make_node("Conv", [f"dr{i}", f"pw{i}"], [f"p{i}"]),
                   helper.make_node("Relu", [f"p{i}"], [f"pr{i}"])]
@@ -146,11 +147,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         mobile_cnn_onnx(tmp / "mobile.onnx")
-        for label, path, fmt, c, e, l in (
+        for label, path, fmt, calib, evaluation, labels in (
                 ("digits-onnx", ex.onnx, "onnx", ex.calib, ex.eval, ex.labels),
                 ("digits-tflite", ex.tflite, "tflite", ex.calib, ex.eval, ex.labels),
                 ("mobile-cnn-onnx", tmp / "mobile.onnx", "onnx", None, None, None)):
-            rows += bench_model(label, path, fmt, c, e, l, tmp)
+            rows += bench_model(label, path, fmt, calib, evaluation, labels, tmp)
             print(json.dumps(rows[-1]), file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2))

@@ -14,8 +14,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from . import signing
 from ..errors import BundleError, IntegrityError, SignatureError
+from . import signing
 from .manifest import Manifest, sha256_hex
 
 MANIFEST_NAME = "manifest.json"

@@ -14,7 +14,7 @@ class PowerFigures:
     active_w: float | None = None
 
     @classmethod
-    def from_profile(cls, target_profile: dict[str, Any]) -> "PowerFigures":
+    def from_profile(cls, target_profile: dict[str, Any]) -> PowerFigures:
         power = target_profile.get("power") or {}
         if not isinstance(power, dict):
             return cls()

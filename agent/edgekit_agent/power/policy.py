@@ -33,9 +33,10 @@ the rules until it expires or is cleared with mode ``auto``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..tomlfile import read_toml
 from ..validate import Table, invalid
@@ -65,7 +66,7 @@ class Mode:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "") -> "Mode":
+    def from_dict(cls, d: dict[str, Any], source: str = "") -> Mode:
         return _mode(str(d.get("name", "")), {k: v for k, v in d.items() if k != "name"}, source)
 
 
@@ -104,7 +105,7 @@ class Rule:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "", index: int = 0,
-                  modes: tuple[str, ...] | None = None) -> "Rule":
+                  modes: tuple[str, ...] | None = None) -> Rule:
         return _rule(d, source, index, modes)
 
 
@@ -132,17 +133,17 @@ class Policy:
                 "rules": [r.to_dict() for r in self.rules]}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "") -> "Policy":
+    def from_dict(cls, d: dict[str, Any], source: str = "") -> Policy:
         return _policy(d, source)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Policy":
+    def load(cls, path: str | Path) -> Policy:
         path = Path(path)
         data = read_toml(path, "policy")
         return cls.from_dict(data, source=str(path))
 
     @classmethod
-    def single(cls, mode: Mode | None = None) -> "Policy":
+    def single(cls, mode: Mode | None = None) -> Policy:
         """No policy file: one mode that leaves the agent as configured."""
         mode = mode or Mode(name="normal")
         return cls(default_mode=mode.name, modes=(mode,), source="<built-in>")

@@ -17,7 +17,8 @@ import os
 import re
 import sys
 import tempfile
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 

@@ -12,10 +12,10 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -111,7 +111,7 @@ class Agent:
         self._loaded = self._load(variant, threads, strict_variant=True)
 
     @classmethod
-    def from_config(cls, config: AgentConfig, *, on_event: EventSink | None = None) -> "Agent":
+    def from_config(cls, config: AgentConfig, *, on_event: EventSink | None = None) -> Agent:
         """The store and agent an ``agent.toml`` describes (``on_event`` gets installs/rollbacks)."""
         store = BundleStore(config.store.root, public_key=config.store.public_key,
                             max_failures=config.store.max_failures,
@@ -173,7 +173,7 @@ class Agent:
         if self.store is not None:
             self._finalizer()
 
-    def __enter__(self) -> "Agent":
+    def __enter__(self) -> Agent:
         return self
 
     def __exit__(self, *exc: object) -> None:

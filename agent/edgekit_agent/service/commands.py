@@ -8,7 +8,8 @@ command, and returns the result data of the ``cmd_result`` event; a refusal rais
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from ..config import AgentConfig
 from ..errors import CommandError, StoreError

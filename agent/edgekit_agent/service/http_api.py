@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import math
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,7 @@ class HttpApi:
 
     @classmethod
     def from_config(cls, agent: Agent, config: AgentConfig, *, mode: Callable[[], str] | None = None,
-                    infer: InferFn | None = None) -> "HttpApi":
+                    infer: InferFn | None = None) -> HttpApi:
         return cls(agent, host=config.http.host, port=config.http.port, mode=mode,
                    max_body_bytes=config.http.max_body_bytes, infer=infer)
 
@@ -69,7 +70,7 @@ class HttpApi:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "HttpApi":
+    def start(self) -> HttpApi:
         self._thread = threading.Thread(target=self._server.serve_forever, name="edgekit-http",
                                         daemon=True)
         self._thread.start()

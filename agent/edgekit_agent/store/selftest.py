@@ -75,7 +75,7 @@ def _run_vectors(runner: Any, variant: Variant, data: bytes) -> tuple[int, float
     max_err = 0.0
     for k in range(counts.pop()):
         got = runner([a[k] for a in ins])
-        for j, (g, want, spec) in enumerate(zip(got, (o[k] for o in outs), variant.outputs)):
+        for g, want, spec in zip(got, (o[k] for o in outs), variant.outputs):
             if g.shape != want.shape:
                 raise StoreError(f"self-test vector {k}: output {spec.name!r} has shape {g.shape}, "
                                  f"expected {want.shape}")

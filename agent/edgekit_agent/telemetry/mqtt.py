@@ -19,7 +19,8 @@ import queue
 import random
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..config import MqttConfig
 from ..errors import TransportError

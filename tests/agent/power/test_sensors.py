@@ -10,8 +10,17 @@ from pathlib import Path
 import pytest
 
 from edgekit_agent.errors import ConfigError
-from edgekit_agent.power.sensors import (CpuFreq, Hwmon, PowerSupplies, SimulatedDevice, SysfsSensors,
-                                   ThermalZones, Vcgencmd, decode_throttled, make_sensors)
+from edgekit_agent.power.sensors import (
+    CpuFreq,
+    Hwmon,
+    PowerSupplies,
+    SimulatedDevice,
+    SysfsSensors,
+    ThermalZones,
+    Vcgencmd,
+    decode_throttled,
+    make_sensors,
+)
 
 
 def write(root: Path, rel: str, text: str) -> Path:

@@ -11,8 +11,8 @@ from io import BytesIO
 from pathlib import Path
 
 from edgekit_agent.bundle import signing
-from edgekit_agent.bundle.reader import MANIFEST_NAME, SIGNATURE_NAME
 from edgekit_agent.bundle.manifest import sha256_hex
+from edgekit_agent.bundle.reader import MANIFEST_NAME, SIGNATURE_NAME
 
 CENTRAL, LOCAL = b"PK\x01\x02", b"PK\x03\x04"
 # offsets of fields inside a central directory header
@@ -27,15 +27,15 @@ class Parts:
     files: dict[str, bytes] = field(default_factory=dict)
 
     @classmethod
-    def read(cls, path: Path) -> "Parts":
+    def read(cls, path: Path) -> Parts:
         with zipfile.ZipFile(path) as zf:
             files = {n: zf.read(n) for n in zf.namelist() if n not in (MANIFEST_NAME, SIGNATURE_NAME)}
             return cls(json.loads(zf.read(MANIFEST_NAME)), files)
 
-    def copy(self) -> "Parts":
+    def copy(self) -> Parts:
         return Parts(json.loads(json.dumps(self.manifest)), dict(self.files))
 
-    def relist(self) -> "Parts":
+    def relist(self) -> Parts:
         """Make the manifest's member list (and the model refs) match ``files`` again."""
         self.manifest["members"] = [{"path": n, "sha256": sha256_hex(d), "size_bytes": len(d),
                                      "role": "extra"} for n, d in self.files.items()]

@@ -1,4 +1,6 @@
-"""Bundle format v1: write → inspect → verify round trip, tamper detection, a malformed corpus."""
+"""Bundle format v1: write → inspect → verify round trip, tamper detection, a malformed corpus.
+
+Tests of the host's writer and CLI are marked ``host``; the reader's run on the agent alone."""
 
 from __future__ import annotations
 
@@ -7,24 +9,45 @@ import stat
 import tracemalloc
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgekit.bundle_writer import MemberFile, write_bundle
-from edgekit_agent.bundle.reader import (MAX_MANIFEST_BYTES, MAX_MEMBER_BYTES, MAX_MEMBERS, SIGNATURE_NAME,
-                                  open_bundle)
-from edgekit_agent.errors import BundleError, EdgekitError, IntegrityError, SignatureError
 from edgekit_agent.bundle.manifest import Manifest, sha256_hex
+from edgekit_agent.bundle.reader import (
+    MAX_MANIFEST_BYTES,
+    MAX_MEMBER_BYTES,
+    MAX_MEMBERS,
+    SIGNATURE_NAME,
+    open_bundle,
+)
 from edgekit_agent.bundle.signing import generate_keypair
+from edgekit_agent.errors import BundleError, EdgekitError, IntegrityError, SignatureError
 
-from .zipcraft import (CD_CRC, CD_FLAGS, CD_USIZE, Parts, build, local_data_offset,
-                       patch_central, zip_bytes)
+from .zipcraft import (
+    CD_CRC,
+    CD_FLAGS,
+    CD_USIZE,
+    Parts,
+    build,
+    local_data_offset,
+    patch_central,
+    zip_bytes,
+)
+
+
+@pytest.fixture(scope="module")
+def host_writer():
+    """(MemberFile, write_bundle) of the host package."""
+    from edgekit.bundle_writer import MemberFile, write_bundle
+
+    return MemberFile, write_bundle
+
 
 CONTRACT_KEYS = ("schema", "target", "model", "source", "recipe", "fidelity", "latency_ms",
                  "target_report")
@@ -69,6 +92,7 @@ def test_manifest_round_trips_through_json(make_bundle, keypair):
     assert bundle.signed and bundle.signature_checked and len(bundle.key_id) == 16
 
 
+@pytest.mark.host
 def test_inspect_json_prints_the_contract_fields(make_bundle, digits, edgekit_cli):
     proc = edgekit_cli("inspect", make_bundle(), "--json")
     assert proc.returncode == 0, proc.stderr
@@ -87,6 +111,7 @@ def test_inspect_json_prints_the_contract_fields(make_bundle, digits, edgekit_cl
     assert {x["path"] for x in m["members"]} == {"model.tflite", "labels.txt"}
 
 
+@pytest.mark.host
 def test_verify_with_key_reports_hashes_and_signature(make_bundle, keypair, edgekit_cli):
     path = make_bundle()
     proc = edgekit_cli("verify", path, "--key", keypair[1])
@@ -95,6 +120,7 @@ def test_verify_with_key_reports_hashes_and_signature(make_bundle, keypair, edge
     assert f"2 members, hashes OK, signature OK (key {key_id})" in proc.stdout
 
 
+@pytest.mark.host
 def test_verify_without_key_says_the_signature_was_not_checked(make_bundle, edgekit_cli):
     signed = edgekit_cli("verify", make_bundle())
     unsigned = edgekit_cli("verify", make_bundle(sign=False))
@@ -102,6 +128,7 @@ def test_verify_without_key_says_the_signature_was_not_checked(make_bundle, edge
     assert "signature not checked" in signed.stdout and "unsigned" in unsigned.stdout
 
 
+@pytest.mark.host
 @pytest.mark.parametrize("member", ["model.tflite", "labels.txt"])
 @pytest.mark.parametrize("pos", [0, 777, -1])
 def test_flipped_member_byte_fails_verify_naming_the_member(make_bundle, keypair, edgekit_cli,
@@ -111,6 +138,7 @@ def test_flipped_member_byte_fails_verify_naming_the_member(make_bundle, keypair
     cli_error(edgekit_cli("verify", bad, "--key", keypair[1]), f"member '{member}' sha256 mismatch")
 
 
+@pytest.mark.host
 @pytest.mark.parametrize("name", ["manifest.json", "manifest.sig"])
 @pytest.mark.parametrize("pos", [0, 40, -1])
 def test_flipped_manifest_or_signature_byte_fails_verify(make_bundle, keypair, edgekit_cli,
@@ -121,6 +149,7 @@ def test_flipped_manifest_or_signature_byte_fails_verify(make_bundle, keypair, e
               "signature does not match the manifest and key")
 
 
+@pytest.mark.host
 def test_flipped_byte_in_compressed_data_names_the_member(make_bundle, keypair, edgekit_cli,
                                                           cli_error, tmp_path):
     raw = bytearray(make_bundle().read_bytes())
@@ -142,9 +171,11 @@ def test_bundle_read_rechecks_a_member_changed_after_opening(make_bundle, keypai
 
 # --- writer -----------------------------------------------------------------------------------
 
+@pytest.mark.host
 @pytest.mark.filterwarnings("ignore:Duplicate name")
-def test_writer_refuses_a_bundle_the_reader_would_reject_and_keeps_the_old_file(
+def test_writer_refuses_a_bundle_the_reader_would_reject_and_keeps_the_old_file(host_writer,
         make_bundle, digits_manifest, tmp_path):
+    MemberFile, write_bundle = host_writer
     old = make_bundle()
     before = old.read_bytes()
     manifest = digits_manifest(b"model")
@@ -159,16 +190,21 @@ def test_writer_refuses_a_bundle_the_reader_would_reject_and_keeps_the_old_file(
     assert [p.name for p in old.parent.iterdir()] == [old.name]  # no temporary left behind
 
 
+@pytest.mark.host
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), np.float32(0.5)])
-def test_writer_refuses_evidence_that_is_not_json(digits_manifest, tmp_path, bad):
+def test_writer_refuses_evidence_that_is_not_json(host_writer, digits_manifest, tmp_path, bad):
+    MemberFile, write_bundle = host_writer
     manifest = digits_manifest(b"m")
-    manifest = manifest.replace(primary=replace(manifest.primary, fidelity=replace(manifest.primary.fidelity, top1_agreement=bad)))
+    fidelity = replace(manifest.primary.fidelity, top1_agreement=bad)
+    manifest = manifest.replace(primary=replace(manifest.primary, fidelity=fidelity))
     with pytest.raises(BundleError, match="manifest cannot be stored as JSON"):
         write_bundle(tmp_path / "x.ekb", manifest, [MemberFile("model.tflite", b"m")])
     assert list(tmp_path.iterdir()) == []
 
 
-def test_writer_maps_an_unwritable_target_to_an_edgekit_error(digits_manifest, tmp_path):
+@pytest.mark.host
+def test_writer_maps_an_unwritable_target_to_an_edgekit_error(host_writer, digits_manifest, tmp_path):
+    MemberFile, write_bundle = host_writer
     (tmp_path / "dir.ekb").mkdir()
     with pytest.raises(EdgekitError, match="dir.ekb"):
         write_bundle(tmp_path / "dir.ekb", digits_manifest(b"m"), [MemberFile("model.tflite", b"m")])
@@ -176,7 +212,9 @@ def test_writer_maps_an_unwritable_target_to_an_edgekit_error(digits_manifest, t
         write_bundle(tmp_path / "no" / "x.ekb", digits_manifest(b"m"), [MemberFile("model.tflite", b"m")])
 
 
-def test_identical_inputs_give_identical_unsigned_archives(digits_manifest, tmp_path):
+@pytest.mark.host
+def test_identical_inputs_give_identical_unsigned_archives(host_writer, digits_manifest, tmp_path):
+    MemberFile, write_bundle = host_writer
     files = [MemberFile("model.tflite", b"model-bytes")]
     a = write_bundle(tmp_path / "a.ekb", digits_manifest(b"model-bytes"), files).read_bytes()
     b = write_bundle(tmp_path / "b.ekb", digits_manifest(b"model-bytes"), files).read_bytes()
@@ -331,7 +369,8 @@ CASES: dict[str, Case] = {
                                    "manifest.json is not valid JSON"),
     "manifest integer too long": Case(_raw_manifest(b'{"schema": ' + b"9" * 5000 + b"}"), BundleError,
                                       "manifest.json is not valid JSON"),
-    "manifest missing target": Case(_edit(_drop("target")), BundleError, "manifest.json: target: missing is not a string"),
+    "manifest missing target": Case(_edit(_drop("target")), BundleError,
+                                    "manifest.json: target: missing is not a string"),
     "manifest missing members": Case(_edit(_drop("members")), BundleError,
                                     "manifest.json: members: missing is not a list"),
     "members not a list": Case(_edit(_set("members", "model.tflite")), BundleError,
@@ -447,11 +486,13 @@ def test_unusable_public_key_is_refused(make_bundle, tmp_path, content, message)
         open_bundle(make_bundle(), key)
 
 
+@pytest.mark.host
 @pytest.mark.parametrize("content, message", [
     (_p256_pem(private=True), "not an ed25519 private key"),
     (_p256_pem(private=False), "not a PEM key"),
 ], ids=["p256 private", "public as private"])
-def test_writer_refuses_an_unusable_signing_key(digits_manifest, tmp_path, content, message):
+def test_writer_refuses_an_unusable_signing_key(host_writer, digits_manifest, tmp_path, content, message):
+    MemberFile, write_bundle = host_writer
     key = tmp_path / "k.key"
     key.write_bytes(content)
     with pytest.raises(SignatureError, match=message):

@@ -9,9 +9,14 @@ import socket
 import numpy as np
 import pytest
 
+from edgekit_agent.errors import (
+    EdgekitError,
+    InputError,
+    RateLimited,
+    RuntimeBackendError,
+    TransportError,
+)
 from edgekit_agent.service.agent import Agent
-from edgekit_agent.errors import (EdgekitError, InputError, RateLimited, RuntimeBackendError,
-                                  TransportError)
 from edgekit_agent.service.http_api import HttpApi
 
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgekit_agent.bundle.manifest import sha256_hex
 from edgekit_agent.bundle.reader import Bundle, open_bundle
 from edgekit_agent.errors import EdgekitError
-from edgekit_agent.bundle.manifest import sha256_hex
 
 from .zipcraft import Parts, build
 

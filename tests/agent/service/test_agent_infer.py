@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from edgekit_agent.service.agent import Agent
 from edgekit_agent.errors import BundleError, InputError, RuntimeBackendError
+from edgekit_agent.service.agent import Agent
 from edgekit_agent.store.slots import BundleStore
 
 

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from edgekit_agent.errors import StoreError
-from edgekit_agent.telemetry.schema import Topics
 from edgekit_agent.config import MqttConfig
+from edgekit_agent.errors import StoreError
 from edgekit_agent.telemetry.mqtt import Backoff, Telemetry
 from edgekit_agent.telemetry.outbox import Outbox
-
-from conftest import Broker
+from edgekit_agent.telemetry.schema import Topics
 
 TOPICS = Topics("lab", "dev1")
 
@@ -105,8 +103,8 @@ def first_occurrences(values: list[int]) -> list[int]:
     return [v for v in values if not (v in seen or seen.add(v))]
 
 
-def test_replay_after_broker_restart_and_drop_report(tmp_path: Path, collect):
-    broker = Broker(tmp_path)
+def test_replay_after_broker_restart_and_drop_report(broker_class, tmp_path: Path, collect):
+    broker = broker_class(tmp_path)
     broker.start()
     try:
         sub = collect(broker, "edgekit/v1/lab/dev1/#", client_id="replay-collector")
@@ -150,11 +148,11 @@ def test_replay_after_broker_restart_and_drop_report(tmp_path: Path, collect):
         broker.stop()
 
 
-def test_username_and_password(tmp_path: Path, collect):
+def test_username_and_password(broker_class, tmp_path: Path, collect):
     pw_file = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw_file), "device", "s3cret"], check=True,
                    capture_output=True)
-    broker = Broker(tmp_path, security=f"allow_anonymous false\npassword_file {pw_file}\n")
+    broker = broker_class(tmp_path, security=f"allow_anonymous false\npassword_file {pw_file}\n")
     broker.start()
     try:
         sub = collect(broker, "edgekit/v1/lab/#", username="device", password="s3cret")
@@ -208,9 +206,9 @@ def make_tls_files(d: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-def test_tls(tmp_path: Path, collect):
+def test_tls(broker_class, tmp_path: Path, collect):
     ca, cert, key = make_tls_files(tmp_path)
-    broker = Broker(tmp_path, listener=f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n")
+    broker = broker_class(tmp_path, listener=f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n")
     broker.start()
     try:
         sub = collect(broker, "edgekit/v1/lab/#", ca_file=ca)

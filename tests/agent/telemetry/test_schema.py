@@ -8,10 +8,10 @@ import re
 
 import pytest
 
-from edgekit_agent.telemetry import schema
-from edgekit_agent.errors import CommandError, TransportError
 from edgekit_agent.bundle.manifest import canonical_json
 from edgekit_agent.bundle.signing import generate_keypair, load_private_key, sign
+from edgekit_agent.errors import CommandError, TransportError
+from edgekit_agent.telemetry import schema
 
 NOW = 1_700_000_000.0
 
@@ -54,7 +54,8 @@ def test_payload_builders_validate_and_round_trip():
     schema.validate(tm, "telemetry")
     with pytest.raises(TransportError, match="event payload: kind: 'party' is not an event kind"):
         schema.event_payload("pi-01", 1, "party", "x")
-    with pytest.raises(TransportError, match=r"status payload: state: 'asleep' is not a status state \(allowed: offline, online\)"):
+    with pytest.raises(TransportError, match=r"status payload: state: 'asleep' is not a status state "
+                                             r"\(allowed: offline, online\)"):
         schema.status_payload("pi-01", 1, "asleep")
 
 
@@ -126,8 +127,10 @@ def good(key, **over) -> dict:
     (lambda k, o: resign(k, good(k, args={"mode": "eco", "duration_s": -5})),
      "cmd: args.duration_s: -5 is not a duration in (0, 604800] s"),
     (lambda k, o: resign(k, good(k, args=[1])), "cmd: args: [1] is not a table"),
-    (lambda k, o: resign(k, good(k, device="pi-02")), "cmd: device: 'pi-02' is not one of the allowed values (allowed: pi-01)"),
-    (lambda k, o: resign(k, good(k, schema="edgekit.cmd/0")), "cmd: schema: 'edgekit.cmd/0' is not one of the allowed values (allowed: edgekit.cmd/1)"),
+    (lambda k, o: resign(k, good(k, device="pi-02")),
+     "cmd: device: 'pi-02' is not one of the allowed values (allowed: pi-01)"),
+    (lambda k, o: resign(k, good(k, schema="edgekit.cmd/0")),
+     "cmd: schema: 'edgekit.cmd/0' is not one of the allowed values (allowed: edgekit.cmd/1)"),
     (lambda k, o: resign(k, good(k, shell="rm -rf /")), "cmd: shell: 'rm -rf /' is not a known key"),
     (lambda k, o: resign(k, good(k, reply_to="a/+/b")), "cmd: reply_to: 'a/+/b' is not a topic without wildcards"),
     (lambda k, o: resign(k, good(k, ts=NOW - 3600)), "outside the ±300 s window"),

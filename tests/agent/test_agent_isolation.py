@@ -12,7 +12,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-
 AGENT = Path(__file__).resolve().parents[2] / "agent"
 PACKAGE = AGENT / "edgekit_agent"
 # What the device side may import at module level besides the standard library.

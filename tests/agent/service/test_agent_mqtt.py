@@ -7,12 +7,12 @@ import re
 import signal
 import time
 
-from edgekit_agent.telemetry import schema
+import pytest
+
+from edgekit_agent.bundle.manifest import bundle_id
 from edgekit_agent.bundle.reader import open_bundle
 from edgekit_agent.bundle.signing import load_private_key
-from edgekit_agent.bundle.manifest import bundle_id
-
-from conftest import by_seq
+from edgekit_agent.telemetry import schema
 
 DEVICE = schema.Topics("lab", "dev1")
 
@@ -25,7 +25,7 @@ def is_event(kind: str, **fields):
     return match
 
 
-def test_telemetry_mode_change_rate_limit_and_last_will(broker, collect, agent_config, start_agent,
+def test_telemetry_mode_change_rate_limit_and_last_will(dedupe, broker, collect, agent_config, start_agent,
                                                         power_bundle):
     sub = collect(broker, f"{schema.ROOT}/lab/dev1/#")
     agent = start_agent(agent_config(broker))
@@ -47,10 +47,10 @@ def test_telemetry_mode_change_rate_limit_and_last_will(broker, collect, agent_c
     # Four full telemetry intervals in eco after the one that straddles the switch.
     sub.wait_for(lambda m: m.topic == DEVICE.telemetry and m.payload["seq"] > change_seq
                  and m.payload["mode"] == "eco" and
-                 len([t for t in by_seq(sub.of("telemetry")) if t.payload["seq"] > change_seq]) >= 5,
+                 len([t for t in dedupe(sub.of("telemetry")) if t.payload["seq"] > change_seq]) >= 5,
                  20, "5 telemetry messages in eco")
     assert agent.alive(), agent.output()
-    telemetry = [t.payload for t in by_seq(sub.of("telemetry"))]
+    telemetry = [t.payload for t in dedupe(sub.of("telemetry"))]
     before = [t for t in telemetry if t["seq"] < change_seq and t["mode"] == "performance"]
     after = [t for t in telemetry if t["seq"] > change_seq][1:]
     assert before and len(after) >= 4
@@ -94,6 +94,7 @@ def test_telemetry_mode_change_rate_limit_and_last_will(broker, collect, agent_c
     assert retained.retain and retained.payload["state"] == "offline"
 
 
+@pytest.mark.host
 def test_commands_bad_ones_are_answered_good_ones_executed(broker, collect, agent_config, start_agent,
                                                             keypair, power_bundle, power_bundle_v2,
                                                             edgekit_cli):
@@ -135,7 +136,8 @@ def test_commands_bad_ones_are_answered_good_ones_executed(broker, collect, agen
     assert "signature rejected" in errors["forged"]["message"]
     assert "action: 'reboot' is not" in errors["unknown-action"]["message"]
     assert "device: 'dev9' is not" in errors["wrong-device"]["message"]
-    assert "mode: 'turbo' is not a mode" in errors["bad-mode"]["message"] and "allowed: eco, performance" in errors["bad-mode"]["message"]
+    bad_mode = errors["bad-mode"]["message"]
+    assert "mode: 'turbo' is not a mode" in bad_mode and "allowed: eco, performance" in bad_mode
     assert "over the 16384 byte limit" in errors["huge"]["message"]
     assert all(e["level"] == "error" and "\n" not in e["message"] for e in errors.values())
     assert agent.alive(), agent.output()

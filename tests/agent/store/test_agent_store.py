@@ -10,11 +10,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from edgekit_agent.service.agent import Agent
-from edgekit_agent.bundle.reader import open_bundle
-from edgekit_agent.errors import StoreError
-from edgekit_agent.bundle.signing import generate_keypair
 from edgekit_agent.bundle.manifest import bundle_id
+from edgekit_agent.bundle.reader import open_bundle
+from edgekit_agent.bundle.signing import generate_keypair
+from edgekit_agent.errors import StoreError
+from edgekit_agent.service.agent import Agent
 from edgekit_agent.store.durable import CRASH_HOOK_ENV
 from edgekit_agent.store.slots import INSTALL_STEPS, BundleStore
 

@@ -6,19 +6,17 @@ import time
 
 from edgekit_agent.telemetry import schema
 
-from conftest import by_seq
-
 DEVICE = schema.Topics("lab", "dev1")
 GAP_S = 20.0
 INTERVAL_S = 0.5
 SINGLE_MODE = '[modes.normal]\n'
 
 
-def test_broker_outage_loses_nothing_and_replays_in_order(own_broker, collect, agent_config, start_agent):
+def test_broker_outage_loses_nothing_and_replays_in_order(dedupe, own_broker, collect, agent_config, start_agent):
     sub = collect(own_broker, f"{schema.ROOT}/lab/dev1/#", client_id="outage-collector")  # persistent session
     agent = start_agent(agent_config(own_broker, policy=SINGLE_MODE, load={"rate": 100.0},
                                      telemetry={"interval_s": INTERVAL_S}, sensors={"speed": 1.0}))
-    sub.wait_for(lambda m: m.topic == DEVICE.telemetry and len(by_seq(sub.of("telemetry"))) >= 3, 30,
+    sub.wait_for(lambda m: m.topic == DEVICE.telemetry and len(dedupe(sub.of("telemetry"))) >= 3, 30,
                  "3 telemetry messages before the outage")
 
     stopped_at = time.time()
@@ -35,7 +33,7 @@ def test_broker_outage_loses_nothing_and_replays_in_order(own_broker, collect, a
     assert agent.alive(), agent.output()
 
     everything = [m for m in sub.messages if m.payload and m.payload.get("seq", 0) > 0]
-    unique = by_seq(everything)
+    unique = dedupe(everything)
     duplicates = len(everything) - len(unique)
     seqs = [m.payload["seq"] for m in unique]
     first = min(seqs)

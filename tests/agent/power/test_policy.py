@@ -85,7 +85,8 @@ def test_inherit_merges_and_to_dict_round_trips(tmp_path: Path):
     ('[modes.a]\nduty_cycle = 1.5', ["modes.a.duty_cycle: 1.5 is not a number in 0.01..1"]),
     ('[modes.a]\noffload_allowed = "yes"', ["modes.a.offload_allowed: 'yes' is not true or false"]),
     ('[modes.a]\ninherit = "b"', ["modes.a.inherit: 'b' is not a mode", "allowed: a"]),
-    ('[modes.a]\ninherit = "b"\n[modes.b]\ninherit = "a"', ["modes.b.inherit: 'a' is not a mode outside its own inheritance chain (loop)"]),
+    ('[modes.a]\ninherit = "b"\n[modes.b]\ninherit = "a"',
+     ["modes.b.inherit: 'a' is not a mode outside its own inheritance chain (loop)"]),
     ('default_mode = "x"\n[modes.a]', ["default_mode: 'x' is not", "allowed: a"]),
     ('schema = "edgekit.policy/9"\n[modes.a]', ["schema: 'edgekit.policy/9' is not", "allowed: edgekit.policy/1"]),
     ('rules = 3\n[modes.a]', ["rules: 3 is not a list"]),
@@ -94,7 +95,8 @@ def test_inherit_merges_and_to_dict_round_trips(tmp_path: Path):
      ["rules[0].metric: 'humidity' is not", "allowed: ", "temperature_c"]),
     ('[modes.a]\n[[rules]]\nmetric = "temperature_c"\nenter_above = 1\nmode = "b"',
      ["rules[0].mode: 'b' is not", "allowed: a"]),
-    ('[modes.a]\n[[rules]]\nmetric = "temperature_c"\nmode = "a"', ["rules[0].enter_above: missing", "exactly one of them"]),
+    ('[modes.a]\n[[rules]]\nmetric = "temperature_c"\nmode = "a"',
+     ["rules[0].enter_above: missing", "exactly one of them"]),
     ('[modes.a]\n[[rules]]\nmetric = "temperature_c"\nenter_above = 70\nexit_below = 75\nmode = "a"',
      ["rules[0].exit_below: 75.0 is not at or below enter_above (70)"]),
     ('[modes.a]\n[[rules]]\nmetric = "battery_pct"\nenter_below = 20\nexit_below = 30\nmode = "a"',
@@ -102,7 +104,8 @@ def test_inherit_merges_and_to_dict_round_trips(tmp_path: Path):
     ('[modes.a]\n[[rules]]\nmetric = "battery_pct"\nenter_below = 20\nhold_s = -1\nmode = "a"',
      ["rules[0].hold_s: -1 is not a number in 0..86400"]),
     ('[modes.a]\n[[rules]]\nname = "x"\nmetric = "battery_pct"\nenter_below = 2\nmode = "a"\n'
-     '[[rules]]\nname = "x"\nmetric = "battery_pct"\nenter_below = 3\nmode = "a"', ["rules[1].name: 'x' is not a unique rule name"]),
+     '[[rules]]\nname = "x"\nmetric = "battery_pct"\nenter_below = 3\nmode = "a"',
+     ["rules[1].name: 'x' is not a unique rule name"]),
     ('[modes.a]\n[[rules]]\nmetric = "battery_pct"\nenter_below = 2\nmode = "a"\nsince = 3',
      ["rules[0].since: 3 is not a known key"]),
     ('[modes', ["not valid TOML"]),
@@ -198,7 +201,8 @@ def test_manual_override_wins_until_cleared_or_expired(tmp_path: Path):
     assert engine.update(temp(50), 13.9) is None
     change = engine.update(temp(50), 14.0)
     assert change.to_mode == "performance" and "manual mode expired" in change.reason
-    with pytest.raises(ConfigError, match=r"mode: 'turbo' is not a mode of this policy \(allowed: critical, eco, performance\)"):
+    with pytest.raises(ConfigError, match=r"mode: 'turbo' is not a mode of this policy "
+                                          r"\(allowed: critical, eco, performance\)"):
         engine.set_override("turbo", 20.0)
 
 

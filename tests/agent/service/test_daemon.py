@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgekit_agent.bundle.signing import load_private_key
 from edgekit_agent.config import AgentConfig
-from edgekit_agent.power.rate import ModeGate, TokenBucket
-from edgekit_agent.service.daemon import Daemon
 from edgekit_agent.errors import ConfigError
 from edgekit_agent.power.policy import Mode
-from edgekit_agent.telemetry.schema import sign_command
-from edgekit_agent.bundle.signing import load_private_key
+from edgekit_agent.power.rate import ModeGate, TokenBucket
+from edgekit_agent.service.daemon import Daemon
 from edgekit_agent.store.slots import BundleStore
+from edgekit_agent.telemetry.schema import sign_command
 
 POLICY = """
 default_mode = "normal"
