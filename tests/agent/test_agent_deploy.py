@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 UNIT = Path(__file__).resolve().parents[2] / "agent" / "systemd" / "edgekit-agent.service"
@@ -21,7 +22,8 @@ def _settings(text: str) -> dict[str, list[str]]:
 def test_unit_passes_systemd_analyze_verify(tmp_path):
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze (package systemd) is needed to check the unit"
-    agent_bin = shutil.which("edgekit-agent")
+    # the interpreter's own scripts first: a venv need not be on PATH
+    agent_bin = shutil.which("edgekit-agent", path=str(Path(sys.executable).parent)) or shutil.which("edgekit-agent")
     assert agent_bin
     unit = tmp_path / UNIT.name
     unit.write_text(UNIT.read_text().replace("/usr/local/bin/edgekit-agent", agent_bin))

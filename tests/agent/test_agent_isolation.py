@@ -15,8 +15,10 @@ from pathlib import Path
 AGENT = Path(__file__).resolve().parents[2] / "agent"
 PACKAGE = AGENT / "edgekit_agent"
 # What the device side may import at module level besides the standard library.
-ALLOWED_THIRD_PARTY = {"numpy", "paho", "cryptography", "tomli"}  # tomli: Python 3.10 only
-VENV_PACKAGES = ["numpy", "paho-mqtt", "cryptography", "cffi", "pycparser"]
+# tomli is tomllib for Python 3.10 (tomllib is in the standard library from 3.11 on).
+ALLOWED_THIRD_PARTY = {"numpy", "paho", "cryptography", "tomli", "tomllib"}
+VENV_PACKAGES = ["numpy", "paho-mqtt", "cryptography", "cffi", "pycparser",
+                 *(["tomli"] if sys.version_info < (3, 11) else [])]
 
 
 def agent_sources() -> list[Path]:

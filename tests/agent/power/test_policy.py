@@ -11,7 +11,7 @@ from edgekit_agent.power.energy import PowerFigures, estimate_energy
 from edgekit_agent.power.policy import Mode, Policy, PolicyEngine, Rule
 from edgekit_agent.power.sensors import Readings
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 HOT = """
 default_mode = "performance"
