@@ -26,6 +26,7 @@ from edgekit_agent import schema
 from edgekit_agent.errors import ConfigError, TransportError
 
 from . import ui
+from edgekit_agent.signing import load_private_key
 
 DEFAULT_BROKER = "localhost:1883"
 
@@ -180,8 +181,6 @@ def _print_view(view: FleetView, as_json: bool, watch: bool) -> None:
 # --- commands -----------------------------------------------------------------------------------
 
 def _cmd(args: argparse.Namespace) -> int:
-    from edgekit_agent.signing import load_private_key
-
     if args.fleet == "+":
         raise ConfigError("a command goes to one device: give --fleet NAME", key="--fleet")
     key = load_private_key(args.key)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ModelError
-from . import tflite_model as tm
+from ..tflite import model as tm
 
 # op type -> input positions that hold the weight (kernel) tensor
 WEIGHT_INPUTS: dict[str, tuple[int, ...]] = {

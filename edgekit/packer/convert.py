@@ -28,10 +28,13 @@ from edgekit_agent.manifest import TensorSpec
 from edgekit_agent.runtime import load_backend
 
 from ..errors import CalibrationError, ModelError, UnsupportedOpError
-from . import tflite_model as tfl
-from .data import Dataset
-from .data import _check as check_array  # one definition of 'samples fit this input'
+from ..tflite import model as tfl
+from ..dataset import Dataset
+from ..dataset import check_array  # one definition of 'samples fit this input'
+from .doctor_onnx import sanitize_names
 from .evaluate import sqnr_db
+from ..onnx_model import parse_onnx
+from .ingest import onnx_value_spec
 
 EXTRA_MESSAGE = "ONNX→TFLite conversion needs the convert extra: pip install 'edgekit[convert]'"
 REQUIRED_MODULES = ("onnx2tf", "tensorflow", "tf_keras", "onnx_graphsurgeon", "sng4onnx", "psutil")
@@ -76,7 +79,6 @@ def onnx_to_tflite(onnx_bytes: bytes, calib_inputs: Dataset | Mapping[str, np.nd
                    timeout_s: float = TIMEOUT_S) -> ConversionResult:
     """Convert, restore the ONNX I/O contract, and measure the conversion's SQNR per output."""
     require_convert_extra()
-    from .doctor_onnx import sanitize_names
 
     inputs, outputs = _static_io(onnx_bytes)
     data = _calibration(calib_inputs, inputs)
@@ -122,8 +124,6 @@ def conversion_sqnr(onnx_bytes: bytes, tflite_bytes: bytes, data: Dataset,
 # --- input checks ---------------------------------------------------------------------------
 
 def _static_io(onnx_bytes: bytes) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    from .ingest import parse_onnx, onnx_value_spec
-
     graph = parse_onnx(onnx_bytes).graph
     init_names = {i.name for i in graph.initializer}
     inputs = [onnx_value_spec(v) for v in graph.input if v.name not in init_names]

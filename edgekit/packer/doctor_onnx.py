@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
-from .ingest import parse_onnx, onnx_value_spec
+from ..onnx_model import parse_onnx
+from .ingest import onnx_value_spec
 
 # What onnx2tf/TensorFlow accept: the first character a letter, digit or '.'.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
-from . import tflite_model as tm
+from ..tflite import model as tm
 
 SIGNATURE_KEY = "serving_default"
 _CONVERTER_PREFIX = "serving_default_"

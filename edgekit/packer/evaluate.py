@@ -16,7 +16,7 @@ import numpy as np
 from edgekit_agent.runtime import Runner, load_backend
 
 from ..errors import ModelError
-from .data import Dataset
+from ..dataset import Dataset
 
 
 def make_runner(model: bytes, fmt: str, threads: int | None = None) -> Runner:

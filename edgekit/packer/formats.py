@@ -21,8 +21,10 @@ import numpy as np
 from edgekit_agent.manifest import sha256_hex
 
 from ..errors import ConfigError, ModelError
-from .data import Dataset
+from ..dataset import Dataset
 from .evaluate import interleaved_latency, make_runner
+from .convert import require_convert_extra
+from .convert import onnx_to_tflite, package_version
 
 RUNTIMES = ("auto", "onnxruntime", "litert")
 FASTER_BY = 0.95  # switch runtimes only for a clear win: p50 at most 95 % of the other's
@@ -55,8 +57,6 @@ def _converted(model: bytes, data: Dataset, why: str) -> FormatChoice:
 
 
 def _faster(model: bytes, data: Dataset) -> FormatChoice:
-    from .convert import require_convert_extra
-
     try:
         require_convert_extra()
     except ModelError:
@@ -81,7 +81,6 @@ def cache_dir() -> Path:
 
 def convert_cached(model: bytes, data: Dataset) -> tuple[bytes, str]:
     """(TFLite bytes, one-line summary with the conversion SQNR), from the cache when possible."""
-    from .convert import onnx_to_tflite, package_version
 
     key = sha256_hex(model + package_version("onnx2tf").encode())[:32]
     blob, meta = cache_dir() / "convert" / f"{key}.tflite", cache_dir() / "convert" / f"{key}.json"

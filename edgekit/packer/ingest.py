@@ -11,7 +11,9 @@ import numpy as np
 from edgekit_agent.manifest import TensorSpec
 
 from ..errors import ModelError
-from . import tflite_model
+from ..onnx_model import parse_onnx
+from ..tflite import model as tflite_model
+from edgekit_agent.runtime import load_backend
 
 FORMATS = ("onnx", "tflite")
 
@@ -57,31 +59,12 @@ def detect_format(data: bytes, label: str = "model") -> str:
     return "onnx"
 
 
-def parse_onnx(data: bytes):
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    try:
-        model = onnx.load_from_string(data)
-    except (DecodeError, ValueError, RuntimeError):
-        raise ModelError("not an ONNX model (protobuf does not parse)") from None
-    if not model.graph.node:
-        raise ModelError("not an ONNX model (no graph nodes)")
-    return model
-
-
 def describe(data: bytes, fmt: str) -> ModelInfo:
     if fmt == "onnx":
         return _describe_onnx(data)
     if fmt == "tflite":
         return _describe_tflite(data)
     raise ModelError(f"unknown model format {fmt!r} (allowed: {', '.join(FORMATS)})")
-
-
-def op_list(data: bytes, fmt: str) -> list[str]:
-    if fmt == "onnx":
-        return [n.op_type for n in parse_onnx(data).graph.node]
-    return tflite_model.op_names(data)
 
 
 # --- ONNX ------------------------------------------------------------------------------------
@@ -140,8 +123,6 @@ def _onnx_macs(model: Any) -> int:
 # --- TFLite ----------------------------------------------------------------------------------
 
 def _describe_tflite(data: bytes) -> ModelInfo:
-    from edgekit_agent.runtime import load_backend
-
     model_t = tflite_model.load(data)
     backend = load_backend(data, "tflite")
     sg = model_t.subgraphs[0]

@@ -17,12 +17,15 @@ from ..bundle_writer import MemberFile, write_bundle
 from ..errors import BudgetError, CalibrationError, ConfigError, ModelError
 from ..targets import Profile, family_for, get_profile
 from . import doctor_onnx
-from .data import Dataset, Preprocess, load_dataset, load_labels, synthetic_dataset
+from ..dataset import Dataset, Preprocess, load_dataset, load_labels, synthetic_dataset
 from .evaluate import accuracy, is_classifier, make_runner, run_all
 from .formats import choose_format
 from .ingest import ModelInfo, describe, read_model
 from .recipes import LADDER, Recipe, recipe_by_name
 from .search import Candidate, Context, Criteria, choose, format_supports, run_search
+from ..report import render_candidates
+from ..examples import get_example
+from . import doctor_tflite
 
 EVAL_FRACTION = 0.5  # without --eval, the second half of --calib is held out for evaluation
 SELFTEST_SAMPLES = 4
@@ -68,8 +71,6 @@ class PackResult:
                 "manifest": self.manifest.to_dict()}
 
     def render(self) -> str:
-        from ..report import render_candidates
-
         size = self.bundle.stat().st_size
         head = (f"packed {self.bundle} ({ui.human_bytes(size)}, "
                 f"{size / self.source.size_bytes:.2f}x the float model) for {self.manifest.target}: "
@@ -108,8 +109,6 @@ def pack(opts: PackOptions) -> PackResult:
         tried = run_search(ctx, recipes, opts.variants, bar)
     chosen = choose(tried, opts.variants) or _forced(opts, tried, notes)
     if not chosen:
-        from ..report import render_candidates
-
         raise BudgetError(f"no recipe fits {profile.name}:\n"
                           f"{render_candidates(tried, source.size_bytes)}")
     manifest, files = _bundle_contents(opts, model_path, original, source, profile, ctx, steps,
@@ -143,7 +142,6 @@ def _resolve_model(model: str | Path) -> tuple[Path, dict[str, Path]]:
     text = str(model)
     if not text.startswith("example:"):
         return Path(text), {}
-    from ..examples import get_example
 
     name, _, ext = text.removeprefix("example:").partition(".")
     ex = get_example(name)
@@ -195,8 +193,6 @@ def _doctor(model: bytes, fmt: str, opts: PackOptions, profile: Profile) -> tupl
         chain = [lambda m: doctor_onnx.freeze_input_shapes(m, shapes, profile.default_input_batch),
                  doctor_onnx.decompose_fp16_weights, doctor_onnx.simplify, doctor_onnx.sanitize_names]
     else:
-        from . import doctor_tflite
-
         chain = [lambda m: doctor_tflite.freeze_input_shapes(m, shapes, profile.default_input_batch),
                  doctor_tflite.decompose_fp16_weights, doctor_tflite.ensure_signature]
     for step in chain:

@@ -12,9 +12,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import CalibrationError, ModelError
-from .data import Dataset
-from .ingest import parse_onnx
+from ..dataset import Dataset
+from ..onnx_model import parse_onnx
 from .recipes import Recipe
+from . import compress
 
 WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}  # op -> weight input index
 MIN_FP16_ELEMENTS = 16  # tiny constants (shapes, scalars) stay float32
@@ -58,7 +59,6 @@ def weight_initializers(model: Any) -> dict[str, Any]:
 def compress_weights(data: bytes, sparsity: float, clusters: int) -> tuple[bytes, dict[str, Any]]:
     from onnx import numpy_helper
 
-    from . import compress
 
     model = parse_onnx(data)
     inits = weight_initializers(model)

@@ -36,7 +36,7 @@ from edgekit_agent.manifest import TensorSpec
 from edgekit_agent.runtime import Runner, load_backend, quantize
 
 from ..errors import CalibrationError, ConfigError, EdgekitError, ModelError
-from . import tflite_model as tm
+from ..tflite import model as tm
 
 SCHEMES = ("dynamic_int8", "static_int8", "weight_int8", "weight_int4")
 _RECIPES = {"static_int8": "static_wi8_ai8", "dynamic_int8": "dynamic_wi8_afp32",

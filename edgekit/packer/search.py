@@ -19,9 +19,14 @@ from edgekit_agent.runtime import Runner
 
 from ..errors import EdgekitError
 from ..targets import Compiled, Profile, TargetFamily
-from .data import Dataset
+from ..dataset import Dataset
 from .evaluate import Fidelity, Latency, compare, interleaved_latency, make_runner, run_all
 from .recipes import Recipe
+from .quantize_onnx import apply_recipe
+from .compress import compress_tflite
+from .quantize_tflite import quantize_tflite
+from .quantize_onnx import sensitive_nodes
+from .quantize_tflite import fallback_order
 
 SPEED_TOLERANCE = 1.10  # p50 within 10 % of float counts as "not slower" on a shared, noisy host
 DEFAULT_MIN_SQNR_DB = 15.0  # used when no labels give an accuracy to hold
@@ -103,17 +108,12 @@ class Candidate:
 def produce(ctx: Context, recipe: Recipe, exclude: Sequence[Any] = ()) -> tuple[bytes, dict[str, Any]]:
     calib = ctx.calib if recipe.needs_calibration else None
     if ctx.format == "onnx":
-        from .quantize_onnx import apply_recipe
-
         return apply_recipe(ctx.model, recipe, calib, exclude_nodes=exclude)
     return _produce_tflite(ctx, recipe, calib, exclude)
 
 
 def _produce_tflite(ctx: Context, recipe: Recipe, calib: Dataset | None,
                     exclude: Sequence[Any]) -> tuple[bytes, dict[str, Any]]:
-    from .compress import compress_tflite
-    from .quantize_tflite import quantize_tflite
-
     model, stats = ctx.model, {}
     if recipe.sparsity or recipe.clusters or recipe.quantization == "fp16":
         model, stats = compress_tflite(model, sparsity=recipe.sparsity, clusters=recipe.clusters,
@@ -179,11 +179,7 @@ def evaluate_mixed(ctx: Context, recipe: Recipe, int8: Candidate | None) -> Cand
 def sensitivity_order(ctx: Context, int8_model: bytes) -> list[Any]:
     calib = ctx.calib or ctx.eval
     if ctx.format == "onnx":
-        from .quantize_onnx import sensitive_nodes
-
         return sensitive_nodes(ctx.model, int8_model, calib)
-    from .quantize_tflite import fallback_order
-
     return fallback_order(ctx.model, int8_model, calib.feeds(limit=16))
 
 

@@ -1,11 +1,46 @@
-"""What every target family provides: option specs as data, and a compile step with a report."""
+"""What every target family works with: the Profile it compiles for, option specs as data, and
+a compile step with a report."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .profiles import Profile
+
+@dataclass(frozen=True)
+class Power:
+    idle_w: float
+    active_w: float
+    accelerator_w: float = 0.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    family: str
+    description: str
+    runtime: str
+    arch: str
+    flash_bytes: int
+    ram_bytes: int
+    dtypes: tuple[str, ...]
+    power: Power
+    cpu: str = ""
+    clock_mhz: int = 0
+    cores: int = 1
+    accelerator: str = ""
+    default_input_batch: int = 1
+    options: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "family": self.family, "description": self.description,
+                "runtime": self.runtime, "arch": self.arch, "cpu": self.cpu,
+                "clock_mhz": self.clock_mhz, "cores": self.cores, "accelerator": self.accelerator,
+                "flash_bytes": self.flash_bytes, "ram_bytes": self.ram_bytes,
+                "dtypes": list(self.dtypes), "default_input_batch": self.default_input_batch,
+                "power": vars(self.power).copy(), "options": dict(self.options),
+                "source": self.source}
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ModelError
-from .base import Compiled, TargetFamily, TargetReport, size_violations
-from .profiles import Profile
+from ..tflite import model as tfl
+from ..tflite import rewrite as rw
+from .base import Compiled, Profile, TargetFamily, TargetReport, size_violations
+
 
 SYSTEM_CONFIGS = ("Ethos_U55_Deep_Embedded", "Ethos_U55_High_End_Embedded", "Ethos_U65_Embedded",
                   "Ethos_U65_Mid_End", "Ethos_U65_High_End", "Ethos_U65_Client_Server")
@@ -114,8 +116,6 @@ def _vela_error(text: str) -> str:
 def split_ops(original: bytes, optimised: bytes) -> tuple[list[str], list[str]]:
     """(ops on the NPU, ops left on the CPU) of the original model, in its order: an original op
     is on the CPU when the optimised model still has it as a TFLite op producing the same tensor."""
-    from ..packer import tflite_model as tfl
-
     def outputs_by_op(model: bytes) -> list[tuple[str, set[bytes]]]:
         m = tfl.load(model)
         sg = m.subgraphs[0]
@@ -133,8 +133,6 @@ def integer_model(model: bytes, probes: list[list[Any]] | None = None) -> tuple[
     """The model with float I/O wrappers and float islands turned integer (each change checked
     against the model before it on ``probes``, float input samples; seeded random inputs when
     None), or ModelError if float activations remain."""
-    from ..packer import rewrite_tflite as rw
-
     applied: list[dict[str, Any]] = []
     for name, rewrite in (("strip_float_io", rw.strip_float_io),
                           ("requantize_float_islands", rw.requantize_float_islands)):
@@ -155,8 +153,6 @@ def integer_model(model: bytes, probes: list[list[Any]] | None = None) -> tuple[
 
 
 def _float_ops(model: bytes) -> list[str]:
-    from ..packer import tflite_model as tfl
-
     m = tfl.load(model)
     sg = m.subgraphs[0]
     out = []
@@ -180,9 +176,7 @@ class EthosUFamily(TargetFamily):
         if fmt != "tflite":
             raise ModelError(f"Vela compiles TFLite models only; got {fmt!r} (convert it to TFLite first)")
         accelerator = _accelerator(profile)
-        from ..packer.rewrite_tflite import calibration_probes
-
-        model, rewrites = integer_model(model, calibration_probes(calib))
+        model, rewrites = integer_model(model, rw.calibration_probes(calib))
         optimised, vela, summary = run_vela(model, accelerator, profile.options["system_config"],
                                             profile.options["memory_mode"])
         npu, cpu = split_ops(model, optimised)

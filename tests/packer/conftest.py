@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgekit.examples import get_example
-from edgekit.packer import tflite_model as tm
+from edgekit.tflite import model as tm
 from edgekit_agent.runtime import Runner, load_backend
 
 

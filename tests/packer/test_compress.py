@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from edgekit.errors import ConfigError, ModelError
-from edgekit.packer import compress, tflite_model as tm
+from edgekit.packer import compress
+from edgekit.tflite import model as tm
 from edgekit.packer.compress import (cluster, compress_tflite, deflate_size, is_weight, prune_global,
                                      prune_magnitude, to_float16)
 from edgekit_agent.runtime import load_backend

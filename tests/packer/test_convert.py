@@ -9,7 +9,7 @@ import pytest
 
 from edgekit.errors import CalibrationError, ModelError
 from edgekit.packer import convert
-from edgekit.packer import tflite_model as tfl
+from edgekit.tflite import model as tfl
 from edgekit.packer.convert import EXTRA_MESSAGE, SAMPLE_DATA_FILE, onnx_to_tflite
 from edgekit.packer.evaluate import sqnr_db
 from edgekit_agent.runtime import load_backend

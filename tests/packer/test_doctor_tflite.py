@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgekit.errors import ModelError
-from edgekit.packer import tflite_model as tm
+from edgekit.tflite import model as tm
 from edgekit.packer.compress import compress_tflite
 from edgekit.packer.doctor_tflite import (decompose_fp16_weights, ensure_signature, freeze_input_shapes,
                                           sanitise_name)

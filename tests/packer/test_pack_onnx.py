@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgekit
 from edgekit.packer import PackOptions, pack
-from edgekit.packer.data import load_dataset, load_labels
+from edgekit.dataset import load_dataset, load_labels
 from edgekit.packer.evaluate import accuracy, interleaved_latency, make_runner, run_all
 from edgekit.packer.recipes import Recipe
 from edgekit.packer.search import SPEED_TOLERANCE, Context, Criteria, evaluate

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import edgekit
-from edgekit.packer import tflite_model
+from edgekit.tflite import model as tflite_model
 from edgekit_agent.bundle import open_bundle
 from edgekit_agent.runtime import load_backend
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgekit.errors import CalibrationError, ConfigError, ModelError
-from edgekit.packer import tflite_model as tm
+from edgekit.tflite import model as tm
 from edgekit.packer.compress import compress_tflite
 from edgekit.packer.quantize_tflite import (SCHEMES, fallback_order, op_sensitivity, quantize_tflite,
                                             tensor_sqnr)

@@ -114,7 +114,7 @@ def build_int8(calib) -> Callable[..., bytes]:
 
 def digits_trained_keras():
     """The digits CNN with the trained weights of the built-in example (read from digits.tflite)."""
-    from edgekit.packer import tflite_model as tfl
+    from edgekit.tflite import model as tfl
 
     model_t = tfl.load((DIGITS_DIR / "digits.tflite").read_bytes())
     weights = []

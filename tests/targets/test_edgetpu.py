@@ -20,7 +20,7 @@ import pytest
 from ai_edge_litert import schema_py_generated as schema
 
 from edgekit.errors import ConfigError, ModelError
-from edgekit.packer import tflite_model as tfl
+from edgekit.tflite import model as tfl
 from edgekit.targets import get_profile
 from edgekit.targets import edgetpu
 from edgekit.targets.edgetpu import EdgeTpuFamily, analyze, parse_compiler_log, partition
@@ -240,7 +240,7 @@ def test_fused_pool_activation_and_leaky_relu_are_rewritten(fixable, calib, cora
 
 
 def test_rewrites_are_checked_on_calibration_data_when_given(fixable, calib, coral, no_compiler):
-    from edgekit.packer.data import Dataset
+    from edgekit.dataset import Dataset
 
     spec = load_backend(fixable, "tflite").inputs[0]
     data = Dataset(inputs=(dataclasses.replace(spec, dtype="float32", scale=None, zero_point=None),),

@@ -10,7 +10,7 @@ from importlib import metadata
 import pytest
 
 from edgekit.errors import ConfigError, ModelError
-from edgekit.packer import tflite_model as tfl
+from edgekit.tflite import model as tfl
 from edgekit.targets import get_profile
 from edgekit.targets.ethos_u import NPU_OP, EthosUFamily, parse_vela_stdout, vela_config_file
 

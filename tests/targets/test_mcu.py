@@ -13,8 +13,8 @@ import pytest
 from ai_edge_litert import schema_py_generated as schema
 
 from edgekit.errors import ModelError, UnsupportedOpError
-from edgekit.packer import tflite_model as tfl
-from edgekit.packer.data import Dataset
+from edgekit.tflite import model as tfl
+from edgekit.dataset import Dataset
 from edgekit.targets import get_profile
 from edgekit.targets.mcu import (McuFamily, compare_tflm_litert, measure_arena, probe_tflm_op_set,
                                  rewrite_for_tflm, tflm_op_set)

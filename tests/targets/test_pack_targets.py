@@ -59,7 +59,7 @@ def test_ethos_u_figures_come_from_vela(tmp_path, digits_model):
     assert int(float(rows[0]["sram_memory_used"]) * 1024) == pytest.approx(rep["sram_bytes"], abs=1024)
     assert vela["cpu_ops"] == 0
     # the shipped model is Vela's: one ethos-u custom op carries the whole network
-    from edgekit.packer.tflite_model import op_names
+    from edgekit.tflite.model import op_names
     assert op_names(bundle.read_model()) == ["CUSTOM:ethos-u"]
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from edgekit.examples import get_example  # noqa: E402
 from edgekit.packer import PackOptions, pack  # noqa: E402
-from edgekit.packer.data import Dataset, load_dataset, load_labels, synthetic_dataset  # noqa: E402
+from edgekit.dataset import Dataset, load_dataset, load_labels, synthetic_dataset  # noqa: E402
 from edgekit.packer.evaluate import (accuracy, interleaved_latency, make_runner, run_all,  # noqa: E402
                                      sqnr_db)
 

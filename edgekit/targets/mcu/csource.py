@@ -15,6 +15,9 @@ import numpy as np
 
 from edgekit_agent.manifest import TensorSpec
 
+from ...errors import UnsupportedOpError
+from .ops import tflm_op_set
+
 DIR = "mcu"
 ALIGNMENT = 16
 BYTES_PER_LINE = 12
@@ -28,8 +31,6 @@ def generate_sources(model: bytes, *, arena_bytes: int, inputs: Sequence[TensorS
                      outputs: Sequence[TensorSpec], ops: Sequence[str],
                      arena_note: str = "") -> dict[str, bytes]:
     """The four files, keyed by their path in a bundle (``mcu/...``)."""
-    from .mcu import tflm_op_set
-
     op_set = tflm_op_set()
     methods = list(dict.fromkeys(op_set.method(op) or _missing(op) for op in ops))
     files = {
@@ -42,8 +43,6 @@ def generate_sources(model: bytes, *, arena_bytes: int, inputs: Sequence[TensorS
 
 
 def _missing(op: str) -> str:
-    from ..errors import UnsupportedOpError
-
     raise UnsupportedOpError(f"TFLM has no kernel for {op}")
 
 

@@ -15,7 +15,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from . import tflite_model as tfl
+from . import model as tfl
+from edgekit_agent.runtime import Runner, load_backend
 
 _OP = schema.BuiltinOperator
 _ACT = schema.ActivationFunctionType
@@ -315,7 +316,6 @@ def compare_outputs(before: bytes, after: bytes, inputs: Iterable[Sequence[np.nd
     ``before``; None when the outputs are identical). ``inputs`` are float samples (e.g.
     calibration data); without them, ``samples`` seeded inputs spread over the quantized input
     range are used. ``checked_on`` says which."""
-    from edgekit_agent.runtime import Runner, load_backend
 
     a, b = Runner(load_backend(before, "tflite")), Runner(load_backend(after, "tflite"))
     if inputs is None:

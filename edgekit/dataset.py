@@ -14,7 +14,7 @@ import numpy as np
 
 from edgekit_agent.manifest import TensorSpec
 
-from ..errors import CalibrationError
+from .errors import CalibrationError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm")
 
@@ -97,7 +97,7 @@ def load_dataset(path: str | Path, inputs: Sequence[TensorSpec],
         arrays = _load_folder(path, inputs, preprocess or Preprocess())
     else:
         arrays = _load_file(path, inputs)
-    return Dataset(tuple(inputs), tuple(_check(a, spec, str(path)) for a, spec in zip(arrays, inputs)),
+    return Dataset(tuple(inputs), tuple(check_array(a, spec, str(path)) for a, spec in zip(arrays, inputs)),
                    source=str(path))
 
 
@@ -152,7 +152,7 @@ def _pick_arrays(found: dict[str, np.ndarray], inputs: Sequence[TensorSpec], src
     return [found[s.name] for s in inputs]
 
 
-def _check(arr: np.ndarray, spec: TensorSpec, src: str) -> np.ndarray:
+def check_array(arr: np.ndarray, spec: TensorSpec, src: str) -> np.ndarray:
     sample = _sample_shape(spec)
     if arr.shape[1:] != tuple(sample):
         if arr.shape == tuple(sample):  # a single sample without a batch axis
