@@ -20,13 +20,13 @@ import numpy as np
 
 from edgekit_agent.manifest import sha256_hex
 
+from ..defaults import RUNTIME_CHOICES
 from ..errors import ConfigError, ModelError
 from ..dataset import Dataset
 from .evaluate import interleaved_latency, make_runner
 from .convert import require_convert_extra
 from .convert import onnx_to_tflite, package_version
 
-RUNTIMES = ("auto", "onnxruntime", "litert")
 FASTER_BY = 0.95  # switch runtimes only for a clear win: p50 at most 95 % of the other's
 ROUNDS = 3
 
@@ -40,8 +40,8 @@ class FormatChoice:
 
 def choose_format(model: bytes, fmt: str, family: Any, profile_family: str, runtime: str,
                   data: Dataset) -> FormatChoice:
-    if runtime not in RUNTIMES:
-        raise ConfigError("unknown runtime", key="--runtime", value=runtime, allowed=RUNTIMES)
+    if runtime not in RUNTIME_CHOICES:
+        raise ConfigError("unknown runtime", key="--runtime", value=runtime, allowed=RUNTIME_CHOICES)
     if fmt not in family.MODEL_FORMATS:
         return _converted(model, data, "the target runs TFLite only")
     if profile_family != "cpu" or fmt != "onnx" or runtime == "onnxruntime":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,6 @@ from . import doctor_tflite
 
 EVAL_FRACTION = 0.5  # without --eval, the second half of --calib is held out for evaluation
 SELFTEST_SAMPLES = 4
-_SHAPE_ARG = re.compile(r"^([^:]+):(\d+(?:,\d+)*)$")
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,8 @@ class PackOptions:
     max_drop: float | None = None
     min_sqnr: float | None = None
     recipe: str | None = None
-    input_shapes: tuple[str, ...] = ()
+    # input name -> the static shape to freeze it to (a dynamic input needs one)
+    input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     synthetic_calib: bool = False
     variants: int = 1
     sign_key: str | Path | None = None
@@ -176,18 +176,8 @@ def _inapplicable(recipe: Recipe, family: Any, profile: Profile) -> str:
     return ""
 
 
-def parse_input_shapes(items: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for item in items:
-        m = _SHAPE_ARG.match(item.strip())
-        if not m:
-            raise ConfigError("expected NAME:D0,D1,...", key="--input-shape", value=item)
-        shapes[m.group(1)] = tuple(int(d) for d in m.group(2).split(","))
-    return shapes
-
-
 def _doctor(model: bytes, fmt: str, opts: PackOptions, profile: Profile) -> tuple[bytes, list[str]]:
-    shapes = parse_input_shapes(opts.input_shapes)
+    shapes = dict(opts.input_shapes)
     steps: list[str] = []
     if fmt == "onnx":
         chain = [lambda m: doctor_onnx.freeze_input_shapes(m, shapes, profile.default_input_batch),

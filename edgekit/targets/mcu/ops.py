@@ -153,7 +153,7 @@ def write_op_table(path: Path = OP_TABLE) -> TflmOpSet:
         "# per builtin op of the TFLite schema (and per known custom-op name), followed by a",
         "# sentinel op; an op is listed when TFLM's kernel lookup passes it and stops at the",
         "# sentinel. Method names follow micro_mutable_op_resolver.h. Regenerate after upgrading",
-        "# tflite-micro; tests/targets/test_mcu.py checks this file against a fresh probe.",
+        "# tflite-micro; tests/edgekit/targets/mcu/test_mcu.py checks this file against a fresh probe.",
         f'tflite_micro_version = "{op_set.version}"',
         "", "[builtin]",
         *(f'{op} = "{m}"' for op, m in sorted(op_set.builtin.items())),

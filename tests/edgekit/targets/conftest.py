@@ -18,7 +18,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-DIGITS_DIR = Path(__file__).resolve().parents[2] / "edgekit" / "examples" / "digits"
+DIGITS_DIR = Path(__file__).resolve().parents[3] / "edgekit" / "examples" / "digits"
 SEED = 7
 
 

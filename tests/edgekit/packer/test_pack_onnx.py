@@ -105,7 +105,7 @@ def test_dynamic_shapes_are_frozen_and_recorded(tmp_path):
     np.save(calib, np.random.default_rng(1).random((40, 1, 16, 16), dtype=np.float32))
     out = tmp_path / "dyn.ekb"
     pack(PackOptions(model=src, target="x86-64", out=out, calib=calib,
-                     input_shapes=("x:1,1,16,16",), recipe="static_int8", runtime="onnxruntime"))
+                     input_shapes={"x": (1, 1, 16, 16)}, recipe="static_int8", runtime="onnxruntime"))
     m = open_bundle(out).manifest
     steps = [s.get("detail", "") for s in m.primary.recipe if s["step"] == "doctor"]
     assert any("froze input x [?,1,?,?] -> [1,1,16,16]" in s for s in steps), steps

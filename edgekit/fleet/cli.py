@@ -18,17 +18,17 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgekit_agent import schema
 from edgekit_agent.errors import ConfigError, TransportError
-
-from . import ui
 from edgekit_agent.signing import load_private_key
 
-DEFAULT_BROKER = "localhost:1883"
+from .. import ui
+from ..defaults import DEFAULT_BROKER
+from .broker import connect
+from .status import FleetView, render
 
 
 def add_parser(sub: Any) -> None:
@@ -70,80 +70,6 @@ def main(args: argparse.Namespace) -> int:
         return _status(args)
     return _cmd(args)
 
-
-# --- the device table ----------------------------------------------------------------------------
-
-@dataclass
-class Device:
-    fleet: str
-    device: str
-    status: dict[str, Any] = field(default_factory=dict)
-    telemetry: dict[str, Any] = field(default_factory=dict)
-    seen: float = 0.0  # wall clock when the device last spoke (0: unknown)
-
-    def row(self, now: float) -> dict[str, Any]:
-        st, tm = self.status, self.telemetry
-        bundle = st.get("bundle") or tm.get("bundle") or {}
-        inference = tm.get("inference") or {}
-        latency = inference.get("latency_ms") or {}
-        sensors = tm.get("sensors") or {}
-        energy = tm.get("energy") or {}
-        online = st.get("state") == "online"
-        return {"fleet": self.fleet, "device": self.device, "state": st.get("state", "unknown"),
-                "mode": tm.get("mode") if online and tm else st.get("mode"),
-                "temperature_c": sensors.get("temperature_c"), "battery_pct": sensors.get("battery_pct"),
-                "inferences_per_s": inference.get("per_s"), "latency_p50_ms": latency.get("p50"),
-                "latency_p95_ms": latency.get("p95"), "errors": inference.get("errors"),
-                "energy_per_inference_j": energy.get("per_inference_j"),
-                "bundle": bundle.get("name"), "bundle_version": bundle.get("version"),
-                "bundle_id": bundle.get("id"), "variant": bundle.get("variant"),
-                "queue_dropped_total": (tm.get("queue") or {}).get("dropped_total"),
-                "last_seen_s": round(now - self.seen, 1) if self.seen else None}
-
-
-class FleetView:
-    """The latest status and telemetry of every device seen, fed by MQTT messages."""
-
-    def __init__(self) -> None:
-        self.devices: dict[tuple[str, str], Device] = {}
-        self.ignored = 0
-        self._lock = threading.Lock()
-
-    def feed(self, topic: str, payload: bytes, now: float | None = None, retained: bool = False) -> None:
-        try:
-            fleet, device, kind = schema.parse_topic(topic)
-            obj = schema.decode(payload, kind)
-        except TransportError:
-            self.ignored += 1
-            return
-        with self._lock:
-            d = self.devices.setdefault((fleet, device), Device(fleet, device))
-            if kind == "status":
-                d.status = obj  # arrival order: the last will (seq 0) must win over an older online
-            elif kind == "telemetry" and obj["seq"] >= d.telemetry.get("seq", -1):
-                d.telemetry = obj  # replayed backlog must not hide the newest reading
-            if obj.get("will"):
-                return  # the broker speaks for a vanished device; it was composed at connect time
-            # A retained message may be old: trust its own timestamp, not its arrival.
-            spoke = obj["ts"] if retained else (time.time() if now is None else now)
-            d.seen = max(d.seen, spoke)
-
-    def rows(self, now: float | None = None) -> list[dict[str, Any]]:
-        now = time.time() if now is None else now
-        with self._lock:
-            return [self.devices[k].row(now) for k in sorted(self.devices)]
-
-
-COLUMNS = (("fleet", "fleet"), ("device", "device"), ("state", "state"), ("mode", "mode"),
-           ("temperature_c", "temp °C"), ("battery_pct", "batt %"), ("inferences_per_s", "inf/s"),
-           ("latency_p50_ms", "p50 ms"), ("latency_p95_ms", "p95 ms"), ("bundle", "bundle"),
-           ("bundle_version", "version"), ("variant", "variant"), ("last_seen_s", "seen s ago"))
-
-
-def render(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "no devices seen"
-    return ui.table([title for _, title in COLUMNS], [[r[key] for key, _ in COLUMNS] for r in rows])
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -228,61 +154,6 @@ def _parse_args(items: list[str]) -> dict[str, Any]:
     return out
 
 
-# --- the MQTT connection ------------------------------------------------------------------------
-
-def parse_broker(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = text, "1883"
-    try:
-        number = int(port)
-    except ValueError:
-        number = -1
-    if not host or not 0 < number < 65536:
-        raise ConfigError("must be HOST:PORT", key="--broker", value=text)
-    return host.strip("[]"), number
-
-
 def _connect(args: argparse.Namespace, filters: list[str], on_message: Any) -> Any:
-    import paho.mqtt.client as mqtt
-
-    host, port = parse_broker(args.broker)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                         client_id=f"edgekit-fleet-{uuid.uuid4().hex[:12]}", protocol=mqtt.MQTTv5)
-    if args.tls:
-        client.tls_set(ca_certs=str(args.ca_file) if args.ca_file else None)
-    if args.username:
-        client.username_pw_set(args.username, _read_password(args.password_file))
-    subscribed, refused = threading.Event(), []
-
-    def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            refused.append(str(reason))
-            subscribed.set()
-            return
-        c.subscribe([(f, 1) for f in filters])
-
-    client.on_connect = on_connect
-    client.on_subscribe = lambda *a: subscribed.set()
-    client.on_message = lambda c, u, msg: on_message(msg)
-    try:
-        client.connect(host, port, keepalive=30)
-    except (OSError, ValueError) as exc:
-        raise TransportError(f"cannot reach the broker {host}:{port}: {exc}") from None
-    client.loop_start()
-    if not subscribed.wait(10) or refused:
-        client.loop_stop()
-        raise TransportError(f"broker {host}:{port} " + (f"refused the connection: {refused[0]}"
-                                                          if refused else "did not answer in 10 s"))
-    return client
-
-
-def _read_password(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        return path.read_text(encoding="utf-8").splitlines()[0].strip()
-    except (OSError, UnicodeDecodeError, IndexError) as exc:
-        raise ConfigError(f"cannot read the password file: {exc}", key="--password-file",
-                          value=str(path)) from None
-
+    return connect(args.broker, filters, on_message, tls=args.tls, ca_file=args.ca_file,
+                   username=args.username, password_file=args.password_file)
