@@ -6,12 +6,11 @@ wrong file is a one-line CalibrationError, not a crash deep inside a quantizer.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
-
 from edgekit_agent.manifest import TensorSpec
 
 from .errors import CalibrationError
@@ -30,7 +29,7 @@ class Preprocess:
     grayscale: bool = False
 
     @classmethod
-    def parse(cls, text: str) -> "Preprocess":
+    def parse(cls, text: str) -> Preprocess:
         """`size=224x224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=nchw,gray`."""
         kwargs: dict = {}
         for part in filter(None, (p.strip() for p in text.split(","))):
@@ -78,12 +77,12 @@ class Dataset:
         names = [s.name for s in self.inputs]
         return [dict(zip(names, s)) for s in self.samples(limit)]
 
-    def split(self, n: int) -> tuple["Dataset", "Dataset"]:
+    def split(self, n: int) -> tuple[Dataset, Dataset]:
         head = Dataset(self.inputs, tuple(a[:n] for a in self.arrays), self.synthetic, self.source)
         tail = Dataset(self.inputs, tuple(a[n:] for a in self.arrays), self.synthetic, self.source)
         return head, tail
 
-    def with_inputs(self, inputs: Sequence[TensorSpec]) -> "Dataset":
+    def with_inputs(self, inputs: Sequence[TensorSpec]) -> Dataset:
         """The same samples for a model whose inputs have other names/dtypes (e.g. a converted one)."""
         return Dataset(tuple(inputs), self.arrays, self.synthetic, self.source)
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgekit_agent.errors import ConfigError, TransportError
 
 from ..defaults import MQTT_PORT
-
 
 
 def parse_broker(text: str) -> tuple[str, int]:

@@ -18,22 +18,24 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-
 from edgekit_agent.manifest import TensorSpec
 from edgekit_agent.runtime import load_backend
 
+from ..dataset import (
+    Dataset,
+    check_array,  # one definition of 'samples fit this input'
+)
 from ..errors import CalibrationError, ModelError, UnsupportedOpError
+from ..onnx_model import parse_onnx
 from ..tflite import model as tfl
-from ..dataset import Dataset
-from ..dataset import check_array  # one definition of 'samples fit this input'
 from .doctor_onnx import sanitize_names
 from .evaluate import sqnr_db
-from ..onnx_model import parse_onnx
 from .ingest import onnx_value_spec
 
 EXTRA_MESSAGE = "ONNX→TFLite conversion needs the convert extra: pip install 'edgekit[convert]'"

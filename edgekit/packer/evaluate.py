@@ -8,15 +8,15 @@ with float and candidate interleaved so that machine noise hits both alike.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-
 from edgekit_agent.runtime import Runner, load_backend
 
-from ..errors import ModelError
 from ..dataset import Dataset
+from ..errors import ModelError
 
 
 def make_runner(model: bytes, fmt: str, threads: int | None = None) -> Runner:

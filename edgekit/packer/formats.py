@@ -17,15 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from edgekit_agent.manifest import sha256_hex
 
+from ..dataset import Dataset
 from ..defaults import RUNTIME_CHOICES
 from ..errors import ConfigError, ModelError
-from ..dataset import Dataset
+from .convert import onnx_to_tflite, package_version, require_convert_extra
 from .evaluate import interleaved_latency, make_runner
-from .convert import require_convert_extra
-from .convert import onnx_to_tflite, package_version
 
 FASTER_BY = 0.95  # switch runtimes only for a clear win: p50 at most 95 % of the other's
 ROUNDS = 3

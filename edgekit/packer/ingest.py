@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from edgekit_agent.manifest import TensorSpec
+from edgekit_agent.runtime import load_backend
 
 from ..errors import ModelError
 from ..onnx_model import parse_onnx
 from ..tflite import model as tflite_model
-from edgekit_agent.runtime import load_backend
 
 FORMATS = ("onnx", "tflite")
 

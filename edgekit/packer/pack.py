@@ -9,23 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from edgekit_agent.manifest import Manifest, ModelRef, Variant, sha256_hex
 
 from .. import ui
 from ..bundle_writer import MemberFile, write_bundle
-from ..errors import BudgetError, CalibrationError, ConfigError, ModelError
-from ..targets import Profile, family_for, get_profile
-from . import doctor_onnx
 from ..dataset import Dataset, Preprocess, load_dataset, load_labels, synthetic_dataset
+from ..errors import BudgetError, CalibrationError, ConfigError, ModelError
+from ..examples import get_example
+from ..report import render_candidates
+from ..targets import Profile, family_for, get_profile
+from . import doctor_onnx, doctor_tflite
 from .evaluate import accuracy, is_classifier, make_runner, run_all
 from .formats import choose_format
 from .ingest import ModelInfo, describe, read_model
 from .recipes import LADDER, Recipe, recipe_by_name
 from .search import Candidate, Context, Criteria, choose, format_supports, run_search
-from ..report import render_candidates
-from ..examples import get_example
-from . import doctor_tflite
 
 EVAL_FRACTION = 0.5  # without --eval, the second half of --calib is held out for evaluation
 SELFTEST_SAMPLES = 4

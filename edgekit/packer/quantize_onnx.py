@@ -6,16 +6,17 @@ import contextlib
 import io
 import logging
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from ..errors import CalibrationError, ModelError
 from ..dataset import Dataset
+from ..errors import CalibrationError, ModelError
 from ..onnx_model import parse_onnx
-from .recipes import Recipe
 from . import compress
+from .recipes import Recipe
 
 WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}  # op -> weight input index
 MIN_FP16_ELEMENTS = 16  # tiny constants (shapes, scalars) stay float32

@@ -28,10 +28,10 @@ import contextlib
 import io
 import re
 import warnings
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
-
 from edgekit_agent.manifest import TensorSpec
 from edgekit_agent.runtime import Runner, load_backend, quantize
 
@@ -237,7 +237,8 @@ def _int8_params(name: str, rng: tuple[float, float] | None) -> tuple[float, int
     """Asymmetric int8 scale/zero point of a range, computed as ai-edge-quantizer does."""
     from ai_edge_quantizer import qtyping
     from ai_edge_quantizer.algorithms.uniform_quantize.uniform_quantize_tensor import (
-        tensor_zp_scale_from_min_max)
+        tensor_zp_scale_from_min_max,
+    )
 
     if rng is None:
         raise ModelError(f"cannot make '{name}' int8: no measured range for it")

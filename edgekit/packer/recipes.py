@@ -57,7 +57,7 @@ class Recipe:
         return {"name": self.name, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Recipe":
+    def from_dict(cls, d: dict[str, Any]) -> Recipe:
         known = {k: d[k] for k in ("quantization", "sparsity", "clusters", "calibration",
                                    "mixed_precision", "per_channel", "description") if k in d}
         recipe = cls(**known)

@@ -9,24 +9,22 @@ or (on CPU targets) is slower than the float model.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-
 from edgekit_agent.runtime import Runner
 
+from ..dataset import Dataset
 from ..errors import EdgekitError
 from ..targets import Compiled, Profile, TargetFamily
-from ..dataset import Dataset
-from .evaluate import Fidelity, Latency, compare, interleaved_latency, make_runner, run_all
-from .recipes import Recipe
-from .quantize_onnx import apply_recipe
 from .compress import compress_tflite
-from .quantize_tflite import quantize_tflite
-from .quantize_onnx import sensitive_nodes
-from .quantize_tflite import fallback_order
+from .evaluate import Fidelity, Latency, compare, interleaved_latency, make_runner, run_all
+from .quantize_onnx import apply_recipe, sensitive_nodes
+from .quantize_tflite import fallback_order, quantize_tflite
+from .recipes import Recipe
 
 SPEED_TOLERANCE = 1.10  # p50 within 10 % of float counts as "not slower" on a shared, noisy host
 DEFAULT_MIN_SQNR_DB = 15.0  # used when no labels give an accuracy to hold

@@ -26,7 +26,6 @@ from ..tflite import model as tfl
 from ..tflite import rewrite as rw
 from .base import Compiled, Profile, TargetFamily, TargetReport, size_violations
 
-
 SYSTEM_CONFIGS = ("Ethos_U55_Deep_Embedded", "Ethos_U55_High_End_Embedded", "Ethos_U65_Embedded",
                   "Ethos_U65_Mid_End", "Ethos_U65_High_End", "Ethos_U65_Client_Server")
 MEMORY_MODES = ("Sram_Only", "Shared_Sram", "Dedicated_Sram")

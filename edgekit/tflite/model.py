@@ -7,12 +7,12 @@ constant buffer 16-byte aligned, as the TFLite converter writes them.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
-
 from edgekit_agent.runtime import load_backend
 
 from ..errors import EdgekitError, ModelError

@@ -10,13 +10,14 @@ Only subgraph 0 (the main graph) is rewritten.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
+from edgekit_agent.runtime import Runner, load_backend
 
 from . import model as tfl
-from edgekit_agent.runtime import Runner, load_backend
 
 _OP = schema.BuiltinOperator
 _ACT = schema.ActivationFunctionType

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from edgekit_agent import signing
 
 SUBCOMMANDS = {  # subcommand -> options its --help must mention

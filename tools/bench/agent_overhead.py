@@ -34,8 +34,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -72,6 +73,7 @@ def build_mobilenet_int8(size: int = 128, alpha: float = 0.5, calib: int = 16) -
 
 def build_digits_int8() -> bytes:
     from ai_edge_quantizer import quantizer, recipe
+
     from edgekit.examples import get_example
 
     digits = get_example("digits")
@@ -83,9 +85,10 @@ def build_digits_int8() -> bytes:
 
 
 def write_model_bundle(model: bytes, name: str, out: Path) -> Path:
-    from edgekit.bundle_writer import MemberFile, write_bundle
     from edgekit_agent.manifest import Manifest, ModelRef, Variant, sha256_hex
     from edgekit_agent.runtime import load_backend
+
+    from edgekit.bundle_writer import MemberFile, write_bundle
 
     backend = load_backend(model, "tflite")
     primary = Variant(name="primary", model=ModelRef(path="model.tflite", format="tflite",
@@ -311,8 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, help="keep generated models/bundles here (reused)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    from edgekit.examples import get_example
     from edgekit_agent.store import BundleStore
+
+    from edgekit.examples import get_example
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)

@@ -24,11 +24,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from edgekit.dataset import Dataset, load_dataset, load_labels, synthetic_dataset  # noqa: E402
 from edgekit.examples import get_example  # noqa: E402
 from edgekit.packer import PackOptions, pack  # noqa: E402
-from edgekit.dataset import Dataset, load_dataset, load_labels, synthetic_dataset  # noqa: E402
-from edgekit.packer.evaluate import (accuracy, interleaved_latency, make_runner, run_all,  # noqa: E402
-                                     sqnr_db)
+from edgekit.packer.evaluate import accuracy, interleaved_latency, make_runner, run_all, sqnr_db  # noqa: E402
 
 
 def raw_ort_static(model: bytes, calib: Dataset) -> bytes:

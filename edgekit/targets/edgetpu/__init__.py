@@ -18,8 +18,14 @@ from .checks import CHECKS, OpContext
 from .compiler import COMPILE_PENDING, COMPILER, parse_compiler_log, run_compiler
 from .family import EdgeTpuFamily
 from .rewrites import fix_fallbacks
-from .table import (DEFAULT_RUNTIME, OPS_TABLE_PATH, RUNTIME_VERSIONS, OpRule, OpsTable,
-                    load_ops_table)
+from .table import (
+                    DEFAULT_RUNTIME,
+                    OPS_TABLE_PATH,
+                    RUNTIME_VERSIONS,
+                    OpRule,
+                    OpsTable,
+                    load_ops_table,
+)
 
 __all__ = ["CHECKS", "COMPILER", "COMPILE_PENDING", "DEFAULT_RUNTIME", "OPS_TABLE_PATH",
            "RUNTIME_VERSIONS", "TAIL_REASON", "EdgeTpuFamily", "OpContext", "OpRule", "OpVerdict",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from ...errors import ConfigError
 from .checks import CHECKS
@@ -37,7 +38,7 @@ class OpRule:
                 "checks": [dict(c) for c in self.checks], "evidence": self.evidence}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "OpRule":
+    def from_dict(cls, d: dict[str, Any]) -> OpRule:
         return cls(name=d["name"], builtins=tuple(d["builtins"]), min_runtime=int(d["min_runtime"]),
                    max_runtime=d.get("max_runtime"), limitations=d.get("limitations", ""),
                    checks=tuple(d.get("checks", ())), evidence=d.get("evidence", ""))

@@ -11,7 +11,14 @@ from .arena import ArenaMeasurement, measure_arena
 from .check import compare_tflm_litert, random_inputs
 from .csource import generate_sources
 from .family import McuFamily, all_ops, rewrite_for_tflm
-from .ops import TflmOpSet, captured_stderr, probe_tflm_op_set, tflm_op_set, unsupported_ops, write_op_table
+from .ops import (
+           TflmOpSet,
+           captured_stderr,
+           probe_tflm_op_set,
+           tflm_op_set,
+           unsupported_ops,
+           write_op_table,
+)
 
 __all__ = ["ArenaMeasurement", "McuFamily", "TflmOpSet", "all_ops", "captured_stderr",
            "compare_tflm_litert", "generate_sources", "measure_arena", "probe_tflm_op_set",

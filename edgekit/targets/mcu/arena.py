@@ -64,7 +64,7 @@ def measure_arena(model: bytes) -> ArenaMeasurement:
                                 recorded_tail_bytes=recorded["tail"], probes=probe.count)
 
 
-def _bracket(probe: "_ArenaProbe", guess: int, works: int) -> tuple[int, int]:
+def _bracket(probe: _ArenaProbe, guess: int, works: int) -> tuple[int, int]:
     """(lo, hi) around the edge, with hi known to run and lo - 1 known to fail (or lo = 1)."""
     if guess >= works:
         return 1, works
@@ -89,7 +89,7 @@ class _ArenaProbe:
         self._proc: subprocess.Popen[str] | None = None
         self.count = 0
 
-    def __enter__(self) -> "_ArenaProbe":
+    def __enter__(self) -> _ArenaProbe:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,10 +9,9 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
-
 from edgekit_agent.manifest import TensorSpec
 
 from ...errors import UnsupportedOpError

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
-
 from edgekit_agent.manifest import TensorSpec
 from edgekit_agent.runtime import load_backend
 

@@ -10,11 +10,13 @@ import functools
 import os
 import sys
 import tempfile
-import tomllib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
+
+import tomllib
 
 from ...tflite import model as tfl
 
@@ -40,7 +42,7 @@ class TflmOpSet:
                 "custom": dict(self.custom)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TflmOpSet":
+    def from_dict(cls, d: dict[str, Any]) -> TflmOpSet:
         return cls(version=d["tflite_micro_version"], builtin=dict(d["builtin"]),
                    custom=dict(d.get("custom", {})))
 
@@ -89,7 +91,8 @@ def probe_tflm_op_set() -> TflmOpSet:
     code. TFLM looks up every op's kernel before running any: if the op under test is missing
     the error names it, otherwise the lookup fails only at the sentinel. No kernel runs.
     """
-    from tflite_micro.python.tflite_micro import _version, runtime as tflm
+    from tflite_micro.python.tflite_micro import _version
+    from tflite_micro.python.tflite_micro import runtime as tflm
     from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
     codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}

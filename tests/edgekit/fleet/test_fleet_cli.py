@@ -10,14 +10,14 @@ import time
 
 import pytest
 
-from edgekit.fleet.broker import parse_broker
-from edgekit.fleet.status import FleetView
-from edgekit_agent import schema
-from edgekit_agent.errors import ConfigError
-
 # TEMPORARY (issue 8): registered by this folder's conftest; after the merge, import from the
 # shared fixtures instead (see tests/edgekit/fleet/conftest.py).
 from _telemetry_fixtures import by_seq
+from edgekit_agent import schema
+from edgekit_agent.errors import ConfigError
+
+from edgekit.fleet.broker import parse_broker
+from edgekit.fleet.status import FleetView
 
 
 def test_fleet_view_keeps_latest_state():

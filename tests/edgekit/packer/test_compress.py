@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from edgekit_agent.runtime import load_backend
 
 from edgekit.errors import ConfigError, ModelError
 from edgekit.packer import compress
+from edgekit.packer.compress import (
+    cluster,
+    compress_tflite,
+    deflate_size,
+    is_weight,
+    prune_global,
+    prune_magnitude,
+    to_float16,
+)
 from edgekit.tflite import model as tm
-from edgekit.packer.compress import (cluster, compress_tflite, deflate_size, is_weight, prune_global,
-                                     prune_magnitude, to_float16)
-from edgekit_agent.runtime import load_backend
 
 DIGITS_KERNELS = {"sequential/conv2d/Conv2D": (16, 3, 3, 1), "sequential/conv2d_1/Conv2D": (32, 3, 3, 16),
                   "sequential/dense/MatMul": (64, 512), "sequential/logits/MatMul": (10, 64)}

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from edgekit_agent.runtime import load_backend
 
 from edgekit.errors import ModelError
-from edgekit.tflite import model as tm
 from edgekit.packer.compress import compress_tflite
-from edgekit.packer.doctor_tflite import (decompose_fp16_weights, ensure_signature, freeze_input_shapes,
-                                          sanitise_name)
+from edgekit.packer.doctor_tflite import (
+    decompose_fp16_weights,
+    ensure_signature,
+    freeze_input_shapes,
+    sanitise_name,
+)
 from edgekit.packer.quantize_tflite import quantize_tflite
-from edgekit_agent.runtime import load_backend
+from edgekit.tflite import model as tm
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import edgekit
-from edgekit.tflite import model as tflite_model
 from edgekit_agent.bundle import open_bundle
 from edgekit_agent.runtime import load_backend
+
+import edgekit
+from edgekit.tflite import model as tflite_model
 
 
 def test_digits_tflite_int8_cpu(tmp_path, digits):

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from edgekit_agent.runtime import Runner, load_backend
 
 from edgekit.errors import CalibrationError, ConfigError, ModelError
-from edgekit.tflite import model as tm
 from edgekit.packer.compress import compress_tflite
-from edgekit.packer.quantize_tflite import (SCHEMES, fallback_order, op_sensitivity, quantize_tflite,
-                                            tensor_sqnr)
-from edgekit_agent.runtime import Runner, load_backend
+from edgekit.packer.quantize_tflite import (
+    SCHEMES,
+    fallback_order,
+    op_sensitivity,
+    quantize_tflite,
+    tensor_sqnr,
+)
+from edgekit.tflite import model as tm
 
 
 def _sqnr(ref: np.ndarray, out: np.ndarray) -> float:

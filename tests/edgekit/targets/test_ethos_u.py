@@ -10,9 +10,9 @@ from importlib import metadata
 import pytest
 
 from edgekit.errors import ConfigError, ModelError
-from edgekit.tflite import model as tfl
 from edgekit.targets import get_profile
 from edgekit.targets.ethos_u import NPU_OP, EthosUFamily, parse_vela_stdout, vela_config_file
+from edgekit.tflite import model as tfl
 
 U55_FLASH = 2097152
 

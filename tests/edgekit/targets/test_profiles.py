@@ -4,10 +4,10 @@ fail with one line naming the file, the key, the bad value and the allowed value
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from edgekit.cli import main
 from edgekit.errors import ConfigError

@@ -11,15 +11,20 @@ import tempfile
 import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
-
-from edgekit.errors import ModelError, UnsupportedOpError
-from edgekit.tflite import model as tfl
-from edgekit.dataset import Dataset
-from edgekit.targets import get_profile
-from edgekit.targets.mcu import (McuFamily, compare_tflm_litert, measure_arena, probe_tflm_op_set,
-                                 rewrite_for_tflm, tflm_op_set)
 from edgekit_agent.runtime import load_backend, quantize
 
+from edgekit.dataset import Dataset
+from edgekit.errors import ModelError, UnsupportedOpError
+from edgekit.targets import get_profile
+from edgekit.targets.mcu import (
+    McuFamily,
+    compare_tflm_litert,
+    measure_arena,
+    probe_tflm_op_set,
+    rewrite_for_tflm,
+    tflm_op_set,
+)
+from edgekit.tflite import model as tfl
 
 _RUN_IN_TFLM = r"""
 import json, sys
