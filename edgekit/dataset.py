@@ -66,7 +66,7 @@ class Dataset:
 
     def sample(self, i: int) -> list[np.ndarray]:
         return [a[i:i + 1].reshape(spec.shape).astype(spec.dtype, copy=False)
-                for a, spec in zip(self.arrays, self.inputs)]
+                for a, spec in zip(self.arrays, self.inputs, strict=True)]
 
     def samples(self, limit: int | None = None) -> Iterator[list[np.ndarray]]:
         for i in range(min(len(self), limit or len(self))):
@@ -75,7 +75,7 @@ class Dataset:
     def feeds(self, limit: int | None = None) -> list[dict[str, np.ndarray]]:
         """Samples keyed by input name (what quantizers' calibration readers want)."""
         names = [s.name for s in self.inputs]
-        return [dict(zip(names, s)) for s in self.samples(limit)]
+        return [dict(zip(names, s, strict=True)) for s in self.samples(limit)]
 
     def split(self, n: int) -> tuple[Dataset, Dataset]:
         head = Dataset(self.inputs, tuple(a[:n] for a in self.arrays), self.synthetic, self.source)
@@ -96,7 +96,7 @@ def load_dataset(path: str | Path, inputs: Sequence[TensorSpec],
         arrays = _load_folder(path, inputs, preprocess or Preprocess())
     else:
         arrays = _load_file(path, inputs)
-    return Dataset(tuple(inputs), tuple(check_array(a, spec, str(path)) for a, spec in zip(arrays, inputs)),
+    return Dataset(tuple(inputs), tuple(check_array(a, spec, str(path)) for a, spec in zip(arrays, inputs, strict=True)),
                    source=str(path))
 
 

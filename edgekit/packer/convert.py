@@ -115,12 +115,12 @@ def conversion_sqnr(onnx_bytes: bytes, tflite_bytes: bytes, data: Dataset,
     ref: list[list[np.ndarray]] = [[] for _ in ort.outputs]
     got: list[list[np.ndarray]] = [[] for _ in ort.outputs]
     for sample in data.samples(samples):
-        for acc, out in zip(ref, ort.run(sample)):
+        for acc, out in zip(ref, ort.run(sample), strict=True):
             acc.append(np.asarray(out, np.float32))
-        for acc, out in zip(got, lite.run(sample)):
+        for acc, out in zip(got, lite.run(sample), strict=True):
             acc.append(np.asarray(out, np.float32))
     return {spec.name: sqnr_db(np.concatenate(r), np.concatenate(g).reshape(np.concatenate(r).shape))
-            for spec, r, g in zip(ort.outputs, ref, got)}
+            for spec, r, g in zip(ort.outputs, ref, got, strict=True)}
 
 
 # --- input checks ---------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def _calibration(calib: Dataset | Mapping[str, np.ndarray] | Sequence[np.ndarray
         arrays = [calib] if isinstance(calib, np.ndarray) else list(calib)
     if len(arrays) != len(inputs):
         raise CalibrationError(f"the model has {len(inputs)} input(s), got {len(arrays)} array(s)")
-    checked = tuple(check_array(np.asarray(a), spec, "calibration data") for a, spec in zip(arrays, inputs))
+    checked = tuple(check_array(np.asarray(a), spec, "calibration data") for a, spec in zip(arrays, inputs, strict=True))
     return Dataset(tuple(inputs), checked)
 
 
@@ -220,19 +220,19 @@ def _restore_io_contract(model: bytes, onnx_bytes: bytes, inputs: Sequence[Tenso
                          f"for an ONNX model with {len(inputs)} / {len(outputs)}")
     order = _input_order(sg, inputs)
     sg.inputs = [sg.inputs[i] for i in order]
-    for t, spec in zip(sg.inputs, inputs):
+    for t, spec in zip(sg.inputs, inputs, strict=True):
         got = tuple(int(d) for d in sg.tensors[t].shape)
         if got != spec.shape:
             raise ModelError(f"onnx2tf changed input {spec.name!r} from {list(spec.shape)} to {list(got)}")
     steps = []
     to_tflite_order = [sample[order.index(j)] for j in range(len(order))]
     perms = _output_permutations(model, to_tflite_order, onnx_bytes, sample, outputs)
-    for pos, (spec, perm) in enumerate(zip(outputs, perms)):
+    for pos, (spec, perm) in enumerate(zip(outputs, perms, strict=True)):
         if perm is not None:
             sg.outputs[pos] = _append_transpose(m, sg, sg.outputs[pos], perm, spec.shape)
             steps.append(f"output {spec.name}: transposed back to the ONNX layout {list(spec.shape)} "
                          f"(perm {list(perm)})")
-    for t, spec in zip([*sg.inputs, *sg.outputs], [*inputs, *outputs]):
+    for t, spec in zip([*sg.inputs, *sg.outputs], [*inputs, *outputs], strict=True):
         sg.tensors[t].name = spec.name.encode()
     m.signatureDefs = [_signature(sg, inputs, outputs)]
     steps.append(f"added SignatureDef {SIGNATURE_KEY!r} with the ONNX input/output names")
@@ -255,11 +255,11 @@ def _output_permutations(model: bytes, tfl_sample: list[np.ndarray], onnx_bytes:
     onnx2tf emits channel-last outputs; shapes alone are ambiguous when dims are equal, so each
     candidate layout is compared numerically with the ONNX output on one sample."""
     lite = load_backend(model, "tflite")
-    feed = [x.reshape(s.shape) for x, s in zip(tfl_sample, lite.inputs)]
+    feed = [x.reshape(s.shape) for x, s in zip(tfl_sample, lite.inputs, strict=True)]
     got = [np.asarray(o) for o in lite.run(feed)]
     ref = [np.asarray(o) for o in load_backend(onnx_bytes, "onnx").run(onnx_sample)]
     perms: list[tuple[int, ...] | None] = []
-    for spec, out, want in zip(outputs, got, ref):
+    for spec, out, want in zip(outputs, got, ref, strict=True):
         rank = out.ndim
         back = (0, rank - 1, *range(1, rank - 1)) if rank >= 3 else None
         candidates = [(None, out)] + ([(back, out.transpose(back))] if back else [])
@@ -314,6 +314,6 @@ def _signature(sg: Any, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSp
 
     sig = schema.SignatureDefT()
     sig.signatureKey, sig.subgraphIndex = SIGNATURE_KEY.encode(), 0
-    sig.inputs = [tensor_map(s.name, t) for s, t in zip(inputs, sg.inputs)]
-    sig.outputs = [tensor_map(s.name, t) for s, t in zip(outputs, sg.outputs)]
+    sig.inputs = [tensor_map(s.name, t) for s, t in zip(inputs, sg.inputs, strict=True)]
+    sig.outputs = [tensor_map(s.name, t) for s, t in zip(outputs, sg.outputs, strict=True)]
     return sig

@@ -34,7 +34,7 @@ def freeze_input_shapes(data: bytes, shapes: dict[str, tuple[int, ...]], default
         new = _frozen_shape(spec.name, spec.shape, shapes.get(spec.name), default_batch)
         if new != spec.shape:
             dims = value.type.tensor_type.shape.dim
-            for dim, size in zip(dims, new):
+            for dim, size in zip(dims, new, strict=True):
                 dim.Clear()
                 dim.dim_value = size
             steps.append(f"froze input {spec.name} {_fmt(spec.shape)} -> {_fmt(new)}")
@@ -52,7 +52,7 @@ def freeze_input_shapes(data: bytes, shapes: dict[str, tuple[int, ...]], default
 def _frozen_shape(name: str, shape: tuple[int, ...], given: tuple[int, ...] | None,
                   default_batch: int) -> tuple[int, ...]:
     if given is not None:
-        if len(given) != len(shape) or any(s >= 0 and s != g for s, g in zip(shape, given)):
+        if len(given) != len(shape) or any(s >= 0 and s != g for s, g in zip(shape, given, strict=True)):
             raise ModelError(f"--input-shape {name}:{_fmt(given)} does not match the model's "
                              f"{_fmt(shape)}")
         return tuple(given)

@@ -28,7 +28,7 @@ def run_all(runner: Runner, data: Dataset) -> list[np.ndarray]:
     per_output: list[list[np.ndarray]] = [[] for _ in runner.outputs]
     try:
         for sample in data.samples():
-            for acc, out in zip(per_output, runner(sample)):
+            for acc, out in zip(per_output, runner(sample), strict=True):
                 acc.append(np.asarray(out, dtype=np.float32))
     except (ValueError, RuntimeError) as exc:
         raise ModelError(f"inference failed: {str(exc).splitlines()[0][:200]}") from None
@@ -85,7 +85,7 @@ def _json_float(x: float) -> float | str:
 def compare(names: Sequence[str], ref: list[np.ndarray], test: list[np.ndarray], data: Dataset,
             labels: np.ndarray | None, ref_accuracy: float | None) -> Fidelity:
     outputs = {n: {"sqnr_db": sqnr_db(r, t), "cosine": cosine(r, t)}
-               for n, r, t in zip(names, ref, test)}
+               for n, r, t in zip(names, ref, test, strict=True)}
     top1 = float(np.mean(ref[0].reshape(len(ref[0]), -1).argmax(1) ==
                          test[0].reshape(len(test[0]), -1).argmax(1))) if is_classifier(ref[0]) else None
     acc = accuracy(test[0], labels) if labels is not None and is_classifier(test[0]) else None

@@ -102,7 +102,7 @@ def _check_array(i: int, name: str, value: Any, tensor: Any) -> None:
     arr = np.asarray(value)
     dims = [int(d) for d in (tensor.shapeSignature if tensor.shapeSignature is not None else tensor.shape)]
     dtype = tm.tensor_type_name(tensor.type)
-    fits = arr.ndim == len(dims) and all(d in (-1, s) for d, s in zip(dims, arr.shape))
+    fits = arr.ndim == len(dims) and all(d in (-1, s) for d, s in zip(dims, arr.shape, strict=True))
     if not fits or arr.dtype.name != dtype:
         raise CalibrationError(f"calibration input '{name}' (sample {i}): expected {dtype} "
                                f"{_fmt(dims)}, got {arr.dtype.name} {_fmt(arr.shape)}")
@@ -192,7 +192,7 @@ def io_ranges(float_model: bytes, samples: list[dict[str, np.ndarray]]) -> dict[
     ranges: dict[str, tuple[float, float]] = {}
     for sample in samples:
         outs = runner([sample[s.name] for s in runner.inputs])
-        for name, arr in [*sample.items(), *zip((s.name for s in runner.outputs), outs)]:
+        for name, arr in [*sample.items(), *zip((s.name for s in runner.outputs), outs, strict=True)]:
             lo, hi = ranges.get(name, (np.inf, -np.inf))
             ranges[name] = (min(lo, float(np.min(arr))), max(hi, float(np.max(arr))))
     return ranges

@@ -96,7 +96,7 @@ def _validate(name: str, d: dict[str, Any], path: Path) -> Profile:
         if key not in _REQUIRED and key not in _OPTIONAL:
             raise ConfigError("unknown key", source=src, key=key, value=d[key],
                               allowed=[*_REQUIRED, *_OPTIONAL])
-    for key, typ in _REQUIRED.items():
+    for key in _REQUIRED:
         if key not in d:
             raise ConfigError("missing required key", source=src, key=key)
     for key, typ in {**_REQUIRED, **_OPTIONAL}.items():

@@ -321,15 +321,15 @@ def compare_outputs(before: bytes, after: bytes, inputs: Iterable[Sequence[np.nd
     a, b = Runner(load_backend(before, "tflite")), Runner(load_backend(after, "tflite"))
     if inputs is None:
         rng = np.random.default_rng(seed)
-        feeds = [[_probe_input(sa, sb, rng) for sa, sb in zip(a.inputs, b.inputs)] for _ in range(samples)]
+        feeds = [[_probe_input(sa, sb, rng) for sa, sb in zip(a.inputs, b.inputs, strict=True)] for _ in range(samples)]
         checked_on = f"{samples} seeded random inputs"
     else:
-        feeds = [[np.asarray(x, np.float32).reshape(spec.shape) for x, spec in zip(sample, a.inputs)]
+        feeds = [[np.asarray(x, np.float32).reshape(spec.shape) for x, spec in zip(sample, a.inputs, strict=True)]
                  for sample in inputs]
         checked_on = f"{len(feeds)} calibration samples"
     worst_lsb, signal, noise = 0.0, 0.0, 0.0
     for xs in feeds:
-        for ya, yb, sa, sb in zip(a(xs), b(xs), a.outputs, b.outputs):
+        for ya, yb, sa, sb in zip(a(xs), b(xs), a.outputs, b.outputs, strict=True):
             step = sa.scale or sb.scale or 1.0
             diff = np.asarray(ya, np.float64) - np.asarray(yb, np.float64)
             worst_lsb = max(worst_lsb, float(np.abs(diff).max()) / step)

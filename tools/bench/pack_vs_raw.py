@@ -28,6 +28,7 @@ from edgekit.dataset import Dataset, load_dataset, load_labels, synthetic_datase
 from edgekit.examples import get_example  # noqa: E402
 from edgekit.packer import PackOptions, pack  # noqa: E402
 from edgekit.packer.evaluate import accuracy, interleaved_latency, make_runner, run_all, sqnr_db  # noqa: E402
+from edgekit.ui import table  # noqa: E402
 
 
 def raw_ort_static(model: bytes, calib: Dataset) -> bytes:
@@ -65,7 +66,7 @@ def measure(name: str, model: bytes, fmt: str, seconds: float, float_model: byte
     lat = interleaved_latency(cand, ref, evald.sample(0), min_runs=200, min_seconds=1.0)
     row = {"variant": name, "format": fmt, "size_bytes": len(model),
            "size_ratio": round(len(model) / len(float_model), 4),
-           "sqnr_db": round(min(sqnr_db(r, o) for r, o in zip(ref_out, out)), 2),
+           "sqnr_db": round(min(sqnr_db(r, o) for r, o in zip(ref_out, out, strict=True)), 2),
            "latency_ratio": round(lat.ratio, 3), "seconds": round(seconds, 2)}
     if labels is not None:
         row["accuracy"] = round(accuracy(out[0], labels), 4)
@@ -145,15 +146,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         mobile_cnn_onnx(tmp / "mobile.onnx")
-        for label, path, fmt, c, e, l in (
+        for label, path, fmt, calib, eval_data, labels in (
                 ("digits-onnx", ex.onnx, "onnx", ex.calib, ex.eval, ex.labels),
                 ("digits-tflite", ex.tflite, "tflite", ex.calib, ex.eval, ex.labels),
                 ("mobile-cnn-onnx", tmp / "mobile.onnx", "onnx", None, None, None)):
-            rows += bench_model(label, path, fmt, c, e, l, tmp)
+            rows += bench_model(label, path, fmt, calib, eval_data, labels, tmp)
             print(json.dumps(rows[-1]), file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2))
-    from edgekit.ui import table
 
     cols = ["model", "variant", "format", "size_ratio", "sqnr_db", "accuracy_drop", "latency_ratio",
             "seconds"]

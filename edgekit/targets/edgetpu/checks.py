@@ -130,7 +130,8 @@ def _check_pad_dims_within(ctx: OpContext, dims: list[str]) -> str | None:
         return "paddings are not constant"
     labels = _dim_labels(len(ctx.shape(x)))
     rows = np.asarray(values).reshape(-1, 2)
-    bad = [lab for lab, row in zip(labels, rows) if np.any(row) and lab not in dims]
+    # not strict: a malformed paddings tensor must give a verdict, not a crash
+    bad = [lab for lab, row in zip(labels, rows, strict=False) if np.any(row) and lab not in dims]
     return f"pads along {'/'.join(bad)}" if bad else None
 
 
