@@ -52,16 +52,21 @@ def command(fn: Handler) -> Handler:
 # --- pack -------------------------------------------------------------------------------------
 
 def _pack(sub: Any) -> None:
-    p = sub.add_parser("pack", help="compress, quantize and fit a model to a target; write a bundle",
-                       description="Search recipes from least to most lossy and keep the first that "
-                       "fits the target's budgets. MODEL is a .onnx/.tflite file or example:NAME.")
+    p = sub.add_parser(
+        "pack",
+        help="compress, quantize and fit a model to a target; write a bundle",
+        description="Search recipes from least to most lossy and keep the first that "
+        "fits the target's budgets. MODEL is a .onnx/.tflite file or example:NAME.",
+    )
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--target", required=True, help="target profile name (see `edgekit targets`)")
     p.add_argument("-o", "--out", required=True, type=Path, help="bundle to write (.ekb)")
     p.add_argument("--calib", help="calibration data: .npz, .npy, or a folder of .npy/.npz/images")
-    p.add_argument("--eval", dest="eval_data", help="held-out evaluation data (default: part of --calib)")
+    p.add_argument("--eval", dest="eval_data",
+                   help="held-out evaluation data (default: part of --calib)")
     p.add_argument("--labels", help="labels (.npy/.txt) for the evaluation data")
-    p.add_argument("--max-drop", type=float, help="max accuracy drop as a fraction (0.01 = 1 point)")
+    p.add_argument("--max-drop", type=float,
+                   help="max accuracy drop as a fraction (0.01 = 1 point)")
     p.add_argument("--min-sqnr", type=float, help="min SQNR in dB vs the float model")
     p.add_argument("--recipe", help="force one recipe (see `edgekit recipes`)")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
@@ -76,7 +81,8 @@ def _pack(sub: Any) -> None:
     p.add_argument("--name", help="bundle name (default: the model file's stem)")
     p.add_argument("--version", dest="bundle_version", default="1", help="bundle version string")
     p.add_argument("--sign", metavar="KEY", help="ed25519 private key (from `edgekit keygen`)")
-    p.add_argument("--targets-dir", action="append", default=[], help="extra folder of target profiles")
+    p.add_argument("--targets-dir", action="append", default=[],
+                   help="extra folder of target profiles")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -87,7 +93,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
     opts = PackOptions(model=args.model, target=args.target, out=args.out, calib=args.calib,
                        eval_data=args.eval_data, labels=args.labels, max_drop=args.max_drop,
                        min_sqnr=args.min_sqnr, recipe=args.recipe,
-                       input_shapes=parse_input_shapes(args.input_shape), synthetic_calib=args.synthetic_calib,
+                       input_shapes=parse_input_shapes(args.input_shape),
+                       synthetic_calib=args.synthetic_calib,
                        variants=args.variants, sign_key=args.sign, preprocess=args.preprocess,
                        name=args.name, version=args.bundle_version, runtime=args.runtime,
                        targets_dirs=tuple(args.targets_dir), show_progress=not args.json)
@@ -111,7 +118,8 @@ def parse_input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
 
 
 def _recipes(sub: Any) -> None:
-    p = sub.add_parser("recipes", help="list the recipe ladder the packer searches, least lossy first")
+    p = sub.add_parser("recipes",
+                       help="list the recipe ladder the packer searches, least lossy first")
     p.add_argument("--json", action="store_true")
 
 

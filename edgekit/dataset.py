@@ -96,7 +96,9 @@ def load_dataset(path: str | Path, inputs: Sequence[TensorSpec],
         arrays = _load_folder(path, inputs, preprocess or Preprocess())
     else:
         arrays = _load_file(path, inputs)
-    return Dataset(tuple(inputs), tuple(check_array(a, spec, str(path)) for a, spec in zip(arrays, inputs, strict=True)),
+    return Dataset(tuple(inputs),
+                   tuple(check_array(a, spec, str(path)) for a, spec in zip(arrays,
+                                                                            inputs, strict=True)),
                    source=str(path))
 
 
@@ -141,7 +143,8 @@ def _load_file(path: Path, inputs: Sequence[TensorSpec]) -> list[np.ndarray]:
     raise CalibrationError(f"{path}: unsupported data file (use .npz, .npy, or a folder)")
 
 
-def _pick_arrays(found: dict[str, np.ndarray], inputs: Sequence[TensorSpec], src: str) -> list[np.ndarray]:
+def _pick_arrays(found: dict[str, np.ndarray],
+                 inputs: Sequence[TensorSpec], src: str) -> list[np.ndarray]:
     if len(inputs) == 1 and len(found) == 1:
         return [next(iter(found.values()))]
     missing = [s.name for s in inputs if s.name not in found]

@@ -28,9 +28,12 @@ EXAMPLES = {
     "digits": Example(
         name="digits",
         description="8x8 handwritten digits CNN (scikit-learn digits), 38k params, NHWC float input",
-        onnx=_HERE / "digits" / "digits.onnx", tflite=_HERE / "digits" / "digits.tflite",
-        calib=_HERE / "digits" / "calib.npz", eval=_HERE / "digits" / "test.npz",
-        labels=_HERE / "digits" / "test_labels.npy"),
+        onnx=_HERE / "digits" / "digits.onnx",
+        tflite=_HERE / "digits" / "digits.tflite",
+        calib=_HERE / "digits" / "calib.npz",
+        eval=_HERE / "digits" / "test.npz",
+        labels=_HERE / "digits" / "test_labels.npy",
+    ),
 }
 
 

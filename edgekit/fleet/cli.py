@@ -44,7 +44,8 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--interval", type=float, default=1.0, help="seconds between --watch refreshes")
     s.add_argument("--json", action="store_true", help="JSON (one line per refresh with --watch)")
 
-    c = fleet_sub.add_parser("cmd", help="send a signed command to a device and wait for its answer")
+    c = fleet_sub.add_parser("cmd",
+                             help="send a signed command to a device and wait for its answer")
     c.add_argument("device")
     c.add_argument("action", choices=sorted(schema.ACTIONS))
     c.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
@@ -74,8 +75,10 @@ def main(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     view = FleetView()
-    filters = [schema.subscription(args.fleet, "status"), schema.subscription(args.fleet, "telemetry")]
-    client = _connect(args, filters, lambda msg: view.feed(msg.topic, msg.payload, retained=msg.retain))
+    filters = [schema.subscription(args.fleet, "status"),
+               schema.subscription(args.fleet, "telemetry")]
+    client = _connect(args, filters,
+                      lambda msg: view.feed(msg.topic, msg.payload, retained=msg.retain))
     try:
         time.sleep(max(args.wait, 0.0))
         _print_view(view, args.json, watch=args.watch)

@@ -31,7 +31,8 @@ class Device:
         online = st.get("state") == "online"
         return {"fleet": self.fleet, "device": self.device, "state": st.get("state", "unknown"),
                 "mode": tm.get("mode") if online and tm else st.get("mode"),
-                "temperature_c": sensors.get("temperature_c"), "battery_pct": sensors.get("battery_pct"),
+                "temperature_c": sensors.get("temperature_c"),
+                "battery_pct": sensors.get("battery_pct"),
                 "inferences_per_s": inference.get("per_s"), "latency_p50_ms": latency.get("p50"),
                 "latency_p95_ms": latency.get("p95"), "errors": inference.get("errors"),
                 "energy_per_inference_j": energy.get("per_inference_j"),
@@ -49,7 +50,8 @@ class FleetView:
         self.ignored = 0
         self._lock = threading.Lock()
 
-    def feed(self, topic: str, payload: bytes, now: float | None = None, retained: bool = False) -> None:
+    def feed(self, topic: str, payload: bytes, now: float | None = None,
+             retained: bool = False) -> None:
         try:
             fleet, device, kind = schema.parse_topic(topic)
             obj = schema.decode(payload, kind)

@@ -76,7 +76,8 @@ class ConversionResult:
                 "steps": list(self.steps)}
 
 
-def onnx_to_tflite(onnx_bytes: bytes, calib_inputs: Dataset | Mapping[str, np.ndarray] | Sequence[np.ndarray],
+def onnx_to_tflite(onnx_bytes: bytes,
+                   calib_inputs: Dataset | Mapping[str, np.ndarray] | Sequence[np.ndarray],
                    *, min_sqnr_db: float = DEFAULT_MIN_SQNR_DB, samples: int = CHECK_SAMPLES,
                    timeout_s: float = TIMEOUT_S) -> ConversionResult:
     """Convert, restore the ONNX I/O contract, and measure the conversion's SQNR per output."""
@@ -97,8 +98,10 @@ def onnx_to_tflite(onnx_bytes: bytes, calib_inputs: Dataset | Mapping[str, np.nd
                  + ", ".join(f"{k} {v:.1f} dB" for k, v in sqnr.items()))
     worst = min(sqnr, key=sqnr.get)
     if sqnr[worst] < min_sqnr_db:
-        raise ModelError(f"ONNX→TFLite conversion changed output {worst!r}: SQNR {sqnr[worst]:.1f} dB "
-                         f"against the ONNX model (< {min_sqnr_db:g} dB)")
+        raise ModelError(
+            f"ONNX→TFLite conversion changed output {worst!r}: SQNR {sqnr[worst]:.1f} dB "
+            f"against the ONNX model (< {min_sqnr_db:g} dB)"
+        )
     return ConversionResult(model, sqnr, tuple(steps))
 
 
@@ -119,7 +122,8 @@ def conversion_sqnr(onnx_bytes: bytes, tflite_bytes: bytes, data: Dataset,
             acc.append(np.asarray(out, np.float32))
         for acc, out in zip(got, lite.run(sample), strict=True):
             acc.append(np.asarray(out, np.float32))
-    return {spec.name: sqnr_db(np.concatenate(r), np.concatenate(g).reshape(np.concatenate(r).shape))
+    return {spec.name: sqnr_db(np.concatenate(r),
+                               np.concatenate(g).reshape(np.concatenate(r).shape))
             for spec, r, g in zip(ort.outputs, ref, got, strict=True)}
 
 
@@ -132,9 +136,11 @@ def _static_io(onnx_bytes: bytes) -> tuple[list[TensorSpec], list[TensorSpec]]:
     outputs = [onnx_value_spec(v) for v in graph.output]
     for spec in inputs:
         if not spec.shape or any(d <= 0 for d in spec.shape):
-            raise ModelError(f"input {spec.name!r} has a dynamic shape "
-                             f"{['?' if d <= 0 else d for d in spec.shape]}; ONNX→TFLite needs static "
-                             f"shapes (freeze it with --input-shape {spec.name}:...)")
+            raise ModelError(
+                f"input {spec.name!r} has a dynamic shape "
+                f"{['?' if d <= 0 else d for d in spec.shape]}; ONNX→TFLite needs static "
+                f"shapes (freeze it with --input-shape {spec.name}:...)"
+            )
     return inputs, outputs
 
 
@@ -151,7 +157,10 @@ def _calibration(calib: Dataset | Mapping[str, np.ndarray] | Sequence[np.ndarray
         arrays = [calib] if isinstance(calib, np.ndarray) else list(calib)
     if len(arrays) != len(inputs):
         raise CalibrationError(f"the model has {len(inputs)} input(s), got {len(arrays)} array(s)")
-    checked = tuple(check_array(np.asarray(a), spec, "calibration data") for a, spec in zip(arrays, inputs, strict=True))
+    checked = tuple(
+        check_array(np.asarray(a), spec, "calibration data")
+        for a, spec in zip(arrays, inputs, strict=True)
+    )
     return Dataset(tuple(inputs), checked)
 
 
@@ -199,8 +208,14 @@ def package_version(module: str) -> str:
 
 
 def _reject_flex_ops(model: bytes) -> None:
-    flex = sorted({op for i in range(len(tfl.load(model).subgraphs)) for op in tfl.op_names(model, i)
-                   if op.startswith("CUSTOM:Flex")})
+    flex = sorted(
+        {
+            op
+            for i in range(len(tfl.load(model).subgraphs))
+            for op in tfl.op_names(model, i)
+            if op.startswith("CUSTOM:Flex")
+        }
+    )
     if flex:
         raise UnsupportedOpError("ONNX→TFLite conversion needed TensorFlow (Flex) ops that TFLite "
                                  f"builtins lack: {', '.join(f[len('CUSTOM:'):] for f in flex)}")
@@ -209,15 +224,18 @@ def _reject_flex_ops(model: bytes) -> None:
 # --- restoring the ONNX I/O contract --------------------------------------------------------
 
 def _restore_io_contract(model: bytes, onnx_bytes: bytes, inputs: Sequence[TensorSpec],
-                         outputs: Sequence[TensorSpec], sample: list[np.ndarray]) -> tuple[bytes, list[str]]:
+                         outputs: Sequence[TensorSpec],
+                         sample: list[np.ndarray]) -> tuple[bytes, list[str]]:
     """ONNX names on the I/O tensors and in a SignatureDef; channel-last outputs transposed back."""
     m = tfl.load(model)
     if len(m.subgraphs) != 1:
         raise ModelError(f"onnx2tf produced {len(m.subgraphs)} subgraphs; expected 1")
     sg = m.subgraphs[0]
     if len(sg.inputs) != len(inputs) or len(sg.outputs) != len(outputs):
-        raise ModelError(f"onnx2tf produced {len(sg.inputs)} input(s) / {len(sg.outputs)} output(s) "
-                         f"for an ONNX model with {len(inputs)} / {len(outputs)}")
+        raise ModelError(
+            f"onnx2tf produced {len(sg.inputs)} input(s) / {len(sg.outputs)} output(s) "
+            f"for an ONNX model with {len(inputs)} / {len(outputs)}"
+        )
     order = _input_order(sg, inputs)
     sg.inputs = [sg.inputs[i] for i in order]
     for t, spec in zip(sg.inputs, inputs, strict=True):
@@ -230,8 +248,10 @@ def _restore_io_contract(model: bytes, onnx_bytes: bytes, inputs: Sequence[Tenso
     for pos, (spec, perm) in enumerate(zip(outputs, perms, strict=True)):
         if perm is not None:
             sg.outputs[pos] = _append_transpose(m, sg, sg.outputs[pos], perm, spec.shape)
-            steps.append(f"output {spec.name}: transposed back to the ONNX layout {list(spec.shape)} "
-                         f"(perm {list(perm)})")
+            steps.append(
+                f"output {spec.name}: transposed back to the ONNX layout {list(spec.shape)} "
+                f"(perm {list(perm)})"
+            )
     for t, spec in zip([*sg.inputs, *sg.outputs], [*inputs, *outputs], strict=True):
         sg.tensors[t].name = spec.name.encode()
     m.signatureDefs = [_signature(sg, inputs, outputs)]
@@ -272,7 +292,8 @@ def _output_permutations(model: bytes, tfl_sample: list[np.ndarray], onnx_bytes:
     return perms
 
 
-def _append_transpose(m: Any, sg: Any, src: int, perm: tuple[int, ...], shape: tuple[int, ...]) -> int:
+def _append_transpose(m: Any, sg: Any, src: int, perm: tuple[int, ...],
+                      shape: tuple[int, ...]) -> int:
     from ai_edge_litert import schema_py_generated as schema
 
     perm_tensor = schema.TensorT()

@@ -52,14 +52,17 @@ def freeze_input_shapes(data: bytes, shapes: dict[str, tuple[int, ...]], default
 def _frozen_shape(name: str, shape: tuple[int, ...], given: tuple[int, ...] | None,
                   default_batch: int) -> tuple[int, ...]:
     if given is not None:
-        if len(given) != len(shape) or any(s >= 0 and s != g for s, g in zip(shape, given, strict=True)):
+        if len(given) != len(shape) or any(s >= 0 and s != g for s, g in zip(shape,
+                                                                             given, strict=True)):
             raise ModelError(f"--input-shape {name}:{_fmt(given)} does not match the model's "
                              f"{_fmt(shape)}")
         return tuple(given)
     frozen = tuple(default_batch if (i == 0 and d < 0) else d for i, d in enumerate(shape))
     if any(d < 0 for d in frozen):
-        raise ModelError(f"input {name!r} has dynamic dims {_fmt(shape)}; give "
-                         f"--input-shape {name}:{','.join(str(max(d, 1)) for d in frozen)} (your sizes)")
+        raise ModelError(
+            f"input {name!r} has dynamic dims {_fmt(shape)}; give "
+            f"--input-shape {name}:{','.join(str(max(d, 1)) for d in frozen)} (your sizes)"
+        )
     return frozen
 
 

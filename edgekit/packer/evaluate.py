@@ -72,10 +72,17 @@ class Fidelity:
         return min(o["sqnr_db"] for o in self.outputs.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"outputs": {k: {m: _json_float(v) for m, v in d.items()} for k, d in self.outputs.items()},
-                "min_sqnr_db": _json_float(self.min_sqnr_db), "top1_agreement": self.top1_agreement,
-                "accuracy": self.accuracy, "accuracy_drop": self.accuracy_drop,
-                "samples": self.samples, "synthetic_data": self.synthetic}
+        return {
+            "outputs": {
+                k: {m: _json_float(v) for m, v in d.items()} for k, d in self.outputs.items()
+            },
+            "min_sqnr_db": _json_float(self.min_sqnr_db),
+            "top1_agreement": self.top1_agreement,
+            "accuracy": self.accuracy,
+            "accuracy_drop": self.accuracy_drop,
+            "samples": self.samples,
+            "synthetic_data": self.synthetic,
+        }
 
 
 def _json_float(x: float) -> float | str:
@@ -86,8 +93,16 @@ def compare(names: Sequence[str], ref: list[np.ndarray], test: list[np.ndarray],
             labels: np.ndarray | None, ref_accuracy: float | None) -> Fidelity:
     outputs = {n: {"sqnr_db": sqnr_db(r, t), "cosine": cosine(r, t)}
                for n, r, t in zip(names, ref, test, strict=True)}
-    top1 = float(np.mean(ref[0].reshape(len(ref[0]), -1).argmax(1) ==
-                         test[0].reshape(len(test[0]), -1).argmax(1))) if is_classifier(ref[0]) else None
+    top1 = (
+        float(
+            np.mean(
+                ref[0].reshape(len(ref[0]), -1).argmax(1)
+                == test[0].reshape(len(test[0]), -1).argmax(1)
+            )
+        )
+        if is_classifier(ref[0])
+        else None
+    )
     acc = accuracy(test[0], labels) if labels is not None and is_classifier(test[0]) else None
     drop = (ref_accuracy - acc) if acc is not None and ref_accuracy is not None else None
     return Fidelity(outputs, top1, acc, drop, len(data), data.synthetic)
@@ -102,7 +117,8 @@ class Latency:
 
 
 def interleaved_latency(candidate: Runner, reference: Runner, sample: list[np.ndarray],
-                        min_runs: int = 60, min_seconds: float = 0.3, max_runs: int = 3000) -> Latency:
+                        min_runs: int = 60, min_seconds: float = 0.3,
+                        max_runs: int = 3000) -> Latency:
     """Warm p50/p95 of candidate and reference, alternating calls in one loop.
 
     Fast models get more runs (until ``min_seconds`` have passed) so that the verdict
@@ -116,7 +132,8 @@ def interleaved_latency(candidate: Runner, reference: Runner, sample: list[np.nd
     start = time.perf_counter()
     i = 0
     while i < max_runs and (i < min_runs or time.perf_counter() - start < min_seconds):
-        pairs = ((candidate, cand), (reference, ref)) if i % 2 == 0 else ((reference, ref), (candidate, cand))
+        pairs = ((candidate, cand), (reference, ref)) if i % 2 == 0 else ((reference, ref),
+                                                                          (candidate, cand))
         for runner, acc in pairs:
             t0 = time.perf_counter()
             runner(sample)

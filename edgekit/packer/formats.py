@@ -39,7 +39,8 @@ class FormatChoice:
 def choose_format(model: bytes, fmt: str, family: Any, profile_family: str, runtime: str,
                   data: Dataset) -> FormatChoice:
     if runtime not in RUNTIME_CHOICES:
-        raise ConfigError("unknown runtime", key="--runtime", value=runtime, allowed=RUNTIME_CHOICES)
+        raise ConfigError("unknown runtime", key="--runtime", value=runtime,
+                          allowed=RUNTIME_CHOICES)
     if fmt not in family.MODEL_FORMATS:
         return _converted(model, data, "the target runs TFLite only")
     if profile_family != "cpu" or fmt != "onnx" or runtime == "onnxruntime":

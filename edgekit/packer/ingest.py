@@ -130,7 +130,8 @@ def _describe_tflite(data: bytes) -> ModelInfo:
         arr = tflite_model.tensor_array(model_t, sg.tensors.index(t)) if t.buffer else None
         if arr is not None and arr.dtype.kind in "fi" and arr.ndim >= 1 and arr.size > 1:
             params += arr.size
-    return ModelInfo("tflite", backend.inputs, backend.outputs, tuple(tflite_model.op_names(model_t)),
+    return ModelInfo("tflite", backend.inputs, backend.outputs,
+                     tuple(tflite_model.op_names(model_t)),
                      params, _tflite_macs(model_t), len(data))
 
 

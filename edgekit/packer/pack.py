@@ -70,9 +70,11 @@ class PackResult:
 
     def render(self) -> str:
         size = self.bundle.stat().st_size
-        head = (f"packed {self.bundle} ({ui.human_bytes(size)}, "
-                f"{size / self.source.size_bytes:.2f}x the float model) for {self.manifest.target}: "
-                f"{', '.join(c.recipe.name for c in self.chosen)}")
+        head = (
+            f"packed {self.bundle} ({ui.human_bytes(size)}, "
+            f"{size / self.source.size_bytes:.2f}x the float model) for {self.manifest.target}: "
+            f"{', '.join(c.recipe.name for c in self.chosen)}"
+        )
         return "\n".join([render_candidates(self.candidates, self.source.size_bytes), "", head,
                           *(f"note: {n}" for n in self.notes)])
 
@@ -168,7 +170,8 @@ def _inapplicable(recipe: Recipe, family: Any, profile: Profile) -> str:
         return f"the {profile.family} runtime cannot execute {recipe.quantization}"
     if recipe.mixed_precision and family.FULL_INT8:
         return f"{profile.family} needs every op in int8"
-    dtype = {"none": "float32", "fp16": "float16", "weight_int4": "int4"}.get(recipe.quantization, "int8")
+    dtype = {"none": "float32", "fp16": "float16",
+             "weight_int4": "int4"}.get(recipe.quantization, "int8")
     if dtype not in profile.dtypes:
         return f"{profile.name} does not support {dtype} (supports {', '.join(profile.dtypes)})"
     return ""
@@ -179,9 +182,11 @@ def _doctor(model: bytes, fmt: str, opts: PackOptions, profile: Profile) -> tupl
     steps: list[str] = []
     if fmt == "onnx":
         chain = [lambda m: doctor_onnx.freeze_input_shapes(m, shapes, profile.default_input_batch),
-                 doctor_onnx.decompose_fp16_weights, doctor_onnx.simplify, doctor_onnx.sanitize_names]
+                 doctor_onnx.decompose_fp16_weights, doctor_onnx.simplify,
+                 doctor_onnx.sanitize_names]
     else:
-        chain = [lambda m: doctor_tflite.freeze_input_shapes(m, shapes, profile.default_input_batch),
+        chain = [lambda m: doctor_tflite.freeze_input_shapes(m, shapes,
+                                                             profile.default_input_batch),
                  doctor_tflite.decompose_fp16_weights, doctor_tflite.ensure_signature]
     for step in chain:
         model, done = step(model)
@@ -251,9 +256,11 @@ def _bundle_contents(opts: PackOptions, model_path: Path, original: bytes, sourc
                    "size_bytes": len(original), "params": source.params, "macs": source.macs,
                    "op_count": len(source.ops), "latency_ms": chosen[0].latency.ref_p50_ms
                    if chosen[0].latency else None, "accuracy": ctx.reference_accuracy,
-                   "eval_samples": len(ctx.eval), "calib_samples": len(ctx.calib) if ctx.calib else 0,
+                   "eval_samples": len(ctx.eval),
+                   "calib_samples": len(ctx.calib) if ctx.calib else 0,
                    "synthetic_data": bool(ctx.calib and ctx.calib.synthetic) or ctx.eval.synthetic}
-    manifest = Manifest(name=opts.name or model_path.stem, version=opts.version, target=profile.name,
+    manifest = Manifest(name=opts.name or model_path.stem, version=opts.version,
+                        target=profile.name,
                         family=profile.family, primary=variants[0], members=(),
                         source=source_dict, variants=tuple(variants[1:]),
                         target_profile=profile.to_dict() | {"source": Path(profile.source).name},
@@ -268,13 +275,22 @@ def _variant(cand: Candidate, path: str, doctor_steps: list[str]) -> Variant:
     if cand.compiled and cand.compiled.report.details.get("compile_steps"):
         recipe += [{"step": "target", "detail": s} for s in cand.compiled.report.details["compile_steps"]]
     shipped = cand.shipped
-    return Variant(name=cand.recipe.name,
-                   model=ModelRef(path=path, format=cand.format, sha256=sha256_hex(shipped),
-                                  size_bytes=len(shipped), compressed_bytes=cand.compressed_bytes),
-                   inputs=runner.inputs, outputs=runner.outputs, recipe=tuple(recipe),
-                   fidelity=cand.fidelity.to_dict() | {"latency_ratio": round(cand.latency.ratio, 3)},
-                   latency_ms=round(cand.latency.p50_ms, 4),
-                   target_report=cand.compiled.report.to_dict())
+    return Variant(
+        name=cand.recipe.name,
+        model=ModelRef(
+            path=path,
+            format=cand.format,
+            sha256=sha256_hex(shipped),
+            size_bytes=len(shipped),
+            compressed_bytes=cand.compressed_bytes,
+        ),
+        inputs=runner.inputs,
+        outputs=runner.outputs,
+        recipe=tuple(recipe),
+        fidelity=cand.fidelity.to_dict() | {"latency_ratio": round(cand.latency.ratio, 3)},
+        latency_ms=round(cand.latency.p50_ms, 4),
+        target_report=cand.compiled.report.to_dict(),
+    )
 
 
 def _selftest(cand: Candidate, data: Dataset) -> bytes:

@@ -72,7 +72,8 @@ def compress_weights(data: bytes, sparsity: float, clusters: int) -> tuple[bytes
         tensor.CopyFrom(numpy_helper.from_array(weights[name], name))
     total = sum(w.size for w in weights.values())
     zeros = sum(int(np.sum(w == 0)) for w in weights.values())
-    return model.SerializeToString(), {"weights": total, "weight_sparsity": round(zeros / max(total, 1), 4),
+    return model.SerializeToString(), {"weights": total,
+                                       "weight_sparsity": round(zeros / max(total, 1), 4),
                                        "clusters": clusters}
 
 
@@ -198,7 +199,8 @@ def _gemm_to_matmul(data: bytes) -> bytes:
         w_name = f"{node.input[1]}__kn"
         model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), w_name))
         mm_out = node.output[0] if len(node.input) < 3 else f"{node.output[0]}__mm"
-        nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [mm_out], name=f"{node.name}_matmul"))
+        nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [mm_out],
+                                      name=f"{node.name}_matmul"))
         if len(node.input) > 2:
             nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]],
                                           name=f"{node.name}_bias"))
@@ -211,7 +213,8 @@ def _gemm_to_matmul(data: bytes) -> bytes:
     return model.SerializeToString()
 
 
-def sensitive_nodes(float_model: bytes, qdq_model: bytes, calib: Dataset, limit: int = 16) -> list[str]:
+def sensitive_nodes(float_model: bytes, qdq_model: bytes, calib: Dataset,
+                    limit: int = 16) -> list[str]:
     """Float-model node names ordered by how much int8 hurts their output (worst first).
 
     Uses onnxruntime's own QDQ debugging tools: run both models with intermediate outputs

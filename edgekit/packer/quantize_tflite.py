@@ -186,13 +186,15 @@ def int8_interface(model: bytes, ranges: Mapping[str, tuple[float, float]]) -> b
     return tm.save(model_t)
 
 
-def io_ranges(float_model: bytes, samples: list[dict[str, np.ndarray]]) -> dict[str, tuple[float, float]]:
+def io_ranges(float_model: bytes,
+              samples: list[dict[str, np.ndarray]]) -> dict[str, tuple[float, float]]:
     """{signature input/output name: (min, max)} of the float model over the samples."""
     runner = Runner(load_backend(float_model, "tflite"))
     ranges: dict[str, tuple[float, float]] = {}
     for sample in samples:
         outs = runner([sample[s.name] for s in runner.inputs])
-        for name, arr in [*sample.items(), *zip((s.name for s in runner.outputs), outs, strict=True)]:
+        for name, arr in [*sample.items(),
+                          *zip((s.name for s in runner.outputs), outs, strict=True)]:
             lo, hi = ranges.get(name, (np.inf, -np.inf))
             ranges[name] = (min(lo, float(np.min(arr))), max(hi, float(np.max(arr))))
     return ranges
@@ -355,7 +357,8 @@ class _TensorTap:
 
         try:
             with _quiet():
-                self.it = Interpreter(model_content=bytes(model), experimental_preserve_all_tensors=True,
+                self.it = Interpreter(model_content=bytes(model),
+                                      experimental_preserve_all_tensors=True,
                                       experimental_op_resolver_type=(
                                           OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
             self.it.allocate_tensors()

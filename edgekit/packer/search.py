@@ -103,7 +103,8 @@ class Candidate:
                 "stats": self.stats, "fits": self.fits, "rejected": self.rejected}
 
 
-def produce(ctx: Context, recipe: Recipe, exclude: Sequence[Any] = ()) -> tuple[bytes, dict[str, Any]]:
+def produce(ctx: Context, recipe: Recipe,
+            exclude: Sequence[Any] = ()) -> tuple[bytes, dict[str, Any]]:
     calib = ctx.calib if recipe.needs_calibration else None
     if ctx.format == "onnx":
         return apply_recipe(ctx.model, recipe, calib, exclude_nodes=exclude)
@@ -159,7 +160,8 @@ def evaluate_mixed(ctx: Context, recipe: Recipe, int8: Candidate | None) -> Cand
     if int8 is None or not int8.model:
         int8 = evaluate(ctx, Recipe("static_int8"))
         if not int8.model:
-            return Candidate(recipe, ctx.format, rejected="failed: the int8 model it starts from did not build")
+            return Candidate(recipe, ctx.format,
+                             rejected="failed: the int8 model it starts from did not build")
     try:
         order = sensitivity_order(ctx, int8.model)
     except EdgekitError as exc:

@@ -96,7 +96,8 @@ class TargetFamily:
         raise NotImplementedError
 
 
-def size_violations(profile: Profile, flash_bytes: int | None, ram_bytes: int | None) -> tuple[str, ...]:
+def size_violations(profile: Profile, flash_bytes: int | None,
+                    ram_bytes: int | None) -> tuple[str, ...]:
     """Budget misses, each saying by how many bytes."""
     out = []
     if flash_bytes is not None and flash_bytes > profile.flash_bytes:

@@ -42,7 +42,8 @@ _KIB_FIELDS = {"sram_bytes": "sram_memory_used", "dram_bytes": "dram_memory_used
                "offchip_flash_bytes": "off_chip_flash_memory_used"}
 _NUMBER_FIELDS = {"cycles_npu": "cycles_npu", "cycles_total": "cycles_total", "macs": "nn_macs",
                   "weights_original_bytes": "total_original_weights",
-                  "weights_encoded_bytes": "total_npu_encoded_weights", "core_clock_hz": "core_clock"}
+                  "weights_encoded_bytes": "total_npu_encoded_weights",
+                  "core_clock_hz": "core_clock"}
 
 
 def vela_config_file() -> Path:
@@ -128,7 +129,8 @@ def split_ops(original: bytes, optimised: bytes) -> tuple[list[str], list[str]]:
     return npu, cpu
 
 
-def integer_model(model: bytes, probes: list[list[Any]] | None = None) -> tuple[bytes, list[dict[str, Any]]]:
+def integer_model(model: bytes,
+                  probes: list[list[Any]] | None = None) -> tuple[bytes, list[dict[str, Any]]]:
     """The model with float I/O wrappers and float islands turned integer (each change checked
     against the model before it on ``probes``, float input samples; seeded random inputs when
     None), or ModelError if float activations remain."""
@@ -146,8 +148,10 @@ def integer_model(model: bytes, probes: list[list[Any]] | None = None) -> tuple[
     float_ops = _float_ops(model)
     if float_ops:
         listed = ", ".join(float_ops[:6]) + (f", … ({len(float_ops)} ops)" if len(float_ops) > 6 else "")
-        raise ModelError("Vela needs an int8/int16-quantized TFLite model; got float32 tensors in ops "
-                         f"{listed} (use an int8 recipe)")
+        raise ModelError(
+            "Vela needs an int8/int16-quantized TFLite model; got float32 tensors in ops "
+            f"{listed} (use an int8 recipe)"
+        )
     return model, applied
 
 
@@ -182,12 +186,19 @@ class EthosUFamily(TargetFamily):
         runtime_code = int(profile.options.get("runtime_code_bytes", 0))
         flash = len(optimised) + runtime_code
         vela["version"] = metadata.version("ethos-u-vela")
-        step = (f"vela {vela['version']} for {accelerator} ({vela['system_config']}, "
-                f"{vela['memory_mode']}): {vela.get('npu_ops')} NPU ops, {vela.get('cpu_ops')} CPU ops")
-        details = {"vela": vela, "model_bytes": len(optimised), "runtime_code_bytes": runtime_code,
-                   "rewrites": rewrites,
-                   "compile_steps": [c for r in rewrites if r["kept"] for c in r["changes"]] + [step]}
-        report = TargetReport(family=self.NAME, ops_on_accelerator=tuple(npu), ops_on_cpu=tuple(cpu),
+        step = (
+            f"vela {vela['version']} for {accelerator} ({vela['system_config']}, "
+            f"{vela['memory_mode']}): {vela.get('npu_ops')} NPU ops, {vela.get('cpu_ops')} CPU ops"
+        )
+        details = {
+            "vela": vela,
+            "model_bytes": len(optimised),
+            "runtime_code_bytes": runtime_code,
+            "rewrites": rewrites,
+            "compile_steps": [c for r in rewrites if r["kept"] for c in r["changes"]] + [step],
+        }
+        report = TargetReport(family=self.NAME, ops_on_accelerator=tuple(npu),
+                              ops_on_cpu=tuple(cpu),
                               sram_bytes=vela["sram_bytes"], flash_bytes=flash,
                               violations=size_violations(profile, flash, vela["sram_bytes"]),
                               details=details)
@@ -197,6 +208,7 @@ class EthosUFamily(TargetFamily):
 
 def _accelerator(profile: Profile) -> str:
     if profile.accelerator not in ACCELERATOR_CONFIGS:
-        raise ConfigError("not an Ethos-U accelerator config", source=profile.source, key="accelerator",
+        raise ConfigError("not an Ethos-U accelerator config", source=profile.source,
+                          key="accelerator",
                           value=profile.accelerator, allowed=list(ACCELERATOR_CONFIGS))
     return profile.accelerator

@@ -64,7 +64,8 @@ def get_profile(name: str, extra_dirs: list[str | Path] | None = None) -> Profil
     return profiles[name]
 
 
-def _resolve(name: str, raw: dict[str, tuple[Path, dict[str, Any]]], chain: tuple[str, ...]) -> Profile:
+def _resolve(name: str, raw: dict[str, tuple[Path, dict[str, Any]]],
+             chain: tuple[str, ...]) -> Profile:
     merged, path = _merged(name, raw, chain)
     return _validate(name, merged, path)
 
@@ -149,7 +150,8 @@ def _family_options(src: str, family: str, d: dict[str, Any]) -> dict[str, Any]:
                               key=f"options.{key}", value=value, allowed=list(spec))
         typ, allowed = spec[key]
         if not isinstance(value, typ) or isinstance(value, bool):
-            raise ConfigError(f"must be a {typ.__name__}", source=src, key=f"options.{key}", value=value)
+            raise ConfigError(f"must be a {typ.__name__}", source=src,
+                              key=f"options.{key}", value=value)
         if allowed and value not in allowed:
             raise ConfigError("invalid value", source=src, key=f"options.{key}", value=value,
                               allowed=list(allowed))

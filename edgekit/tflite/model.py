@@ -46,7 +46,8 @@ def _inline_external_buffers(model_t: Any, model: bytes) -> None:
         if buf.offset > 1 and (buf.data is None or len(buf.data) == 0):
             if buf.offset + buf.size > len(model):
                 raise ModelError("corrupt TFLite flatbuffer: buffer data beyond end of file")
-            buf.data = np.frombuffer(model, dtype=np.uint8, count=buf.size, offset=buf.offset).copy()
+            buf.data = np.frombuffer(model, dtype=np.uint8, count=buf.size,
+                                     offset=buf.offset).copy()
             buf.offset = buf.size = 0
 
 
@@ -203,7 +204,8 @@ def replace_input(model_t: Any, old: int, new: int, subgraph: int = 0) -> None:
     """Every op that read tensor ``old`` reads ``new`` instead."""
     for op in model_t.subgraphs[subgraph].operators or []:
         if op.inputs is not None:
-            op.inputs = np.asarray([new if t == old else t for t in ints(op.inputs)], dtype=np.int32)
+            op.inputs = np.asarray([new if t == old else t for t in ints(op.inputs)],
+                                   dtype=np.int32)
 
 
 def signature_io(model_t: Any, subgraph: int = 0) -> tuple[str, dict[str, int], dict[str, int]]:
@@ -253,7 +255,8 @@ def _remap_tensor_refs(model_t: Any, sg_index: int, remap: dict[int, int]) -> No
     def conv(values: Any) -> Any:
         if values is None:
             return None
-        return np.asarray([remap.get(v, -1) if v != -1 else -1 for v in ints(values)], dtype=np.int32)
+        return np.asarray([remap.get(v, -1) if v != -1 else -1 for v in ints(values)],
+                          dtype=np.int32)
 
     sg = model_t.subgraphs[sg_index]
     sg.inputs, sg.outputs = conv(sg.inputs), conv(sg.outputs)
@@ -271,7 +274,8 @@ def ints(values: Any) -> list[int]:
 
 
 def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, (bytes, bytearray)) else str(value or "")
+    return value.decode(errors="replace") if isinstance(value,
+                                                        (bytes, bytearray)) else str(value or "")
 
 
 def verify_runs(model: bytes, what: str = "model") -> list[np.ndarray]:

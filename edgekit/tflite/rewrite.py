@@ -62,7 +62,8 @@ def strip_float_io(model: bytes) -> tuple[bytes, list[str]]:
     return tfl.save(m), notes
 
 
-def split_fused_activation(model: bytes, ops: Iterable[str] = POOLING_AND_CONCAT) -> tuple[bytes, list[str]]:
+def split_fused_activation(model: bytes,
+                           ops: Iterable[str] = POOLING_AND_CONCAT) -> tuple[bytes, list[str]]:
     """Move a fused activation out of the named ops into its own RELU/RELU6/… op after them."""
     wanted = set(ops)
     m = tfl.load(model)
@@ -172,7 +173,11 @@ def _one_like(m: Any, sg: Any, like: int) -> int:
     """A constant 1 of shape [1] in the type (and quantization) of tensor ``like``."""
     src = sg.tensors[like]
     t = schema.TensorT()
-    t.shape, t.type, t.name = np.array([1], dtype=np.int32), src.type, (_name(sg, like) + "/one").encode()
+    t.shape, t.type, t.name = (
+        np.array([1], dtype=np.int32),
+        src.type,
+        (_name(sg, like) + "/one").encode(),
+    )
     if src.type in _INT_TYPES:
         dtype = _INT_TYPES[src.type]
         scale, zero = float(src.quantization.scale[0]), int(src.quantization.zeroPoint[0])
@@ -219,7 +224,8 @@ def _is_int_to_float(m: Any, sg: Any, index: int) -> bool:
             and sg.tensors[op.outputs[0]].type in _FLOAT_TYPES)
 
 
-def _rename_graph_tensor(m: Any, sg: Any, old: int, new: int, *, inputs: bool, position: int) -> None:
+def _rename_graph_tensor(m: Any, sg: Any, old: int, new: int, *, inputs: bool,
+                         position: int) -> None:
     """Make ``new`` the graph input/output at ``position`` in place of ``old``, signatures too."""
     io = sg.inputs if inputs else sg.outputs
     io[position] = new
@@ -235,7 +241,8 @@ def _clone_tensor(sg: Any, index: int, suffix: str) -> int:
     src = sg.tensors[index]
     t = schema.TensorT()
     t.shape = None if src.shape is None else np.array(src.shape, dtype=np.int32)
-    t.shapeSignature = None if src.shapeSignature is None else np.array(src.shapeSignature, dtype=np.int32)
+    t.shapeSignature = None if src.shapeSignature is None else np.array(src.shapeSignature,
+                                                                        dtype=np.int32)
     t.type, t.buffer, t.name = src.type, 0, (_name(sg, index) + suffix).encode()
     if src.quantization is not None:
         q = schema.QuantizationParametersT()
@@ -310,7 +317,8 @@ def _float_island(m: Any, sg: Any, index: int, graph_io: set[int]) -> tuple[int,
     return dq, users[0]
 
 
-def compare_outputs(before: bytes, after: bytes, inputs: Iterable[Sequence[np.ndarray]] | None = None,
+def compare_outputs(before: bytes, after: bytes,
+                    inputs: Iterable[Sequence[np.ndarray]] | None = None,
                     samples: int = 8, seed: int = 0) -> dict[str, Any]:
     """Run both models (LiteRT) on the same inputs and return the worst output difference:
     ``max_diff_lsb`` (in the output's quantization step) and ``sqnr_db`` (of ``after`` against
@@ -321,11 +329,19 @@ def compare_outputs(before: bytes, after: bytes, inputs: Iterable[Sequence[np.nd
     a, b = Runner(load_backend(before, "tflite")), Runner(load_backend(after, "tflite"))
     if inputs is None:
         rng = np.random.default_rng(seed)
-        feeds = [[_probe_input(sa, sb, rng) for sa, sb in zip(a.inputs, b.inputs, strict=True)] for _ in range(samples)]
+        feeds = [
+            [_probe_input(sa, sb, rng) for sa, sb in zip(a.inputs, b.inputs, strict=True)]
+            for _ in range(samples)
+        ]
         checked_on = f"{samples} seeded random inputs"
     else:
-        feeds = [[np.asarray(x, np.float32).reshape(spec.shape) for x, spec in zip(sample, a.inputs, strict=True)]
-                 for sample in inputs]
+        feeds = [
+            [
+                np.asarray(x, np.float32).reshape(spec.shape)
+                for x, spec in zip(sample, a.inputs, strict=True)
+            ]
+            for sample in inputs
+        ]
         checked_on = f"{len(feeds)} calibration samples"
     worst_lsb, signal, noise = 0.0, 0.0, 0.0
     for xs in feeds:

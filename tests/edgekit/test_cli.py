@@ -76,7 +76,8 @@ def test_keygen_writes_a_usable_pair_and_refuses_to_overwrite(tmp_path, edgekit_
     signing.verify(signing.load_public_key(pub), message, sig)  # the two halves belong together
 
     before = key.read_bytes(), pub.read_bytes()
-    cli_error(edgekit_cli("keygen", "--out", prefix), f"{key} already exists", "refusing to overwrite")
+    cli_error(edgekit_cli("keygen", "--out", prefix), f"{key} already exists",
+              "refusing to overwrite")
     assert (key.read_bytes(), pub.read_bytes()) == before
 
 

@@ -120,18 +120,29 @@ def mobile_cnn_onnx(path: Path) -> None:
     rng = np.random.default_rng(0)
     nodes, inits, prev, ch = [], [], "x", 3
     for i, (out_ch, stride) in enumerate([(16, 2), (32, 1), (64, 2), (64, 1), (128, 2), (128, 1)]):
-        inits += [numpy_helper.from_array(rng.normal(0, (2 / (9 * ch)) ** 0.5, (ch, 1, 3, 3)).astype(np.float32), f"dw{i}"),
-                  numpy_helper.from_array(rng.normal(0, (2 / ch) ** 0.5, (out_ch, ch, 1, 1)).astype(np.float32), f"pw{i}")]
-        nodes += [helper.make_node("Conv", [prev, f"dw{i}"], [f"d{i}"], group=ch, pads=[1, 1, 1, 1], strides=[stride, stride]),
+        inits += [
+            numpy_helper.from_array(
+                rng.normal(0, (2 / (9 * ch)) ** 0.5, (ch, 1, 3, 3)).astype(np.float32), f"dw{i}"
+            ),
+            numpy_helper.from_array(
+                rng.normal(0, (2 / ch) ** 0.5, (out_ch, ch, 1, 1)).astype(np.float32), f"pw{i}"
+            ),
+        ]
+        nodes += [helper.make_node("Conv", [prev, f"dw{i}"], [f"d{i}"], group=ch, pads=[1, 1, 1, 1],
+                                   strides=[stride, stride]),
                   helper.make_node("Relu", [f"d{i}"], [f"dr{i}"]),
                   helper.make_node("Conv", [f"dr{i}", f"pw{i}"], [f"p{i}"]),
                   helper.make_node("Relu", [f"p{i}"], [f"pr{i}"])]
         prev, ch = f"pr{i}", out_ch
     inits.append(numpy_helper.from_array(rng.normal(0, 0.1, (10, ch)).astype(np.float32), "fc"))
-    nodes += [helper.make_node("GlobalAveragePool", [prev], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+    nodes += [helper.make_node("GlobalAveragePool", [prev], ["g"]),
+              helper.make_node("Flatten", ["g"], ["f"]),
               helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
-    graph = helper.make_graph(nodes, "mobile", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 96, 96])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    graph = helper.make_graph(nodes, "mobile",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                             [1, 3, 96, 96])],
+                              [helper.make_tensor_value_info("y",
+                                                             TensorProto.FLOAT, [1, 10])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, path)
@@ -139,7 +150,8 @@ def mobile_cnn_onnx(path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=REPO / "tools" / "bench" / "results" / "pack_vs_raw.json")
+    ap.add_argument("--out", type=Path,
+                    default=REPO / "tools" / "bench" / "results" / "pack_vs_raw.json")
     args = ap.parse_args()
     ex = get_example("digits")
     rows = []

@@ -29,5 +29,6 @@ from .table import (
 
 __all__ = ["CHECKS", "COMPILER", "COMPILE_PENDING", "DEFAULT_RUNTIME", "OPS_TABLE_PATH",
            "RUNTIME_VERSIONS", "TAIL_REASON", "EdgeTpuFamily", "OpContext", "OpRule", "OpVerdict",
-           "OpsTable", "Partition", "analyze", "fix_fallbacks", "load_ops_table", "parse_compiler_log",
+           "OpsTable", "Partition", "analyze", "fix_fallbacks", "load_ops_table",
+           "parse_compiler_log",
            "partition", "require_int8", "run_compiler"]

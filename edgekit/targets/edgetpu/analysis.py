@@ -28,7 +28,8 @@ class OpVerdict:
         return {"index": self.index, "op": self.op, "reason": self.reason}
 
 
-def analyze(model: bytes, runtime: int = DEFAULT_RUNTIME, table: OpsTable | None = None) -> list[OpVerdict]:
+def analyze(model: bytes, runtime: int = DEFAULT_RUNTIME,
+            table: OpsTable | None = None) -> list[OpVerdict]:
     """Whether each op of the main graph could map on its own (before the one-cut partition)."""
     table = table or load_ops_table()
     m = tfl.load(model)
@@ -45,7 +46,8 @@ def _verdict(ctx: OpContext, table: OpsTable, runtime: int, many_subgraphs: bool
         return OpVerdict(ctx.index, name, False, reason, rule)
 
     if name in _CONTROL_FLOW and many_subgraphs:
-        return fail("subgraphs", f"{name} runs another subgraph; the Edge TPU supports one subgraph only")
+        return fail("subgraphs",
+                    f"{name} runs another subgraph; the Edge TPU supports one subgraph only")
     rule = table.rule_for(name, runtime)
     if rule is None:
         first = table.first_runtime(name)
@@ -53,7 +55,8 @@ def _verdict(ctx: OpContext, table: OpsTable, runtime: int, many_subgraphs: bool
             return fail("unsupported", f"{name} is not in the Edge TPU supported-operations table")
         return fail("runtime", f"{name} needs Edge TPU runtime >= {first} (compiler "
                                f"{table.min_compiler(first)}); target runtime is {runtime}")
-    for check, reason in ((_dtype_problem, "dtype"), (_dynamic_problem, "dynamic"), (_rank_problem, "rank")):
+    for check, reason in ((_dtype_problem, "dtype"), (_dynamic_problem, "dynamic"),
+                          (_rank_problem, "rank")):
         problem = check(ctx)
         if problem:
             return fail(reason, problem)

@@ -146,7 +146,11 @@ def _check_split_axis_not_batch(ctx: OpContext) -> str | None:
     values = ctx.const(axis_t)
     if values is None:
         return "split axis is not constant"
-    return "splits along the batch dimension" if "batch" in _axes_labels(values, len(ctx.shape(x))) else None
+    return (
+        "splits along the batch dimension"
+        if "batch" in _axes_labels(values, len(ctx.shape(x)))
+        else None
+    )
 
 
 def _check_alpha_innermost_only(ctx: OpContext) -> str | None:

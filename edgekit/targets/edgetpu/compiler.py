@@ -59,15 +59,18 @@ def parse_compiler_log(text: str) -> dict[str, Any]:
     return out
 
 
-def run_compiler(model: bytes, runtime: int, compiler: str = COMPILER) -> tuple[bytes, dict[str, Any]]:
+def run_compiler(model: bytes, runtime: int,
+                 compiler: str = COMPILER) -> tuple[bytes, dict[str, Any]]:
     """Compile with ``edgetpu_compiler``; returns the compiled model and the parsed log."""
     with tempfile.TemporaryDirectory(prefix="edgekit-edgetpu-") as tmp:
         src = Path(tmp) / "model.tflite"
         src.write_bytes(model)
-        cmd = [compiler, "--show_operations", "--out_dir", tmp, "--min_runtime_version", str(runtime),
+        cmd = [compiler, "--show_operations", "--out_dir", tmp, "--min_runtime_version",
+               str(runtime),
                "--timeout_sec", str(COMPILER_TIMEOUT_S), str(src)]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILER_TIMEOUT_S + 30)
+            proc = subprocess.run(cmd, capture_output=True, text=True,
+                                  timeout=COMPILER_TIMEOUT_S + 30)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ModelError(f"{compiler} did not run: {exc}") from None
         text = proc.stdout + "\n" + proc.stderr

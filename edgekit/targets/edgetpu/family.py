@@ -43,13 +43,15 @@ class EdgeTpuFamily(TargetFamily):
         report = self._report(model, compiled, part, compiler, rewrites, runtime, table, profile)
         return Compiled(model=compiled, format="tflite", report=report)
 
-    def _report(self, model: bytes, compiled: bytes, part: Partition, compiler: dict[str, Any] | None,
+    def _report(self, model: bytes, compiled: bytes, part: Partition,
+                compiler: dict[str, Any] | None,
                 rewrites: list[dict[str, Any]], runtime: int, table: OpsTable,
                 profile: Profile) -> TargetReport:
         first = part.first_fallback
         param_bytes = _param_bytes(model, {v.index for v in part.on_tpu})
         ops = ([{"index": v.index, "op": v.op, "on": "edgetpu"} for v in part.on_tpu]
-               + [{"index": v.index, "op": v.op, "on": "cpu", "reason": v.reason} for v in part.on_cpu])
+               + [{"index": v.index, "op": v.op, "on": "cpu",
+                   "reason": v.reason} for v in part.on_cpu])
         done = f"done: {COMPILER} {compiler.get('version', '')}".strip() if compiler is not None else None
         details: dict[str, Any] = {
             "first_fallback": first.to_dict() if first else None,
@@ -59,20 +61,23 @@ class EdgeTpuFamily(TargetFamily):
                              + [done or COMPILE_PENDING],
             "runtime_version": runtime,
             "min_compiler_version": table.min_compiler(runtime),
-            "ops_table": {"url": table.source["url"], "table_runtime": table.source["table_runtime"],
+            "ops_table": {"url": table.source["url"],
+                          "table_runtime": table.source["table_runtime"],
                           "retrieved": table.source["retrieved"]},
             "param_bytes": param_bytes,
             "compiler": compiler if compiler is not None else "pending",
             "compile_step": done or COMPILE_PENDING,
             "notes": _notes(model, part, compiler, param_bytes, profile),
         }
-        return TargetReport(family=self.NAME,
-                            ops_on_accelerator=tuple(v.op for v in part.on_tpu),
-                            ops_on_cpu=tuple(v.op for v in part.on_cpu),
-                            sram_bytes=compiler.get("onchip_param_bytes_used") if compiler else None,
-                            flash_bytes=len(compiled),
-                            violations=size_violations(profile, len(compiled), None),
-                            details=details)
+        return TargetReport(
+            family=self.NAME,
+            ops_on_accelerator=tuple(v.op for v in part.on_tpu),
+            ops_on_cpu=tuple(v.op for v in part.on_cpu),
+            sram_bytes=compiler.get("onchip_param_bytes_used") if compiler else None,
+            flash_bytes=len(compiled),
+            violations=size_violations(profile, len(compiled), None),
+            details=details,
+        )
 
 
 def _param_bytes(model: bytes, op_indices: set[int]) -> int:
@@ -95,8 +100,10 @@ def _notes(model: bytes, part: Partition, compiler: dict[str, Any] | None, param
     streamed = compiler.get("offchip_param_bytes") if compiler else max(param_bytes - cache, 0)
     if streamed:
         source = "compiler" if compiler else "predicted"
-        notes.append(f"parameters exceed the {cache} B on-chip cache: {streamed} B stream from host "
-                     f"memory every inference ({source}); slower, not a failure")
+        notes.append(
+            f"parameters exceed the {cache} B on-chip cache: {streamed} B stream from host "
+            f"memory every inference ({source}); slower, not a failure"
+        )
     if len(tfl.load(model).subgraphs) > 1:
         notes.append("model has more than one subgraph; only the main graph can map")
     if part.first_fallback and part.first_fallback.index == 0:

@@ -57,8 +57,10 @@ def _next_fix(model: bytes, runtime: int, table: OpsTable,
         return None
     for name, rewrite in _rewrites_for(before.first_fallback, runtime, table):
         candidate, changes = rewrite(model)
-        if changes and len(partition(analyze(candidate, runtime, table)).on_tpu) > len(before.on_tpu):
-            return candidate, {"rewrite": name, "changes": changes, **_checked(model, candidate, probes)}
+        if changes and len(partition(analyze(candidate,
+                                             runtime, table)).on_tpu) > len(before.on_tpu):
+            return candidate, {"rewrite": name, "changes": changes,
+                               **_checked(model, candidate, probes)}
     return None
 
 
@@ -66,6 +68,7 @@ def _checked(before: bytes, after: bytes, probes: list[list[np.ndarray]] | None)
     try:
         diff = rw.compare_outputs(before, after, probes)
     except Exception as exc:  # a model LiteRT cannot run cannot be verified: keep the original
-        return {"kept": False, "why": f"could not run the rewritten model: {str(exc).splitlines()[0]}"}
+        return {"kept": False,
+                "why": f"could not run the rewritten model: {str(exc).splitlines()[0]}"}
     kept = diff["max_diff_lsb"] <= 1 or (diff["sqnr_db"] or 0.0) >= MIN_REWRITE_SQNR_DB
     return {"kept": kept, **diff}

@@ -98,7 +98,9 @@ class _ArenaProbe:
 
     def run(self, size: int) -> tuple[bool, str]:
         answer = self._ask("run", size)
-        return (False, "TFLM crashed while allocating the arena") if answer is None else (answer["ok"], answer["log"])
+        return (False,
+                "TFLM crashed while allocating the arena") if answer is None else (answer["ok"],
+                                                                                   answer["log"])
 
     def record(self, size: int) -> dict[str, int]:
         answer = self._ask("record", size)

@@ -34,7 +34,8 @@ def compare_tflm_litert(model: bytes, inputs: Dataset | Sequence[np.ndarray] | n
     return worst
 
 
-def _input_arrays(inputs: Dataset | Sequence[np.ndarray] | np.ndarray, n_inputs: int) -> list[np.ndarray]:
+def _input_arrays(inputs: Dataset | Sequence[np.ndarray] | np.ndarray,
+                  n_inputs: int) -> list[np.ndarray]:
     # A Dataset's own sample() casts to its specs' dtypes; read its arrays as given instead.
     arrays = list(inputs.arrays) if isinstance(inputs, Dataset) else (
         [inputs] if isinstance(inputs, np.ndarray) else list(inputs))

@@ -29,7 +29,8 @@ class McuFamily(TargetFamily):
     REQUIRED_OPTIONS = ("runtime_code_bytes",)
     QUANTIZATIONS = ("static_int8", "none")  # int8 first; float32 where the profile lists it
 
-    def compile(self, model: bytes, fmt: str, profile: Profile, calib: Dataset | None = None) -> Compiled:
+    def compile(self, model: bytes, fmt: str, profile: Profile,
+                calib: Dataset | None = None) -> Compiled:
         if fmt != "tflite":
             raise ModelError(f"the {self.NAME} family runs TFLite models (TFLM), not {fmt}")
         model, rewrites = rewrite_for_tflm(model)
@@ -48,7 +49,8 @@ class McuFamily(TargetFamily):
         max_diff = compare_tflm_litert(model, data, arena_size=arena.measured_bytes)
         flash = len(model) + int(profile.options["runtime_code_bytes"])
         ram = arena_bytes + io_bytes
-        violations = size_violations(profile, flash, ram) + _fidelity_violation(max_diff, litert.outputs)
+        violations = size_violations(profile, flash, ram) + _fidelity_violation(max_diff,
+                                                                                litert.outputs)
         report = TargetReport(
             family=self.NAME, ops_on_cpu=tuple(ops), arena_bytes=arena_bytes, sram_bytes=ram,
             flash_bytes=flash, violations=violations,
@@ -108,7 +110,8 @@ def _check_dtypes(model: bytes, profile: Profile) -> str:
 
 
 def _nbytes(spec: TensorSpec) -> int:
-    return int(np.prod([max(d, 1) for d in spec.shape], dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+    return int(np.prod([max(d, 1) for d in spec.shape],
+                       dtype=np.int64)) * np.dtype(spec.dtype).itemsize
 
 
 def _diff_key(outputs: Sequence[TensorSpec]) -> str:

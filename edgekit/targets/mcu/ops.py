@@ -69,7 +69,8 @@ _METHOD_EXCEPTIONS = {
     "SPLIT_V": "AddSplitV", "UNIDIRECTIONAL_SEQUENCE_LSTM": "AddUnidirectionalSequenceLSTM",
 }
 _CUSTOM_METHODS = {
-    "TFLite_Detection_PostProcess": "AddDetectionPostprocess", "CIRCULAR_BUFFER": "AddCircularBuffer",
+    "TFLite_Detection_PostProcess": "AddDetectionPostprocess",
+                   "CIRCULAR_BUFFER": "AddCircularBuffer",
     "ethos-u": "AddEthosU", "TFLM_DECODE": "AddDecode", "SignalDelay": "AddDelay",
     "SignalEnergy": "AddEnergy", "SignalFftAutoScale": "AddFftAutoScale",
     "SignalFilterBank": "AddFilterBank", "SignalFilterBankLog": "AddFilterBankLog",

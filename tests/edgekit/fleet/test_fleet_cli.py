@@ -24,14 +24,16 @@ def test_fleet_view_keeps_latest_state():
     view = FleetView()
     topic = schema.Topics("lab", "a")
     enc = lambda p: schema.encode(p)  # noqa: E731
-    view.feed(topic.status, enc(schema.status_payload("a", 5, "online", mode="eco", ts=50.0)), now=100.0,
+    view.feed(topic.status,
+              enc(schema.status_payload("a", 5, "online", mode="eco", ts=50.0)), now=100.0,
               retained=True)
     assert view.rows(now=100.0)[0]["last_seen_s"] == 50.0  # a retained status dates from its ts
     view.feed(topic.telemetry, enc(schema.telemetry_payload("a", 9, interval_s=1.0, mode="eco",
               inference={"per_s": 4.0, "latency_ms": {"p50": 1.5}}, sensors={"temperature_c": 61.0},
               queue={})), now=101.0)
     # A replayed, older telemetry must not hide the newer one; a will (seq 0) must win.
-    view.feed(topic.telemetry, enc(schema.telemetry_payload("a", 7, interval_s=1.0, mode="performance",
+    view.feed(topic.telemetry,
+              enc(schema.telemetry_payload("a", 7, interval_s=1.0, mode="performance",
               inference={}, sensors={}, queue={})), now=102.0)
     view.feed(topic.status, enc(schema.status_payload("a", 0, "offline", will=True)), now=103.0)
     view.feed(topic.status, b"{not json", now=104.0)
@@ -56,13 +58,15 @@ def test_fleet_status_table_and_json(broker, collect, agent_config, start_agent,
     agent = start_agent(agent_config(broker, load={"rate": 40.0}, sensors={"speed": 0.01}))
     # A second device that went away earlier, as its retained will left it.
     gone = schema.Topics("lab", "pi-gone")
-    sub.client.publish(gone.status, schema.encode(schema.status_payload("pi-gone", 0, "offline", will=True)),
+    sub.client.publish(gone.status,
+                       schema.encode(schema.status_payload("pi-gone", 0, "offline", will=True)),
                        qos=1, retain=True).wait_for_publish(5)
     junk = schema.Topics("lab", "junk")
     sub.client.publish(junk.status, b"\x00garbage", qos=1, retain=True).wait_for_publish(5)
     sub.wait_for(lambda m: len(by_seq(sub.of("telemetry"))) >= 2, 30, "telemetry")
 
-    proc = edgekit_cli("fleet", "status", "--broker", broker.url, "--fleet", "lab", "--json", "--wait", "1.5")
+    proc = edgekit_cli("fleet", "status", "--broker", broker.url, "--fleet", "lab", "--json",
+                       "--wait", "1.5")
     assert proc.returncode == 0, proc.stderr
     rows = {r["device"]: r for r in json.loads(proc.stdout)}
     assert set(rows) >= {"dev1", "pi-gone"} and "junk" not in rows
@@ -84,8 +88,10 @@ def test_fleet_status_table_and_json(broker, collect, agent_config, start_agent,
     assert "malformed message(s) ignored" in proc.stderr
 
     # --watch --json: one JSON document per refresh until interrupted; Ctrl-C ends it cleanly.
-    watch = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "fleet", "status", "--broker", broker.url,
-                              "--fleet", "lab", "--watch", "--json", "--wait", "0.5", "--interval", "0.5"],
+    watch = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "fleet", "status",
+                              "--broker", broker.url,
+                              "--fleet", "lab", "--watch", "--json", "--wait", "0.5",
+                              "--interval", "0.5"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     frames = [json.loads(watch.stdout.readline()) for _ in range(3)]
     watch.send_signal(signal.SIGINT)
@@ -94,7 +100,8 @@ def test_fleet_status_table_and_json(broker, collect, agent_config, start_agent,
 
     agent.stop(signal.SIGTERM)
     time.sleep(0.5)
-    proc = edgekit_cli("fleet", "status", "--broker", broker.url, "--fleet", "lab", "--json", "--wait", "0.5")
+    proc = edgekit_cli("fleet", "status", "--broker", broker.url, "--fleet", "lab", "--json",
+                       "--wait", "0.5")
     rows = {r["device"]: r for r in json.loads(proc.stdout)}
     assert rows["dev1"]["state"] == "offline"
     for topics in (gone, junk):  # clear what this test left retained
@@ -102,7 +109,8 @@ def test_fleet_status_table_and_json(broker, collect, agent_config, start_agent,
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (("fleet", "status", "--broker", "127.0.0.1:1", "--wait", "0"), "cannot reach the broker 127.0.0.1:1"),
+    (("fleet", "status", "--broker", "127.0.0.1:1", "--wait", "0"),
+     "cannot reach the broker 127.0.0.1:1"),
     (("fleet", "status", "--broker", "nohost:xyz"), "must be HOST:PORT"),
     (("fleet", "status", "--fleet", "a/b", "--broker", "127.0.0.1:1"), "must be 1-64"),
     (("fleet", "cmd", "dev1", "report_now", "--key", "/nonexistent.key"), "give --fleet NAME"),

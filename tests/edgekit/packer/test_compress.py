@@ -19,7 +19,8 @@ from edgekit.packer.compress import (
 )
 from edgekit.tflite import model as tm
 
-DIGITS_KERNELS = {"sequential/conv2d/Conv2D": (16, 3, 3, 1), "sequential/conv2d_1/Conv2D": (32, 3, 3, 16),
+DIGITS_KERNELS = {"sequential/conv2d/Conv2D": (16, 3, 3, 1),
+                  "sequential/conv2d_1/Conv2D": (32, 3, 3, 16),
                   "sequential/dense/MatMul": (64, 512), "sequential/logits/MatMul": (10, 64)}
 DIGITS_WEIGHTS = 16 * 9 + 32 * 9 * 16 + 64 * 512 + 10 * 64  # 38160
 
@@ -127,7 +128,8 @@ def test_prune_half_of_digits_shrinks_the_zipped_file(digits_tflite, tflite_logi
     ratio = deflate_size(model) / deflate_size(digits_tflite)
     assert stats["deflate_bytes"] == deflate_size(model)
     assert ratio <= 0.65, ratio                              # ... but zipped: measured 0.58
-    drop = _accuracy(digits_float_logits, digits_test[1]) - _accuracy(tflite_logits(model), digits_test[1])
+    drop = _accuracy(digits_float_logits, digits_test[1]) - _accuracy(tflite_logits(model),
+                                                                      digits_test[1])
     assert drop <= 0.01, drop
 
 
@@ -150,11 +152,13 @@ def test_cluster_16_leaves_at_most_16_values_per_kernel(digits_tflite, tflite_lo
     assert all(u <= 16 for u in uniques.values()) and stats["max_unique_values"] == max(uniques.values())
     ratio = deflate_size(model) / deflate_size(digits_tflite)
     assert ratio <= 0.25, ratio                              # measured 0.21
-    drop = _accuracy(digits_float_logits, digits_test[1]) - _accuracy(tflite_logits(model), digits_test[1])
+    drop = _accuracy(digits_float_logits, digits_test[1]) - _accuracy(tflite_logits(model),
+                                                                      digits_test[1])
     assert drop <= 0.01, drop
 
 
-def test_prune_cluster_then_static_int8_zips_below_015_of_float(digits_tflite, digits_calib, tflite_logits,
+def test_prune_cluster_then_static_int8_zips_below_015_of_float(digits_tflite, digits_calib,
+                                                                tflite_logits,
                                                                 digits_test, digits_float_logits):
     from edgekit.packer.quantize_tflite import quantize_tflite
 
@@ -166,7 +170,8 @@ def test_prune_cluster_then_static_int8_zips_below_015_of_float(digits_tflite, d
     kernel = next(tm.tensor_array(model_t, t) for t, x in enumerate(model_t.subgraphs[0].tensors)
                   if tm.tensor_name(x) == "sequential/dense/MatMul")
     assert kernel.dtype == np.int8 and np.count_nonzero(kernel == 0) >= 0.45 * kernel.size
-    drop = _accuracy(digits_float_logits, digits_test[1]) - _accuracy(tflite_logits(int8), digits_test[1])
+    drop = _accuracy(digits_float_logits, digits_test[1]) - _accuracy(tflite_logits(int8),
+                                                                      digits_test[1])
     assert drop <= 0.02, drop
 
 

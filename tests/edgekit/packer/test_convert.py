@@ -28,8 +28,10 @@ def tiny_nchw_onnx(dynamic: bool = False) -> bytes:
              helper.make_node("Relu", ["c"], ["y"], name="relu 1")]
     batch = "N" if dynamic else 1
     graph = helper.make_graph(nodes, "tiny",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4, 4, 4])],
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                             [batch, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                             [batch, 4, 4, 4])],
                               [w, b])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -95,14 +97,16 @@ def test_dynamic_input_is_refused_before_converting():
 
 
 def test_calibration_of_the_wrong_shape_is_refused():
-    with pytest.raises(CalibrationError, match=r"input 'x' expects samples of shape \[3, 4, 4\], got an array of shape \[2, 4, 4, 3\]"):
+    with pytest.raises(CalibrationError,
+                       match=r"input 'x' expects samples of shape \[3, 4, 4\], got an array of shape \[2, 4, 4, 3\]"):
         onnx_to_tflite(tiny_nchw_onnx(), [np.zeros((2, 4, 4, 3), np.float32)])
     with pytest.raises(CalibrationError, match="no calibration array for input"):
         onnx_to_tflite(tiny_nchw_onnx(), {"image": np.zeros((2, 3, 4, 4), np.float32)})
 
 
 def test_missing_extra_is_one_clear_error(monkeypatch):
-    monkeypatch.setattr(convert, "REQUIRED_MODULES", (*convert.REQUIRED_MODULES, "edgekit_no_such_module"))
+    monkeypatch.setattr(convert, "REQUIRED_MODULES",
+                        (*convert.REQUIRED_MODULES, "edgekit_no_such_module"))
     with pytest.raises(ModelError) as info:
         onnx_to_tflite(tiny_nchw_onnx(), [np.zeros((2, 3, 4, 4), np.float32)])
     assert str(info.value) == f"{EXTRA_MESSAGE} (missing: edgekit_no_such_module)"

@@ -43,7 +43,8 @@ def _dynamic_batch(model: bytes) -> bytes:
 
 # --- signatures ------------------------------------------------------------------------------
 
-def test_model_without_signature_gets_one_and_then_quantizes(digits_tflite, digits_calib, tflite_logits,
+def test_model_without_signature_gets_one_and_then_quantizes(digits_tflite, digits_calib,
+                                                             tflite_logits,
                                                              digits_test, digits_float_logits):
     bare = _without_signature(digits_tflite)
     assert not tm.load(bare).signatureDefs
@@ -52,11 +53,13 @@ def test_model_without_signature_gets_one_and_then_quantizes(digits_tflite, digi
     fixed, steps = ensure_signature(bare)
     assert steps == ["add_signature serving_default (inputs: image; outputs: StatefulPartitionedCall)"]
     key, inputs, outputs = tm.signature_io(tm.load(fixed))
-    assert (key, inputs, outputs) == ("serving_default", {"image": 0}, {"StatefulPartitionedCall": 15})
+    assert (key, inputs, outputs) == ("serving_default", {"image": 0},
+                                      {"StatefulPartitionedCall": 15})
     assert load_backend(fixed, "tflite").inputs[0].name == "image"
     int8 = quantize_tflite(fixed, "static_int8", digits_calib)       # calibration keyed by 'image'
     assert len(int8) <= 0.30 * len(digits_tflite)
-    drop = _accuracy(digits_float_logits, digits_test[1]) - _accuracy(tflite_logits(int8), digits_test[1])
+    drop = _accuracy(digits_float_logits, digits_test[1]) - _accuracy(tflite_logits(int8),
+                                                                      digits_test[1])
     assert drop <= 0.01, drop
 
 
@@ -86,7 +89,8 @@ def test_sanitise_name(raw, clean):
 
 # --- float16 weights --------------------------------------------------------------------------
 
-def test_decompose_fp16_then_static_int8_runs(digits_tflite, digits_calib, tflite_logits, digits_test,
+def test_decompose_fp16_then_static_int8_runs(digits_tflite, digits_calib, tflite_logits,
+                                              digits_test,
                                               digits_float_logits):
     fp16, _ = compress_tflite(digits_tflite, fp16=True)
     assert tm.op_names(fp16).count("DEQUANTIZE") == 8
@@ -99,11 +103,13 @@ def test_decompose_fp16_then_static_int8_runs(digits_tflite, digits_calib, tflit
     assert all(tm.tensor_type_name(t.type) != "float16" for t in model_t.subgraphs[0].tensors)
     assert abs(len(fixed) - len(digits_tflite)) <= 256                 # float32 size again
     x = digits_test[0][:1]
-    assert np.array_equal(load_backend(fixed, "tflite").run([x])[0], load_backend(fp16, "tflite").run([x])[0])
+    assert np.array_equal(load_backend(fixed, "tflite").run([x])[0],
+                          load_backend(fp16, "tflite").run([x])[0])
     int8 = quantize_tflite(fixed, "static_int8", digits_calib)
     backend = load_backend(int8, "tflite")
     assert [s.dtype for s in backend.inputs + backend.outputs] == ["int8", "int8"]
-    drop = _accuracy(digits_float_logits, digits_test[1]) - _accuracy(tflite_logits(int8), digits_test[1])
+    drop = _accuracy(digits_float_logits, digits_test[1]) - _accuracy(tflite_logits(int8),
+                                                                      digits_test[1])
     assert drop <= 0.01, drop
 
 
@@ -130,7 +136,8 @@ def test_freeze_dynamic_batch(digits_tflite, digits_test):
 
 
 def test_freeze_to_batch_4_propagates_every_shape(digits_tflite, digits_test):
-    frozen, _ = freeze_input_shapes(_dynamic_batch(digits_tflite), {"serving_default_image:0": (4, 8, 8, 1)})
+    frozen, _ = freeze_input_shapes(_dynamic_batch(digits_tflite),
+                                    {"serving_default_image:0": (4, 8, 8, 1)})
     model_t = tm.load(frozen)
     activations = [t for i, t in enumerate(model_t.subgraphs[0].tensors)
                    if tm.tensor_array(model_t, i) is None]

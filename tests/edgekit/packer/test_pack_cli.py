@@ -11,7 +11,8 @@ from onnx import TensorProto, helper
 
 def _custom_op_onnx(path) -> None:
     node = helper.make_node("FancyGlow", ["x"], ["y"], domain="com.example")
-    graph = helper.make_graph([node], "custom", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+    graph = helper.make_graph([node], "custom",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid("com.example", 1)])
@@ -23,12 +24,14 @@ def test_non_model_file(tmp_path, edgekit_cli, cli_error):
     bogus = tmp_path / "notes.onnx"
     bogus.write_text("this is not a model\n")
     out = tmp_path / "o.ekb"
-    cli_error(edgekit_cli("pack", bogus, "--target", "rpi4", "-o", out), "not an ONNX or TFLite model")
+    cli_error(edgekit_cli("pack", bogus, "--target", "rpi4", "-o", out),
+              "not an ONNX or TFLite model")
     assert not out.exists()
 
 
 def test_missing_model_file(tmp_path, edgekit_cli, cli_error):
-    cli_error(edgekit_cli("pack", tmp_path / "nope.onnx", "--target", "rpi4", "-o", tmp_path / "o.ekb"),
+    cli_error(edgekit_cli("pack", tmp_path / "nope.onnx", "--target", "rpi4", "-o",
+                          tmp_path / "o.ekb"),
               "no such model file")
 
 
@@ -83,7 +86,8 @@ def test_failed_pack_keeps_existing_bundle(tmp_path, digits, edgekit_cli, cli_er
 
 def test_synthetic_calibration_is_flagged(tmp_path, digits, edgekit_cli):
     out = tmp_path / "syn.ekb"
-    proc = edgekit_cli("pack", digits.onnx, "--target", "rpi4", "-o", out, "--recipe", "static_int8",
+    proc = edgekit_cli("pack", digits.onnx, "--target", "rpi4", "-o", out, "--recipe",
+                       "static_int8",
                        "--synthetic-calib", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)

@@ -40,7 +40,8 @@ def test_digits_int8_cpu_meets_size_and_accuracy(tmp_path, digits):
 def test_prune_cluster_int8_bundle_is_small(tmp_path, digits):
     out = tmp_path / "dpc.ekb"
     edgekit.pack(str(digits.onnx), "rpi4", out, calib=digits.calib, eval_data=digits.eval,
-                 labels=digits.labels, recipe="prune50_cluster16_static_int8_pertensor", max_drop=0.02,
+                 labels=digits.labels, recipe="prune50_cluster16_static_int8_pertensor",
+                 max_drop=0.02,
                  runtime="onnxruntime")
     m = open_bundle(out).manifest
     float_size = digits.onnx.stat().st_size
@@ -76,8 +77,10 @@ def test_cpu_target_keeps_the_faster_runtime_by_measurement(tmp_path, digits):
 
 
 def _save(path, nodes, inits, inp: tuple, out: tuple) -> None:
-    graph = helper.make_graph(nodes, "test", [helper.make_tensor_value_info(inp[0], TensorProto.FLOAT, inp[1])],
-                              [helper.make_tensor_value_info(out[0], TensorProto.FLOAT, out[1])], inits)
+    graph = helper.make_graph(nodes, "test",
+                              [helper.make_tensor_value_info(inp[0], TensorProto.FLOAT, inp[1])],
+                              [helper.make_tensor_value_info(out[0],
+                                                             TensorProto.FLOAT, out[1])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, path)
@@ -105,7 +108,8 @@ def test_dynamic_shapes_are_frozen_and_recorded(tmp_path):
     np.save(calib, np.random.default_rng(1).random((40, 1, 16, 16), dtype=np.float32))
     out = tmp_path / "dyn.ekb"
     pack(PackOptions(model=src, target="x86-64", out=out, calib=calib,
-                     input_shapes={"x": (1, 1, 16, 16)}, recipe="static_int8", runtime="onnxruntime"))
+                     input_shapes={"x": (1, 1, 16, 16)}, recipe="static_int8",
+                     runtime="onnxruntime"))
     m = open_bundle(out).manifest
     steps = [s.get("detail", "") for s in m.primary.recipe if s["step"] == "doctor"]
     assert any("froze input x [?,1,?,?] -> [1,1,16,16]" in s for s in steps), steps
@@ -119,7 +123,8 @@ def test_dynamic_spatial_dims_without_shape_is_an_error(tmp_path, edgekit_cli, c
     src = tmp_path / "dyn.onnx"
     _dynamic_onnx(src)
     out = tmp_path / "x.ekb"
-    proc = edgekit_cli("pack", src, "--target", "x86-64", "-o", out, "--synthetic-calib", "--runtime", "onnxruntime")
+    proc = edgekit_cli("pack", src, "--target", "x86-64", "-o", out, "--synthetic-calib",
+                       "--runtime", "onnxruntime")
     cli_error(proc, "dynamic dims", "--input-shape x:1,1,1,1")
     assert not out.exists()
 
@@ -129,7 +134,8 @@ def _tiny_wide_onnx(path) -> None:
     rng = np.random.default_rng(2)
     nodes, inits, prev = [], [], "x"
     for i in range(12):
-        inits += [numpy_helper.from_array(rng.normal(0, 0.5, (2, 2, 1, 1)).astype(np.float32), f"w{i}"),
+        inits += [numpy_helper.from_array(rng.normal(0, 0.5,
+                                                     (2, 2, 1, 1)).astype(np.float32), f"w{i}"),
                   numpy_helper.from_array(np.zeros(2, np.float32), f"b{i}")]
         nodes += [helper.make_node("Conv", [prev, f"w{i}", f"b{i}"], [f"c{i}"], name=f"conv{i}"),
                   helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
@@ -158,9 +164,11 @@ def test_search_rejects_slower_candidate_by_measurement(digits):
     evald = load_dataset(digits.eval, ref.inputs)
     labels = load_labels(digits.labels, len(evald))
     outs = run_all(ref, evald)
-    ctx = Context(model=model, format="onnx", family=family_for("cpu"), profile=get_profile("x86-64"),
+    ctx = Context(model=model, format="onnx", family=family_for("cpu"),
+                  profile=get_profile("x86-64"),
                   calib=load_dataset(digits.calib, ref.inputs), eval=evald, labels=labels,
-                  reference=ref, reference_outputs=outs, reference_accuracy=accuracy(outs[0], labels),
+                  reference=ref, reference_outputs=outs,
+                  reference_accuracy=accuracy(outs[0], labels),
                   criteria=Criteria(max_drop=0.01, check_speed=True), int8_io=False)
     cand = evaluate(ctx, Recipe("dynamic_int8"))
     # an independent, longer interleaved timing must agree with the search's verdict

@@ -62,7 +62,8 @@ def test_static_int8_with_float_interface(digits_tflite, digits_calib, tflite_lo
     assert [s.dtype for s in backend.inputs + backend.outputs] == ["float32", "float32"]
     names = tm.op_names(model)
     assert names[0] == "QUANTIZE" and names[-1] == "DEQUANTIZE"
-    drop = _accuracy(digits_float_logits, digits_test[1]) - _accuracy(tflite_logits(model), digits_test[1])
+    drop = _accuracy(digits_float_logits, digits_test[1]) - _accuracy(tflite_logits(model),
+                                                                      digits_test[1])
     assert drop <= 0.01, drop
 
 
@@ -71,7 +72,8 @@ def test_static_int8_with_float_interface(digits_tflite, digits_calib, tflite_lo
     ("weight_int8", 0.30, 35.0, "int8"),      # measured 0.279, 45.1 dB
     ("weight_int4", 0.17, 15.0, "int4"),      # measured 0.157, 21.2 dB
 ])
-def test_weight_schemes_size_and_fidelity(digits_tflite, tflite_logits, digits_test, digits_float_logits,
+def test_weight_schemes_size_and_fidelity(digits_tflite, tflite_logits, digits_test,
+                                          digits_float_logits,
                                           scheme, max_ratio, min_sqnr, weight_type):
     model = quantize_tflite(digits_tflite, scheme)                     # no calibration needed
     ratio = len(model) / len(digits_tflite)
@@ -113,8 +115,10 @@ def test_mixed_precision_follows_the_sensitivity_ranking(digits_tflite, static_i
     order = fallback_order(digits_tflite, static_int8, digits_calib[:32])
     assert sorted(order) == list(range(6))
     whole = _sqnr(digits_float_logits, tflite_logits(static_int8))
-    worst_first = quantize_tflite(digits_tflite, "static_int8", digits_calib, float_ops=frozenset(order[:1]))
-    best_first = quantize_tflite(digits_tflite, "static_int8", digits_calib, float_ops=frozenset(order[-1:]))
+    worst_first = quantize_tflite(digits_tflite, "static_int8", digits_calib,
+                                  float_ops=frozenset(order[:1]))
+    best_first = quantize_tflite(digits_tflite, "static_int8", digits_calib,
+                                 float_ops=frozenset(order[-1:]))
     gain_worst = _sqnr(digits_float_logits, tflite_logits(worst_first)) - whole
     gain_best = _sqnr(digits_float_logits, tflite_logits(best_first)) - whole
     assert gain_worst >= 6.0, gain_worst                              # measured +12.3 dB (op 5 in float)
@@ -172,11 +176,13 @@ def test_quantized_weights_are_inline_for_tflm_and_vela(make_fc_tflite):
                                                    "got float32 (8, 8, 1)"]),
     ({"image": np.zeros((1, 8, 8, 1), np.float64)}, ["'image'", "expected float32", "got float64"]),
     ({"image": np.zeros((1, 8, 8, 3), np.float32)}, ["got float32 (1, 8, 8, 3)"]),
-    ({"pixels": np.zeros((1, 8, 8, 1), np.float32)}, ["unknown input 'pixels'", "model inputs: image"]),
+    ({"pixels": np.zeros((1, 8, 8, 1), np.float32)},
+     ["unknown input 'pixels'", "model inputs: image"]),
     ({}, ["no input 'image'"]),
     ({"image": np.full((1, 8, 8, 1), np.nan, np.float32)}, ["'image'", "NaN"]),
 ])
-def test_wrong_calibration_is_a_one_line_calibration_error(digits_tflite, digits_calib, sample, fragments):
+def test_wrong_calibration_is_a_one_line_calibration_error(digits_tflite, digits_calib,
+                                                           sample, fragments):
     with pytest.raises(CalibrationError) as info:
         quantize_tflite(digits_tflite, "static_int8", digits_calib[:3] + [sample])
     message = str(info.value)

@@ -38,8 +38,10 @@ def u65():
 def large_int8(build_int8, calib):
     """~2.2 MB of int8 weights: over the U55 board's 2 MiB flash, well under the U65 board's."""
     k = keras()
-    model = k.Sequential([k.layers.InputLayer(input_shape=(8, 8, 1), batch_size=1), k.layers.Flatten(),
-                          k.layers.Dense(1024, activation="relu"), k.layers.Dense(2048, activation="relu"),
+    model = k.Sequential([k.layers.InputLayer(input_shape=(8, 8, 1), batch_size=1),
+                          k.layers.Flatten(),
+                          k.layers.Dense(1024, activation="relu"),
+                          k.layers.Dense(2048, activation="relu"),
                           k.layers.Dense(10)])
     return build_int8(model, calib[:8])
 
@@ -55,7 +57,8 @@ def vela_cli(model: bytes, tmp_path, profile) -> tuple[dict[str, str], str]:
     src.write_bytes(model)
     proc = subprocess.run(
         ["vela", str(src), "--accelerator-config", profile.accelerator,
-         "--system-config", profile.options["system_config"], "--memory-mode", profile.options["memory_mode"],
+         "--system-config", profile.options["system_config"], "--memory-mode",
+         profile.options["memory_mode"],
          "--config", str(vela_config_file()), "--output-dir", str(tmp_path / "out")],
         capture_output=True, text=True, check=True)
     (summary,) = (tmp_path / "out").glob("net_summary_*.csv")

@@ -123,7 +123,8 @@ def test_targets_json_lists_every_profile_with_budgets(capsys):
     assert set(listed) == set(load_profiles())
     for name, p in listed.items():
         expected = resolved_raw(name)
-        assert (p["flash_bytes"], p["ram_bytes"]) == (expected["flash_bytes"], expected["ram_bytes"])
+        assert (p["flash_bytes"], p["ram_bytes"]) == (expected["flash_bytes"],
+                                                      expected["ram_bytes"])
         assert p["family"] == expected["family"] and p["dtypes"] == expected["dtypes"]
 
 
@@ -162,7 +163,8 @@ def test_env_var_profile_is_listed_by_the_cli(tmp_path, edgekit_cli):
     import os
 
     write(tmp_path, "my-board", MCU)
-    proc = edgekit_cli("targets", "--json", env={**os.environ, "EDGEKIT_TARGETS_DIR": str(tmp_path)})
+    proc = edgekit_cli("targets", "--json",
+                       env={**os.environ, "EDGEKIT_TARGETS_DIR": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr
     assert "my-board" in {p["name"] for p in json.loads(proc.stdout)}
 
@@ -195,7 +197,8 @@ ETHOS = MCU.replace('family = "mcu"', 'family = "ethos-u"').replace(
 INVALID = {
     # name: (files {stem: text}, fragments the one error line must hold; "{bad}" is bad.toml's path)
     "unknown key": ({"bad": MCU.replace("dtypes", 'colour = "red"\ndtypes')},
-                    ["{bad}", "unknown key", "key 'colour'", "value 'red'", "allowed: ", "flash_bytes"]),
+                    ["{bad}", "unknown key", "key 'colour'", "value 'red'", "allowed: ",
+                     "flash_bytes"]),
     "bad family": ({"bad": MCU.replace('"mcu"', '"gpu"')},
                    ["{bad}", "key 'family'", "value 'gpu'", "allowed: cpu, edgetpu, ethos-u, mcu"]),
     "bad runtime": ({"bad": MCU.replace('"tflm"', '"tensorrt"')},
@@ -205,8 +208,10 @@ INVALID = {
                    "allowed: float16, float32, int16, int4, int8, uint8"]),
     "wrong type": ({"bad": MCU.replace("1048576", '"1 MiB"')},
                    ["{bad}", "key 'flash_bytes'", "value '1 MiB'", "int"]),
-    "bool for int": ({"bad": MCU.replace("262144", "true")}, ["{bad}", "key 'ram_bytes'", "value True"]),
-    "zero budget": ({"bad": MCU.replace("262144", "0")}, ["{bad}", "must be positive", "key 'ram_bytes'"]),
+    "bool for int": ({"bad": MCU.replace("262144", "true")},
+                     ["{bad}", "key 'ram_bytes'", "value True"]),
+    "zero budget": ({"bad": MCU.replace("262144", "0")},
+                    ["{bad}", "must be positive", "key 'ram_bytes'"]),
     "missing key": ({"bad": MCU.replace("ram_bytes = 262144\n", "")},
                     ["{bad}", "missing required key", "key 'ram_bytes'"]),
     "inherit loop": ({"bad": 'inherit = "bad2"\n', "bad2": 'inherit = "bad"\n'},
@@ -214,7 +219,8 @@ INVALID = {
     "self inherit": ({"bad": 'inherit = "bad"\n'},
                      ["{bad}", "inheritance loop", "key 'inherit'", "value 'bad'"]),
     "unknown parent": ({"bad": 'inherit = "rpi9"\ndescription = "x"\n'},
-                       ["{bad}", "inherits an unknown profile", "value 'rpi9'", "allowed: ", "rpi4"]),
+                       ["{bad}", "inherits an unknown profile", "value 'rpi9'",
+                        "allowed: ", "rpi4"]),
     "inherit not a string": ({"bad": 'inherit = ["rpi4"]\n'},
                              ["{bad}", "key 'inherit'", "value ['rpi4']"]),
     "bad TOML": ({"bad": MCU.replace('arch = "armv7e-m"', "arch = armv7e-m")},
@@ -224,17 +230,22 @@ INVALID = {
                          ["{bad}", "key 'options.memory_mode'", "value 'Flash_Only'",
                           "allowed: Dedicated_Sram, Shared_Sram, Sram_Only"]),
     "unknown option": ({"bad": MCU.replace("[options]", "[options]\nturbo = true")},
-                       ["{bad}", "key 'options.turbo'", "value True", "allowed: ", "runtime_code_bytes"]),
+                       ["{bad}", "key 'options.turbo'", "value True", "allowed: ",
+                        "runtime_code_bytes"]),
     "option of wrong type": ({"bad": MCU.replace("81920", '"80k"')},
                              ["{bad}", "key 'options.runtime_code_bytes'", "value '80k'"]),
     "missing required option": ({"bad": MCU.replace("runtime_code_bytes = 81920", "")},
                                 ["{bad}", "missing required option", "options.runtime_code_bytes"]),
     "bad accelerator": ({"bad": ETHOS.replace('"ethos-u55-128"', '"ethos-u99-1"')},
-                        ["{bad}", "key 'accelerator'", "value 'ethos-u99-1'", "ethos-u55-128, ethos-u55-256"]),
+                        ["{bad}", "key 'accelerator'", "value 'ethos-u99-1'",
+                         "ethos-u55-128, ethos-u55-256"]),
     "unknown power key": ({"bad": MCU.replace("idle_w", "sleep_w = 0.001\nidle_w")},
-                          ["{bad}", "key 'power.sleep_w'", "allowed: accelerator_w, active_w, idle_w"]),
-    "negative watts": ({"bad": MCU.replace("0.05", "-1.0")}, ["{bad}", "key 'power.active_w'", "value -1.0"]),
-    "infinite watts": ({"bad": MCU.replace("0.05", "inf")}, ["{bad}", "key 'power.active_w'", "value inf"]),
+                          ["{bad}", "key 'power.sleep_w'",
+                           "allowed: accelerator_w, active_w, idle_w"]),
+    "negative watts": ({"bad": MCU.replace("0.05", "-1.0")},
+                       ["{bad}", "key 'power.active_w'", "value -1.0"]),
+    "infinite watts": ({"bad": MCU.replace("0.05", "inf")},
+                       ["{bad}", "key 'power.active_w'", "value inf"]),
     "missing watts": ({"bad": MCU.replace("idle_w = 0.01\n", "")},
                       ["{bad}", "missing required key", "key 'power.idle_w'"]),
     "broken parent is reported in its own file": (
@@ -254,7 +265,8 @@ def test_invalid_profile_gives_one_line_naming_file_key_value_allowed(case, tmp_
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     for fragment in fragments:
-        assert fragment.replace("{bad}", str(tmp_path / "bad.toml")) in lines[0], (fragment, lines[0])
+        assert fragment.replace("{bad}",
+                                str(tmp_path / "bad.toml")) in lines[0], (fragment, lines[0])
 
 
 def test_invalid_profile_through_the_real_cli_has_no_traceback(tmp_path, edgekit_cli, cli_error):

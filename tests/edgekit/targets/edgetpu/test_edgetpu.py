@@ -142,7 +142,8 @@ def test_ops_table_rejects_an_unknown_check(tmp_path):
     bad = tmp_path / "ops.toml"
     bad.write_text(raw.replace('rule = "same_dilation"', 'rule = "same_dilatation"', 1))
     tomllib.loads(bad.read_text())  # still valid TOML: the family's own validation must catch it
-    with pytest.raises(ConfigError, match="unknown check.*same_dilatation.*allowed: .*same_dilation"):
+    with pytest.raises(ConfigError,
+                       match="unknown check.*same_dilatation.*allowed: .*same_dilation"):
         edgetpu.load_ops_table(bad)
 
 
@@ -242,7 +243,8 @@ def test_rewrites_are_checked_on_calibration_data_when_given(fixable, calib, cor
     from edgekit.dataset import Dataset
 
     spec = load_backend(fixable, "tflite").inputs[0]
-    data = Dataset(inputs=(dataclasses.replace(spec, dtype="float32", scale=None, zero_point=None),),
+    data = Dataset(inputs=(dataclasses.replace(spec, dtype="float32", scale=None,
+                                               zero_point=None),),
                    arrays=(calib,))
     report = EdgeTpuFamily().compile(fixable, "tflite", coral, calib=data).report
     rewrites = report.details["rewrites"]
@@ -252,7 +254,8 @@ def test_rewrites_are_checked_on_calibration_data_when_given(fixable, calib, cor
 
 
 def test_runtime_12_has_no_prelu(fixable, coral, no_compiler):
-    report = EdgeTpuFamily().compile(fixable, "tflite", with_options(coral, runtime_version=12)).report
+    report = EdgeTpuFamily().compile(fixable, "tflite",
+                                     with_options(coral, runtime_version=12)).report
     ops = tfl.op_names(fixable)
     cut = ops.index("PRELU")
     # PRELU cuts the graph before the fixable ops, so nothing is rewritten
@@ -338,7 +341,8 @@ def test_parse_fully_mapped_log_derives_counts_from_the_table():
     assert "offchip_param_bytes" not in figures
 
 
-def test_compiler_on_path_is_run_and_its_figures_reported(digits_int8, coral, tmp_path, monkeypatch):
+def test_compiler_on_path_is_run_and_its_figures_reported(digits_int8, coral,
+                                                          tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (tmp_path / "log.txt").write_text(PARTIAL_LOG)
@@ -363,16 +367,20 @@ print(pathlib.Path({str(tmp_path / "log.txt")!r}).read_text())
     assert report.details["compiler"]["ops_mapped"] == 6
     assert report.details["compile_step"] == "done: edgetpu_compiler 16.0.384591198"
     assert not EdgeTpuFamily().HOST_RUNNABLE  # compiled output needs the Edge TPU delegate
-    assert report.details["notes"][0].startswith("parameters exceed the 8388608 B on-chip cache: "
-                                                 "3072 B stream from host memory every inference (compiler)")
+    assert report.details["notes"][0].startswith(
+        "parameters exceed the 8388608 B on-chip cache: "
+        "3072 B stream from host memory every inference (compiler)"
+    )
 
 
 def test_compiler_failure_is_a_one_line_model_error(digits_int8, coral, tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "edgetpu_compiler"
-    fake.write_text("#!/bin/sh\necho 'Edge TPU Compiler version 16.0.384591198'\n"
-                    "echo \"ERROR: Didn't find op for builtin opcode 'RSQRT' version '2'\"\nexit 1\n")
+    fake.write_text(
+        "#!/bin/sh\necho 'Edge TPU Compiler version 16.0.384591198'\n"
+        "echo \"ERROR: Didn't find op for builtin opcode 'RSQRT' version '2'\"\nexit 1\n"
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", str(bin_dir))
     with pytest.raises(ModelError) as err:

@@ -97,7 +97,8 @@ def test_model_source_compiles_with_gcc_werror(compiled, tmp_path):
 def test_linked_program_sees_the_model_and_its_figures(compiled, tmp_path):
     got = build_and_run(write_sources(compiled.extra_files, tmp_path))
     model, report = compiled.model, compiled.report
-    spec_in, spec_out = (load_backend(model, "tflite").inputs[0], load_backend(model, "tflite").outputs[0])
+    spec_in, spec_out = (load_backend(model, "tflite").inputs[0],
+                         load_backend(model, "tflite").outputs[0])
     assert got["len"] == str(len(model))
     assert got["hash"] == str(java_hash(model))
     assert got["aligned"] == "1"
@@ -133,7 +134,8 @@ def test_op_resolver_registers_exactly_the_models_ops(compiled):
     assert calls == ["AddConv2D", "AddMaxPool2D", "AddReshape", "AddFullyConnected"]
     assert set(calls) <= set(tflm_op_set().builtin.values())
     assert "tflite::MicroMutableOpResolver<EDGEKIT_OP_COUNT>" in header
-    count = re.search(r"#define EDGEKIT_OP_COUNT (\d+)u", compiled.extra_files["mcu/model_data.h"].decode())
+    count = re.search(r"#define EDGEKIT_OP_COUNT (\d+)u",
+                      compiled.extra_files["mcu/model_data.h"].decode())
     assert int(count.group(1)) == len(calls) == compiled.report.details["resolver_ops"]
 
 

@@ -180,7 +180,9 @@ def test_model_too_large_for_nrf52840_fits_stm32h7(build_int8):
     assert big.report.arena_bytes == small.report.arena_bytes  # same model, same arena
     # TFLM crashes or fails at some smaller arenas of this model; the bisection still finds the edge
     d = big.report.details
-    assert tflm_runs(model, d["arena_measured_bytes"]) and not tflm_runs(model, d["arena_measured_bytes"] - 1)
+    assert tflm_runs(model, d["arena_measured_bytes"]) and not tflm_runs(
+        model, d["arena_measured_bytes"] - 1
+    )
     # TFLM's recording allocator only counts what stays allocated: it is a lower bound
     assert d["arena_recorded_bytes"] <= d["arena_measured_bytes"]
     assert d["arena_recorded_agrees"] == (d["arena_recorded_bytes"] == d["arena_measured_bytes"])
@@ -254,7 +256,9 @@ def test_float_model_runs_where_the_profile_lists_float32(digits):
     assert d["precision"] == "float32"
     assert d["tflm_vs_litert_max_abs"] < 1e-4
     assert "tflm_vs_litert_max_lsb" not in d
-    assert tflm_runs(model, d["arena_measured_bytes"]) and not tflm_runs(model, d["arena_measured_bytes"] - 1)
+    assert tflm_runs(model, d["arena_measured_bytes"]) and not tflm_runs(
+        model, d["arena_measured_bytes"] - 1
+    )
     int8_only = dataclasses.replace(get_profile("stm32h7"), dtypes=("int8",))
     with pytest.raises(ModelError, match="computes in float32, which stm32h7 does not run"):
         McuFamily().compile(model, "tflite", int8_only)
