@@ -107,7 +107,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def parse_input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
-    """``["NAME:1,3,224,224", ...]`` (``--input-shape``, repeatable) → ``{NAME: (1, 3, 224, 224)}``."""
+    """``--input-shape`` values (repeatable), ``["NAME:1,3,224,224", ...]``, as
+    ``{NAME: (1, 3, 224, 224)}``."""
     shapes = {}
     for item in items:
         m = _SHAPE_ARG.match(item.strip())

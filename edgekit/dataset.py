@@ -83,7 +83,8 @@ class Dataset:
         return head, tail
 
     def with_inputs(self, inputs: Sequence[TensorSpec]) -> Dataset:
-        """The same samples for a model whose inputs have other names/dtypes (e.g. a converted one)."""
+        """The same samples for a model whose inputs have other names/dtypes (e.g. a converted
+        one)."""
         return Dataset(tuple(inputs), self.arrays, self.synthetic, self.source)
 
 
@@ -96,10 +97,8 @@ def load_dataset(path: str | Path, inputs: Sequence[TensorSpec],
         arrays = _load_folder(path, inputs, preprocess or Preprocess())
     else:
         arrays = _load_file(path, inputs)
-    return Dataset(tuple(inputs),
-                   tuple(check_array(a, spec, str(path)) for a, spec in zip(arrays,
-                                                                            inputs, strict=True)),
-                   source=str(path))
+    checked = (check_array(a, spec, str(path)) for a, spec in zip(arrays, inputs, strict=True))
+    return Dataset(tuple(inputs), tuple(checked), source=str(path))
 
 
 def synthetic_dataset(inputs: Sequence[TensorSpec], n: int = 64, seed: int = 0) -> Dataset:
@@ -164,7 +163,9 @@ def check_array(arr: np.ndarray, spec: TensorSpec, src: str) -> np.ndarray:
                                    f"{list(sample)}, got an array of shape {list(arr.shape)}")
     want = np.dtype(spec.dtype)
     if (want.kind == "f") != (arr.dtype.kind == "f"):
-        raise CalibrationError(f"{src}: input {spec.name!r} expects {want.name} data, got {arr.dtype}")
+        raise CalibrationError(
+            f"{src}: input {spec.name!r} expects {want.name} data, got {arr.dtype}"
+        )
     if len(arr) == 0:
         raise CalibrationError(f"{src}: input {spec.name!r} has no samples")
     if want.kind == "f" and not np.isfinite(arr).all():

@@ -29,12 +29,18 @@ def render_candidates(candidates: Sequence[Any], float_size: int) -> str:
                      "acc drop pt", "latency", "fits", "why not"], rows)
 
 
+def _signed(bundle: Bundle) -> str:
+    if bundle.signature_checked:
+        return f"yes, verified key {bundle.key_id}"
+    return "yes (not checked: no --key)" if bundle.signed else "no"
+
+
 def render_manifest(bundle: Bundle) -> str:
     m = bundle.manifest
     lines = [
         f"bundle   {bundle.path}  ({m.name} v{m.version}, schema {m.schema})",
         f"target   {m.target} ({m.family})",
-        f"signed   {'yes, verified key ' + bundle.key_id if bundle.signature_checked else 'yes (not checked: no --key)' if bundle.signed else 'no'}",
+        f"signed   {_signed(bundle)}",
         f"source   {m.source.get('path')} {m.source.get('format')} "
         f"{ui.human_bytes(m.source.get('size_bytes'))}",
     ]

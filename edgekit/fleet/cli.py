@@ -133,7 +133,9 @@ def _cmd(args: argparse.Namespace) -> int:
     try:
         client.publish(topics.cmd, payload, qos=1).wait_for_publish(timeout=args.timeout)
         if not done.wait(args.timeout):
-            raise TransportError(f"no answer from {args.fleet}/{args.device} within {args.timeout:g} s")
+            raise TransportError(
+                f"no answer from {args.fleet}/{args.device} within {args.timeout:g} s"
+            )
     finally:
         client.loop_stop()
         client.disconnect()

@@ -122,7 +122,9 @@ def to_float16(w: np.ndarray) -> np.ndarray:
     w = np.asarray(w)
     peak = float(np.max(np.abs(w[np.isfinite(w)]), initial=0.0))
     if peak > FLOAT16_MAX:
-        raise ModelError(f"weights exceed the float16 range (max |w| = {peak:.3g} > {FLOAT16_MAX:g})")
+        raise ModelError(
+            f"weights exceed the float16 range (max |w| = {peak:.3g} > {FLOAT16_MAX:g})"
+        )
     return w.astype(np.float16).astype(w.dtype)
 
 
@@ -196,7 +198,11 @@ def _store_float16(model_t: Any) -> int:
     """float32 constants read by ops -> float16 constant + DEQUANTIZE (placed first)."""
     count = 0
     for sg_index, sg in enumerate(model_t.subgraphs):
-        read = {int(t) for op in sg.operators or [] for t in (op.inputs if op.inputs is not None else [])}
+        read = {
+            int(t)
+            for op in sg.operators or []
+            for t in (op.inputs if op.inputs is not None else [])
+        }
         for t in sorted(read - {-1}):
             tensor = sg.tensors[t]
             arr = tm.tensor_array(model_t, t, sg_index)

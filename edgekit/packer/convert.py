@@ -241,7 +241,9 @@ def _restore_io_contract(model: bytes, onnx_bytes: bytes, inputs: Sequence[Tenso
     for t, spec in zip(sg.inputs, inputs, strict=True):
         got = tuple(int(d) for d in sg.tensors[t].shape)
         if got != spec.shape:
-            raise ModelError(f"onnx2tf changed input {spec.name!r} from {list(spec.shape)} to {list(got)}")
+            raise ModelError(
+                f"onnx2tf changed input {spec.name!r} from {list(spec.shape)} to {list(got)}"
+            )
     steps = []
     to_tflite_order = [sample[order.index(j)] for j in range(len(order))]
     perms = _output_permutations(model, to_tflite_order, onnx_bytes, sample, outputs)
@@ -310,7 +312,10 @@ def _append_transpose(m: Any, sg: Any, src: int, perm: tuple[int, ...],
     op = schema.OperatorT()
     op.opcodeIndex = _opcode(m, schema, schema.BuiltinOperator.TRANSPOSE)
     op.inputs, op.outputs = [src, len(sg.tensors) - 2], [len(sg.tensors) - 1]
-    op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.TransposeOptions, schema.TransposeOptionsT()
+    op.builtinOptionsType, op.builtinOptions = (
+        schema.BuiltinOptions.TransposeOptions,
+        schema.TransposeOptionsT(),
+    )
     sg.operators.append(op)
     return len(sg.tensors) - 1
 

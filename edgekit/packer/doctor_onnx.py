@@ -52,8 +52,8 @@ def freeze_input_shapes(data: bytes, shapes: dict[str, tuple[int, ...]], default
 def _frozen_shape(name: str, shape: tuple[int, ...], given: tuple[int, ...] | None,
                   default_batch: int) -> tuple[int, ...]:
     if given is not None:
-        if len(given) != len(shape) or any(s >= 0 and s != g for s, g in zip(shape,
-                                                                             given, strict=True)):
+        if len(given) != len(shape) or any(
+                s >= 0 and s != g for s, g in zip(shape, given, strict=True)):
             raise ModelError(f"--input-shape {name}:{_fmt(given)} does not match the model's "
                              f"{_fmt(shape)}")
         return tuple(given)

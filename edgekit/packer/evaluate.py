@@ -44,14 +44,19 @@ def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
 
 
 def cosine(ref: np.ndarray, test: np.ndarray) -> float:
-    a, b = ref.reshape(len(ref), -1).astype(np.float64), test.reshape(len(test), -1).astype(np.float64)
+    a, b = (
+        ref.reshape(len(ref), -1).astype(np.float64),
+        test.reshape(len(test), -1).astype(np.float64),
+    )
     num = np.sum(a * b, axis=1)
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     return float(np.mean(np.where(den > 0, num / np.maximum(den, 1e-30), 1.0)))
 
 
 def is_classifier(out: np.ndarray) -> bool:
-    return out.ndim >= 2 and out.shape[-1] > 1 and out.reshape(len(out), -1).shape[1] == out.shape[-1]
+    return (
+        out.ndim >= 2 and out.shape[-1] > 1 and out.reshape(len(out), -1).shape[1] == out.shape[-1]
+    )
 
 
 def accuracy(out: np.ndarray, labels: np.ndarray) -> float:

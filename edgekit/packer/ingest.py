@@ -152,7 +152,9 @@ def _convert_keras(path: Path) -> bytes:
     try:
         import tensorflow as tf
     except ImportError:
-        raise ModelError("Keras/SavedModel input needs the tf extra: pip install 'edgekit[tf]'") from None
+        raise ModelError(
+            "Keras/SavedModel input needs the tf extra: pip install 'edgekit[tf]'"
+        ) from None
     try:
         if path.is_dir():
             converter = tf.lite.TFLiteConverter.from_saved_model(str(path))
@@ -160,4 +162,6 @@ def _convert_keras(path: Path) -> bytes:
             converter = tf.lite.TFLiteConverter.from_keras_model(tf.keras.models.load_model(path))
         return converter.convert()
     except Exception as exc:  # TF raises many unrelated types here
-        raise ModelError(f"{path}: TensorFlow cannot convert it ({str(exc).splitlines()[0][:200]})") from None
+        raise ModelError(
+            f"{path}: TensorFlow cannot convert it ({str(exc).splitlines()[0][:200]})"
+        ) from None

@@ -118,9 +118,11 @@ def pack(opts: PackOptions) -> PackResult:
 
 
 def _forced(opts: PackOptions, tried: list[Candidate], notes: list[str]) -> list[Candidate]:
-    """--recipe is the user's decision: keep it despite fidelity/speed misses, never budget misses."""
+    """--recipe is the user's decision: keep it despite fidelity/speed misses, never budget
+    misses."""
     cand = tried[0] if opts.recipe and tried else None
-    if cand is None or cand.fidelity is None or cand.compiled is None or cand.compiled.report.violations:
+    if (cand is None or cand.fidelity is None or cand.compiled is None
+            or cand.compiled.report.violations):
         return []
     notes.append(f"--recipe {cand.recipe.name} kept as forced, although: {cand.rejected}")
     return [cand]
@@ -213,7 +215,9 @@ def _datasets(info: ModelInfo, calib_path: Any, eval_path: Any, opts: PackOption
     elif calib is not None and len(calib) >= 4:
         n = int(len(calib) * (1 - EVAL_FRACTION))
         calib, evald = calib.split(n)
-        notes.append(f"no --eval: held out the last {len(evald)} of {n + len(evald)} calibration samples")
+        notes.append(
+            f"no --eval: held out the last {len(evald)} of {n + len(evald)} calibration samples"
+        )
     elif calib is not None:
         evald = calib
     else:
@@ -226,8 +230,12 @@ def _context(model: bytes, fmt: str, family: Any, profile: Profile, calib: Datas
              evald: Dataset, labels: np.ndarray | None, opts: PackOptions) -> Context:
     reference = make_runner(model, fmt)
     ref_out = run_all(reference, evald)
-    ref_acc = accuracy(ref_out[0], labels) if labels is not None and is_classifier(ref_out[0]) else None
-    max_drop = opts.max_drop if opts.max_drop is not None else (0.01 if labels is not None else None)
+    ref_acc = (
+        accuracy(ref_out[0], labels) if labels is not None and is_classifier(ref_out[0]) else None
+    )
+    max_drop = (
+        opts.max_drop if opts.max_drop is not None else (0.01 if labels is not None else None)
+    )
     criteria = Criteria(max_drop=max_drop, min_sqnr_db=opts.min_sqnr,
                         check_speed=profile.family == "cpu")
     return Context(model=model, format=fmt, family=family, profile=profile, calib=calib, eval=evald,
@@ -273,7 +281,9 @@ def _variant(cand: Candidate, path: str, doctor_steps: list[str]) -> Variant:
     recipe = [{"step": "doctor", "detail": s} for s in doctor_steps]
     recipe.append({"step": "recipe", **cand.recipe.to_dict(), **cand.stats})
     if cand.compiled and cand.compiled.report.details.get("compile_steps"):
-        recipe += [{"step": "target", "detail": s} for s in cand.compiled.report.details["compile_steps"]]
+        recipe += [
+            {"step": "target", "detail": s} for s in cand.compiled.report.details["compile_steps"]
+        ]
     shipped = cand.shipped
     return Variant(
         name=cand.recipe.name,

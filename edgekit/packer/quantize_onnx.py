@@ -37,7 +37,9 @@ def apply_recipe(data: bytes, recipe: Recipe, calib: Dataset | None,
         return _with_files(data, _dynamic), stats
     if q == "static_int8":
         if calib is None:
-            raise CalibrationError("static int8 needs calibration data (--calib, or --synthetic-calib)")
+            raise CalibrationError(
+                "static int8 needs calibration data (--calib, or --synthetic-calib)"
+            )
         quantized = _with_files(data, lambda i, o: _static(i, o, calib, recipe.calibration,
                                                               exclude_nodes, recipe.per_channel))
         return quantized, {**stats, "excluded_nodes": list(exclude_nodes)}
@@ -78,7 +80,8 @@ def compress_weights(data: bytes, sparsity: float, clusters: int) -> tuple[bytes
 
 
 def fp16_weights(data: bytes) -> bytes:
-    """float32 initializers stored as float16 and Cast back to float32: half the file, same compute."""
+    """float32 initializers stored as float16 and Cast back to float32: half the file, same
+    compute."""
     from onnx import TensorProto, helper, numpy_helper
 
     model = parse_onnx(data)
@@ -108,7 +111,9 @@ def _with_files(data: bytes, fn) -> bytes:
         except (CalibrationError, ModelError):
             raise
         except Exception as exc:  # onnxruntime.quantization raises bare Exceptions
-            raise ModelError(f"onnxruntime quantization failed: {str(exc).splitlines()[0][:200]}") from None
+            raise ModelError(
+                f"onnxruntime quantization failed: {str(exc).splitlines()[0][:200]}"
+            ) from None
         return dst.read_bytes()
 
 
@@ -173,7 +178,9 @@ def weight_only(data: bytes, bits: int) -> bytes:
                                      op_types_to_quantize=("MatMul",))
         quant.process()
     except Exception as exc:  # the quantizer raises bare Exceptions
-        raise ModelError(f"int{bits} weight quantization failed: {str(exc).splitlines()[0][:200]}") from None
+        raise ModelError(
+            f"int{bits} weight quantization failed: {str(exc).splitlines()[0][:200]}"
+        ) from None
     out = quant.model.model
     if not any(n.op_type == "MatMulNBits" for n in out.graph.node):
         raise ModelError(f"int{bits} weights: the model has no MatMul/Gemm weights to quantize")
@@ -189,7 +196,11 @@ def _gemm_to_matmul(data: bytes) -> bytes:
     nodes = []
     for node in model.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
+        plain = (
+            attrs.get("alpha", 1.0) == 1.0
+            and attrs.get("beta", 1.0) == 1.0
+            and not attrs.get("transA", 0)
+        )
         if node.op_type != "Gemm" or node.input[1] not in inits or not plain:
             nodes.append(node)
             continue
@@ -229,8 +240,14 @@ def sensitive_nodes(float_model: bytes, qdq_model: bytes, calib: Dataset,
         try:
             errors = _activation_errors(dbg, Path(tmp), float_model, qdq_model, sub)
         except Exception as exc:  # the debugging helpers raise bare Exceptions
-            raise ModelError(f"per-layer sensitivity failed: {str(exc).splitlines()[0][:200]}") from None
-    sqnr = {t: min(float(np.mean(e["xmodel_err"])), 100.0) for t, e in errors.items() if "xmodel_err" in e}
+            raise ModelError(
+                f"per-layer sensitivity failed: {str(exc).splitlines()[0][:200]}"
+            ) from None
+    sqnr = {
+        t: min(float(np.mean(e["xmodel_err"])), 100.0)
+        for t, e in errors.items()
+        if "xmodel_err" in e
+    }
     # A node's own harm is the SQNR it loses between its inputs and its output; ranking by the
     # output's SQNR alone would blame whatever comes last for all the error before it.
     drops = []

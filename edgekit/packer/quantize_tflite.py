@@ -100,7 +100,10 @@ def _check_array(i: int, name: str, value: Any, tensor: Any) -> None:
     if value is None:
         raise CalibrationError(f"calibration sample {i} has no input '{name}'")
     arr = np.asarray(value)
-    dims = [int(d) for d in (tensor.shapeSignature if tensor.shapeSignature is not None else tensor.shape)]
+    dims = [
+        int(d)
+        for d in (tensor.shapeSignature if tensor.shapeSignature is not None else tensor.shape)
+    ]
     dtype = tm.tensor_type_name(tensor.type)
     fits = arr.ndim == len(dims) and all(d in (-1, s) for d, s in zip(dims, arr.shape, strict=True))
     if not fits or arr.dtype.name != dtype:
@@ -151,7 +154,9 @@ def _calibrate(quantizer: Any, signature_key: str, samples: list[dict[str, np.nd
         with _quiet():
             return quantizer.calibrate({signature_key: samples}, num_threads=_CALIB_THREADS)
     except Exception as exc:  # the interpreter's ValueError/RuntimeError, the quantizer's own
-        raise CalibrationError(f"ai-edge-quantizer calibration failed: {_first_line(exc)}") from None
+        raise CalibrationError(
+            f"ai-edge-quantizer calibration failed: {_first_line(exc)}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -281,7 +286,9 @@ def _verify(model: bytes, scheme: str, int8_io: bool, samples: list[dict[str, np
     if not all(np.all(np.isfinite(o)) for o in outs):
         raise ModelError(f"{scheme} result produces non-finite outputs in LiteRT")
     if int8_io:
-        bad = [s.name for s in runner.inputs + runner.outputs if s.dtype != "int8" or s.scale is None]
+        bad = [
+            s.name for s in runner.inputs + runner.outputs if s.dtype != "int8" or s.scale is None
+        ]
         if bad:
             raise ModelError(f"{scheme} result is not full-integer: '{bad[0]}' is not a quantized "
                              "int8 tensor")
@@ -340,7 +347,11 @@ def _op_table(float_model: bytes, sqnr: dict[str, float]) -> list[tuple[int, str
     sg = model_t.subgraphs[0]
     rows = []
     for i, op in enumerate(sg.operators or []):
-        outs = [sqnr[n] for n in (tm.tensor_name(sg.tensors[t]) for t in tm.ints(op.outputs)) if n in sqnr]
+        outs = [
+            sqnr[n]
+            for n in (tm.tensor_name(sg.tensors[t]) for t in tm.ints(op.outputs))
+            if n in sqnr
+        ]
         if not outs:
             continue
         ins = [sqnr.get(tm.tensor_name(sg.tensors[t]), _MAX_DB) for t in tm.ints(op.inputs)
@@ -368,7 +379,9 @@ class _TensorTap:
         key, self.sig_inputs, _ = tm.signature_io(model_t)
         details = {d["index"]: d for d in self.it.get_tensor_details()}
         sg = model_t.subgraphs[0]
-        produced = {t for op in sg.operators or [] for t in tm.ints(op.outputs)} | set(tm.ints(sg.inputs))
+        produced = {t for op in sg.operators or [] for t in tm.ints(op.outputs)} | set(
+            tm.ints(sg.inputs)
+        )
         self.activations = {tm.tensor_name(sg.tensors[t]): details[t] for t in produced
                             if t in details and np.dtype(details[t]["dtype"]).kind in "fi"}
 

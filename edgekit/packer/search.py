@@ -39,8 +39,11 @@ class Criteria:
 
     def misses(self, fid: Fidelity) -> list[str]:
         out = []
-        if self.max_drop is not None and fid.accuracy_drop is not None and fid.accuracy_drop > self.max_drop:
-            out.append(f"accuracy drop {fid.accuracy_drop * 100:.2f} pt > {self.max_drop * 100:.2f} pt")
+        drop = fid.accuracy_drop
+        if self.max_drop is not None and drop is not None and drop > self.max_drop:
+            out.append(
+                f"accuracy drop {fid.accuracy_drop * 100:.2f} pt > {self.max_drop * 100:.2f} pt"
+            )
         floor = self.min_sqnr_db
         if floor is None and fid.accuracy_drop is None:
             floor = DEFAULT_MIN_SQNR_DB
@@ -185,7 +188,9 @@ def sensitivity_order(ctx: Context, int8_model: bytes) -> list[Any]:
 
 def format_supports(recipe: Recipe, fmt: str) -> bool:
     """ai-edge-quantizer calibrates min/max, per channel; other choices are ONNX Runtime's."""
-    return fmt == "onnx" or (recipe.calibration == "minmax" and (recipe.per_channel or recipe.clusters > 0))
+    return fmt == "onnx" or (
+        recipe.calibration == "minmax" and (recipe.per_channel or recipe.clusters > 0)
+    )
 
 
 def run_search(ctx: Context, recipes: Sequence[Recipe], variants: int, bar: Any) -> list[Candidate]:

@@ -92,7 +92,7 @@ class TargetFamily:
     QUANTIZATIONS: ClassVar[tuple[str, ...]] = ("static_int8",)
 
     def compile(self, model: bytes, fmt: str, profile: Profile, calib: Any = None) -> Compiled:
-        """The model as the target runs it; ``calib`` (a packer Dataset) feeds checks that run it."""
+        """The model as the target runs it; ``calib`` (a Dataset) feeds checks that run it."""
         raise NotImplementedError
 
 

@@ -147,7 +147,9 @@ def integer_model(model: bytes,
             model = candidate
     float_ops = _float_ops(model)
     if float_ops:
-        listed = ", ".join(float_ops[:6]) + (f", … ({len(float_ops)} ops)" if len(float_ops) > 6 else "")
+        listed = ", ".join(float_ops[:6]) + (
+            f", … ({len(float_ops)} ops)" if len(float_ops) > 6 else ""
+        )
         raise ModelError(
             "Vela needs an int8/int16-quantized TFLite model; got float32 tensors in ops "
             f"{listed} (use an int8 recipe)"
@@ -160,9 +162,11 @@ def _float_ops(model: bytes) -> list[str]:
     sg = m.subgraphs[0]
     out = []
     for index, op in enumerate(sg.operators or []):
-        tensors = [i for i in [*op.inputs, *op.outputs] if i >= 0 and tfl.tensor_array(m, i) is None]
-        if any(tfl.tensor_type_name(sg.tensors[i].type) not in _INTEGER_ACTIVATIONS + ("int32", "bool")
-               for i in tensors):
+        tensors = [
+            i for i in [*op.inputs, *op.outputs] if i >= 0 and tfl.tensor_array(m, i) is None
+        ]
+        allowed = (*_INTEGER_ACTIVATIONS, "int32", "bool")
+        if any(tfl.tensor_type_name(sg.tensors[i].type) not in allowed for i in tensors):
             out.append(f"{tfl.op_name(m, op)}#{index}")
     return out
 
@@ -177,7 +181,9 @@ class EthosUFamily(TargetFamily):
 
     def compile(self, model: bytes, fmt: str, profile: Profile, calib: Any = None) -> Compiled:
         if fmt != "tflite":
-            raise ModelError(f"Vela compiles TFLite models only; got {fmt!r} (convert it to TFLite first)")
+            raise ModelError(
+                f"Vela compiles TFLite models only; got {fmt!r} (convert it to TFLite first)"
+            )
         accelerator = _accelerator(profile)
         model, rewrites = integer_model(model, rw.calibration_probes(calib))
         optimised, vela, summary = run_vela(model, accelerator, profile.options["system_config"],

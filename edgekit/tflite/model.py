@@ -261,7 +261,11 @@ def _remap_tensor_refs(model_t: Any, sg_index: int, remap: dict[int, int]) -> No
     sg = model_t.subgraphs[sg_index]
     sg.inputs, sg.outputs = conv(sg.inputs), conv(sg.outputs)
     for op in sg.operators or []:
-        op.inputs, op.outputs, op.intermediates = conv(op.inputs), conv(op.outputs), conv(op.intermediates)
+        op.inputs, op.outputs, op.intermediates = (
+            conv(op.inputs),
+            conv(op.outputs),
+            conv(op.intermediates),
+        )
     for sig in model_t.signatureDefs or []:
         if sig.subgraphIndex == sg_index:
             for m in (sig.inputs or []) + (sig.outputs or []):

@@ -310,7 +310,8 @@ def _float_island(m: Any, sg: Any, index: int, graph_io: set[int]) -> tuple[int,
         return None
     if not _is_int_to_float(m, sg, dq) or not _is_float_to_int(m, sg, users[0], "QUANTIZE"):
         return None
-    if sg.tensors[sg.operators[dq].inputs[0]].type != sg.tensors[sg.operators[users[0]].outputs[0]].type:
+    src_type = sg.tensors[sg.operators[dq].inputs[0]].type
+    if src_type != sg.tensors[sg.operators[users[0]].outputs[0]].type:
         return None
     if any(i >= 0 and sg.tensors[i].type in _FLOAT_TYPES for i in op.inputs[1:]):
         return None  # a float constant operand (e.g. PRELU alpha) would need its own requantization
@@ -360,7 +361,9 @@ def calibration_probes(calib: Any, limit: int = 16) -> list[list[np.ndarray]] | 
     ``compare_outputs`` to check a rewrite on real data."""
     if calib is None or not len(calib):
         return None
-    return [[np.asarray(a[i], np.float32) for a in calib.arrays] for i in range(min(len(calib), limit))]
+    return [
+        [np.asarray(a[i], np.float32) for a in calib.arrays] for i in range(min(len(calib), limit))
+    ]
 
 
 def _probe_input(spec_a: Any, spec_b: Any, rng: np.random.Generator) -> np.ndarray:

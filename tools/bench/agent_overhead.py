@@ -1,4 +1,5 @@
-"""How much does `Agent.infer` cost over calling the interpreter by hand? Plus agent RSS and start-up.
+"""How much does `Agent.infer` cost over calling the interpreter by hand? Plus agent RSS and
+start-up.
 
 Models (all packed into real bundles with the bundle writer, then read back from the bundle):
 - ``mobilenet``: a MobileNetV2-class CNN (alpha 0.5, 128x128x3, 1000 classes, untrained, seeded)
@@ -80,7 +81,9 @@ def build_digits_int8() -> bytes:
     calib = np.load(digits.calib)["image"][:64].astype(np.float32)
     with contextlib.redirect_stdout(sys.stderr):  # the quantizer prints a report; stdout is ours
         q = quantizer.Quantizer(str(digits.tflite), recipe.static_wi8_ai8())
-        result = q.calibrate({"serving_default": [{"image": calib[i:i + 1]} for i in range(len(calib))]})
+        result = q.calibrate(
+            {"serving_default": [{"image": calib[i : i + 1]} for i in range(len(calib))]}
+        )
         return bytes(q.quantize(result).quantized_model)
 
 
@@ -195,8 +198,8 @@ def compare(bundle: Path, threads: int, calls: int, warmup: int, instances: int 
     return result
 
 
-def _build_sides(bundle: Path, model: bytes, threads: int,
-                 instances: int) -> tuple[dict[str, list[Callable]], list[np.ndarray], dict[str, Any]]:
+def _build_sides(bundle: Path, model: bytes, threads: int, instances: int,
+                 ) -> tuple[dict[str, list[Callable]], list[np.ndarray], dict[str, Any]]:
     from edgekit_agent.agent import Agent
 
     agents = [Agent(bundle, threads=threads) for _ in range(instances)]
@@ -212,7 +215,9 @@ def _build_sides(bundle: Path, model: bytes, threads: int,
         for x in xs:
             want = agents[i].infer({spec.name: x})[out_name]
             if not all(np.array_equal(want, side[i](x)) for side in list(sides.values())[1:]):
-                raise SystemExit(f"{bundle.name}: agent and direct outputs differ; not the same work")
+                raise SystemExit(
+                    f"{bundle.name}: agent and direct outputs differ; not the same work"
+                )
     info = {"input": list(spec.shape), "input_dtype": spec.dtype,
             "model_bytes": agents[0].manifest.model.size_bytes}
     return sides, xs, info
@@ -375,7 +380,8 @@ def _built(path: Path, builder: str) -> bytes:
     its memory behaviour (and a device runs no TensorFlow). Reused when ``path`` exists."""
     if not path.is_file():
         code = (
-            f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import agent_overhead as b; "
+            f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            "import agent_overhead as b; "
             f"open({str(path)!r}, 'wb').write(b.{builder})"
         )
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -73,7 +73,8 @@ def _dtype_problem(ctx: OpContext) -> str | None:
         dtype = tfl.tensor_type_name(ctx.tensor(i).type)
         allowed = _INT8 + _PARAM_INTS if ctx.const(i) is not None else _INT8
         if dtype not in allowed:
-            return f"Operation is working on an unsupported data type: {dtype} tensor '{ctx.tensor_name(i)}'"
+            return (f"Operation is working on an unsupported data type: {dtype} tensor "
+                    f"'{ctx.tensor_name(i)}'")
     return None
 
 
@@ -106,7 +107,8 @@ class Partition:
 
 
 def partition(verdicts: list[OpVerdict]) -> Partition:
-    """The compiler cuts once: ops before the first unmappable op run on the Edge TPU, the rest on CPU."""
+    """The compiler cuts once: ops before the first unmappable op run on the Edge TPU, the rest
+    on the CPU."""
     cut = next((v.index for v in verdicts if not v.mappable), len(verdicts))
     tail = tuple(v if not v.mappable or v.index == cut else
                  OpVerdict(v.index, v.op, False, TAIL_REASON, "tail") for v in verdicts[cut:])
@@ -127,6 +129,8 @@ def require_int8(model: bytes) -> None:
         elif types & set(_INT8):
             int_ops += 1
     if float_ops and not int_ops:
-        listed = ", ".join(float_ops[:6]) + (f", … ({len(float_ops)} ops)" if len(float_ops) > 6 else "")
+        listed = ", ".join(float_ops[:6]) + (
+            f", … ({len(float_ops)} ops)" if len(float_ops) > 6 else ""
+        )
         raise ModelError("Edge TPU needs a fully int8-quantized model; got float32 tensors in ops "
                          f"{listed} (use an int8 recipe)")

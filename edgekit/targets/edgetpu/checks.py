@@ -65,7 +65,11 @@ def _axes_labels(values: np.ndarray | list[int], rank: int) -> list[str]:
 def _check_no_fused_activation(ctx: OpContext) -> str | None:
     act = getattr(ctx.options, "fusedActivationFunction", 0)
     if act:
-        names = {v: k for k, v in vars(tfl.schema.ActivationFunctionType).items() if not k.startswith("_")}
+        names = {
+            v: k
+            for k, v in vars(tfl.schema.ActivationFunctionType).items()
+            if not k.startswith("_")
+        }
         return f"has a fused {names.get(act, act)} activation"
     return None
 
@@ -88,7 +92,9 @@ def _check_constant_inputs_zero_pair(ctx: OpContext) -> str | None:
     if len(ins) != 2:
         return f"{len(ins)} inputs with a constant among them (only 2 allowed)"
     q = ctx.tensor(consts[0]).quantization
-    zero = int(q.zeroPoint[0]) if q is not None and q.zeroPoint is not None and len(q.zeroPoint) else 0
+    zero = (
+        int(q.zeroPoint[0]) if q is not None and q.zeroPoint is not None and len(q.zeroPoint) else 0
+    )
     if np.any(ctx.const(consts[0]) != zero):
         return f"constant input '{ctx.tensor_name(consts[0])}' is not all zeros"
     return None
@@ -101,7 +107,11 @@ def _check_default_weights_format(ctx: OpContext) -> str | None:
 
 def _check_output_one_dimensional(ctx: OpContext) -> str | None:
     shape = ctx.shape(ctx.outputs()[0])
-    return f"output shape {shape} has more than one dimension > 1" if sum(s > 1 for s in shape) > 1 else None
+    return (
+        f"output shape {shape} has more than one dimension > 1"
+        if sum(s > 1 for s in shape) > 1
+        else None
+    )
 
 
 def _check_reduce_axes_within(ctx: OpContext, dims: list[str]) -> str | None:

@@ -20,8 +20,10 @@ _UNITS = {"B": 1, "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3,
           "KB": 1000, "MB": 1000 ** 2, "GB": 1000 ** 3}
 _LOG_FIELDS = {
     "onchip_param_bytes_used": rf"On-chip memory used for caching model parameters:\s*{_SIZE}",
-    "onchip_param_bytes_remaining": rf"On-chip memory remaining for caching model parameters:\s*{_SIZE}",
-    "offchip_param_bytes": rf"Off-chip memory used for streaming uncached model parameters:\s*{_SIZE}",
+    "onchip_param_bytes_remaining":
+        rf"On-chip memory remaining for caching model parameters:\s*{_SIZE}",
+    "offchip_param_bytes":
+        rf"Off-chip memory used for streaming uncached model parameters:\s*{_SIZE}",
 }
 _LOG_COUNTS = {
     "edgetpu_subgraphs": r"Number of Edge TPU subgraphs:\s*(\d+)",

@@ -31,7 +31,9 @@ class EdgeTpuFamily(TargetFamily):
 
     def compile(self, model: bytes, fmt: str, profile: Profile, calib: Any = None) -> Compiled:
         if fmt != "tflite":
-            raise ModelError(f"Edge TPU runs TFLite models only; got {fmt!r} (convert it to TFLite first)")
+            raise ModelError(
+                f"Edge TPU runs TFLite models only; got {fmt!r} (convert it to TFLite first)"
+            )
         runtime = int(profile.options.get("runtime_version", DEFAULT_RUNTIME))
         table = load_ops_table()
         require_int8(model)
@@ -52,7 +54,11 @@ class EdgeTpuFamily(TargetFamily):
         ops = ([{"index": v.index, "op": v.op, "on": "edgetpu"} for v in part.on_tpu]
                + [{"index": v.index, "op": v.op, "on": "cpu",
                    "reason": v.reason} for v in part.on_cpu])
-        done = f"done: {COMPILER} {compiler.get('version', '')}".strip() if compiler is not None else None
+        done = (
+            f"done: {COMPILER} {compiler.get('version', '')}".strip()
+            if compiler is not None
+            else None
+        )
         details: dict[str, Any] = {
             "first_fallback": first.to_dict() if first else None,
             "ops": ops,

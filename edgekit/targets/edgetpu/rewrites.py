@@ -33,7 +33,8 @@ def _rewrites_for(verdict: OpVerdict, runtime: int, table: OpsTable) -> list[tup
 
 
 def fix_fallbacks(model: bytes, runtime: int, table: OpsTable,
-                  probes: list[list[np.ndarray]] | None = None) -> tuple[bytes, list[dict[str, Any]]]:
+                  probes: list[list[np.ndarray]] | None = None,
+                  ) -> tuple[bytes, list[dict[str, Any]]]:
     """Rewrite while the first fallback has a known fix that puts more ops on the Edge TPU and
     keeps the outputs (within 1 LSB, or SQNR against the model before ≥ MIN_REWRITE_SQNR_DB) on
     ``probes`` (float input samples; seeded random inputs when None)."""

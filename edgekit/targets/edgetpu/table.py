@@ -1,4 +1,5 @@
-"""Coral's supported-operations table (``data/edgetpu_ops.toml``): which op maps on which runtime."""
+"""Coral's supported-operations table (``data/edgetpu_ops.toml``): which op maps on which
+runtime."""
 
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ class OpRule:
     evidence: str
 
     def applies_to(self, runtime: int) -> bool:
-        return self.min_runtime <= runtime and (self.max_runtime is None or runtime <= self.max_runtime)
+        return self.min_runtime <= runtime and (
+            self.max_runtime is None or runtime <= self.max_runtime
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "builtins": list(self.builtins), "min_runtime": self.min_runtime,
@@ -51,7 +54,9 @@ class OpsTable:
     rules: tuple[OpRule, ...]
 
     def rule_for(self, builtin: str, runtime: int) -> OpRule | None:
-        return next((r for r in self.rules if builtin in r.builtins and r.applies_to(runtime)), None)
+        return next(
+            (r for r in self.rules if builtin in r.builtins and r.applies_to(runtime)), None
+        )
 
     def first_runtime(self, builtin: str) -> int | None:
         versions = [r.min_runtime for r in self.rules if builtin in r.builtins]

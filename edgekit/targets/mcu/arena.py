@@ -149,7 +149,10 @@ def _not_an_arena_problem(message: str) -> bool:
 
 def _tflm_error(message: str) -> ModelError:
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
-    missing = next((m for ln in lines for m in re.findall(r"Didn't find op for \w+ opcode '([^']+)'", ln)), None)
+    missing = next(
+        (m for ln in lines for m in re.findall(r"Didn't find op for \w+ opcode '([^']+)'", ln)),
+        None,
+    )
     if missing:
         return UnsupportedOpError(f"TFLM has no kernel for {missing}")
     return ModelError(f"TFLM cannot run the model: {lines[0] if lines else 'unknown error'}")

@@ -29,7 +29,9 @@ def compare_tflm_litert(model: bytes, inputs: Dataset | Sequence[np.ndarray] | n
     for i in range(min(limit, min(len(a) for a in arrays))):
         feed = [_as_input(a[i:i + 1], spec) for a, spec in zip(arrays, litert.inputs, strict=True)]
         for a, b in zip(litert.run(feed), tflm.run(feed), strict=True):
-            diff = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64).reshape(np.shape(a)))
+            diff = np.abs(
+                np.asarray(a, np.float64) - np.asarray(b, np.float64).reshape(np.shape(a))
+            )
             worst = max(worst, float(diff.max(initial=0.0)))
     return worst
 

@@ -39,7 +39,11 @@ def test_fleet_view_keeps_latest_state():
     view.feed(topic.status, b"{not json", now=104.0)
     view.feed("edgekit/v1/lab/a/unknown", b"{}", now=104.0)
     (row,) = view.rows(now=110.0)
-    assert row["state"] == "offline" and row["temperature_c"] == 61.0 and row["inferences_per_s"] == 4.0
+    assert (
+        row["state"] == "offline"
+        and row["temperature_c"] == 61.0
+        and row["inferences_per_s"] == 4.0
+    )
     assert row["latency_p50_ms"] == 1.5 and row["last_seen_s"] == 8.0  # the will does not count
     assert view.ignored == 2
 
@@ -72,7 +76,9 @@ def test_fleet_status_table_and_json(broker, collect, agent_config, start_agent,
     assert set(rows) >= {"dev1", "pi-gone"} and "junk" not in rows
     dev = rows["dev1"]
     assert dev["state"] == "online" and dev["mode"] == "performance" and dev["fleet"] == "lab"
-    assert dev["bundle"] == "digits" and dev["bundle_version"] == "1" and len(dev["bundle_id"]) == 16
+    assert (
+        dev["bundle"] == "digits" and dev["bundle_version"] == "1" and len(dev["bundle_id"]) == 16
+    )
     assert 20.0 < dev["temperature_c"] < 40.0 and dev["battery_pct"] <= 100.0
     assert 25.0 <= dev["inferences_per_s"] <= 42.0 and 0 < dev["latency_p50_ms"] < 100
     assert dev["energy_per_inference_j"] > 0 and dev["errors"] == 0 and dev["last_seen_s"] < 3

@@ -36,7 +36,10 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def _kernels(model: bytes) -> dict[str, np.ndarray]:
     model_t = tm.load(model)
-    return {n: tm.tensor_array(model_t, t, sg) for n, (sg, t) in compress.tflite_weights(model_t).items()}
+    return {
+        n: tm.tensor_array(model_t, t, sg)
+        for n, (sg, t) in compress.tflite_weights(model_t).items()
+    }
 
 
 # --- numpy transforms -----------------------------------------------------------------------
@@ -149,7 +152,9 @@ def test_cluster_16_leaves_at_most_16_values_per_kernel(digits_tflite, tflite_lo
                                                         digits_float_logits):
     model, stats = compress_tflite(digits_tflite, clusters=16)
     uniques = {n: np.unique(w).size for n, w in _kernels(model).items()}
-    assert all(u <= 16 for u in uniques.values()) and stats["max_unique_values"] == max(uniques.values())
+    assert all(u <= 16 for u in uniques.values()) and stats["max_unique_values"] == max(
+        uniques.values()
+    )
     ratio = deflate_size(model) / deflate_size(digits_tflite)
     assert ratio <= 0.25, ratio                              # measured 0.21
     drop = _accuracy(digits_float_logits, digits_test[1]) - _accuracy(tflite_logits(model),

@@ -1,4 +1,5 @@
-"""ONNX → TFLite with onnx2tf, offline: I/O contract kept, fidelity measured against ONNX Runtime."""
+"""ONNX → TFLite with onnx2tf, offline: I/O contract kept, fidelity measured against ONNX
+Runtime."""
 
 from __future__ import annotations
 
@@ -98,7 +99,8 @@ def test_dynamic_input_is_refused_before_converting():
 
 def test_calibration_of_the_wrong_shape_is_refused():
     with pytest.raises(CalibrationError,
-                       match=r"input 'x' expects samples of shape \[3, 4, 4\], got an array of shape \[2, 4, 4, 3\]"):
+                       match=r"input 'x' expects samples of shape \[3, 4, 4\], "
+                             r"got an array of shape \[2, 4, 4, 3\]"):
         onnx_to_tflite(tiny_nchw_onnx(), [np.zeros((2, 4, 4, 3), np.float32)])
     with pytest.raises(CalibrationError, match="no calibration array for input"):
         onnx_to_tflite(tiny_nchw_onnx(), {"image": np.zeros((2, 3, 4, 4), np.float32)})
@@ -111,5 +113,7 @@ def test_missing_extra_is_one_clear_error(monkeypatch):
         onnx_to_tflite(tiny_nchw_onnx(), [np.zeros((2, 3, 4, 4), np.float32)])
     assert str(info.value) == f"{EXTRA_MESSAGE} (missing: edgekit_no_such_module)"
     # the same message when the child process cannot import a module
-    err = convert._conversion_error("Traceback ...\nModuleNotFoundError: No module named 'psutil'\n")
+    err = convert._conversion_error(
+        "Traceback ...\nModuleNotFoundError: No module named 'psutil'\n"
+    )
     assert str(err) == f"{EXTRA_MESSAGE} (missing: psutil)"

@@ -51,7 +51,9 @@ def test_model_without_signature_gets_one_and_then_quantizes(digits_tflite, digi
     with pytest.raises(ModelError, match="no SignatureDef"):
         quantize_tflite(bare, "static_int8", digits_calib)
     fixed, steps = ensure_signature(bare)
-    assert steps == ["add_signature serving_default (inputs: image; outputs: StatefulPartitionedCall)"]
+    assert steps == [
+        "add_signature serving_default (inputs: image; outputs: StatefulPartitionedCall)"
+    ]
     key, inputs, outputs = tm.signature_io(tm.load(fixed))
     assert (key, inputs, outputs) == ("serving_default", {"image": 0},
                                       {"StatefulPartitionedCall": 15})

@@ -130,7 +130,8 @@ def test_dynamic_spatial_dims_without_shape_is_an_error(tmp_path, edgekit_cli, c
 
 
 def _tiny_wide_onnx(path) -> None:
-    """Many tiny convolutions: QDQ int8 adds more bytes (scales, zero points, nodes) than it saves."""
+    """Many tiny convolutions: QDQ int8 adds more bytes (scales, zero points, nodes) than it
+    saves."""
     rng = np.random.default_rng(2)
     nodes, inits, prev = [], [], "x"
     for i in range(12):
@@ -173,7 +174,10 @@ def test_search_rejects_slower_candidate_by_measurement(digits):
     cand = evaluate(ctx, Recipe("dynamic_int8"))
     # an independent, longer interleaved timing must agree with the search's verdict
     again = interleaved_latency(cand.runner, ref, evald.sample(0), min_runs=300, min_seconds=1.0)
-    assert cand.latency.ratio > SPEED_TOLERANCE and again.ratio > SPEED_TOLERANCE, (cand.latency, again)
+    assert cand.latency.ratio > SPEED_TOLERANCE and again.ratio > SPEED_TOLERANCE, (
+        cand.latency,
+        again,
+    )
     assert "slower than float" in cand.rejected
     assert len(cand.shipped) < len(model)  # smaller, accurate, yet rejected: speed alone decided
     assert cand.fidelity.accuracy_drop <= 0.01

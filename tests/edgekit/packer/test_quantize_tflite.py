@@ -40,7 +40,9 @@ def test_static_int8_is_full_integer_small_and_accurate(digits_tflite, static_in
     for spec in backend.inputs + backend.outputs:
         assert spec.dtype == "int8" and spec.scale > 0 and -128 <= spec.zero_point <= 127, spec
     assert backend.inputs[0].name == "image"
-    assert "QUANTIZE" not in tm.op_names(static_int8) and "DEQUANTIZE" not in tm.op_names(static_int8)
+    assert "QUANTIZE" not in tm.op_names(static_int8) and "DEQUANTIZE" not in tm.op_names(
+        static_int8
+    )
     logits = tflite_logits(static_int8)
     labels = digits_test[1]
     drop = _accuracy(digits_float_logits, labels) - _accuracy(logits, labels)
@@ -105,9 +107,11 @@ def test_op_sensitivity_matches_end_to_end_sqnr(digits_tflite, static_int8, digi
     quant_runner = Runner(load_backend(static_int8, "tflite"))
     ref = np.concatenate([float_runner([s["image"]])[0] for s in calib])
     out = np.concatenate([quant_runner([s["image"]])[0] for s in calib])
-    assert table[-1][2] == pytest.approx(_sqnr(ref, out), abs=0.05)   # the output op = the model output
+    assert table[-1][2] == pytest.approx(
+        _sqnr(ref, out), abs=0.05
+    )  # the output op = the model output
     per_tensor = tensor_sqnr(digits_tflite, static_int8, calib)
-    assert per_tensor["serving_default_image:0"] > 45                  # int8 input of [0,1] pixels: ~56 dB
+    assert per_tensor["serving_default_image:0"] > 45  # int8 input of [0,1] pixels: ~56 dB
 
 
 def test_mixed_precision_follows_the_sensitivity_ranking(digits_tflite, static_int8, digits_calib,
@@ -121,14 +125,16 @@ def test_mixed_precision_follows_the_sensitivity_ranking(digits_tflite, static_i
                                  float_ops=frozenset(order[-1:]))
     gain_worst = _sqnr(digits_float_logits, tflite_logits(worst_first)) - whole
     gain_best = _sqnr(digits_float_logits, tflite_logits(best_first)) - whole
-    assert gain_worst >= 6.0, gain_worst                              # measured +12.3 dB (op 5 in float)
+    assert gain_worst >= 6.0, gain_worst  # measured +12.3 dB (op 5 in float)
     assert gain_worst > gain_best + 5.0, (gain_worst, gain_best)
-    backend = load_backend(worst_first, "tflite")                       # still a full-integer interface
+    backend = load_backend(worst_first, "tflite")  # still a full-integer interface
     assert [s.dtype for s in backend.inputs + backend.outputs] == ["int8", "int8"]
     assert backend.outputs[0].scale > 0
     model_t = tm.load(worst_first)
     sg = model_t.subgraphs[0]
-    kernels = {i: int(op.inputs[1]) for i, op in enumerate(sg.operators) if len(tm.ints(op.inputs)) > 1}
+    kernels = {
+        i: int(op.inputs[1]) for i, op in enumerate(sg.operators) if len(tm.ints(op.inputs)) > 1
+    }
     float_kernel_ops = [tm.op_name(model_t, sg.operators[i]) for i, t in kernels.items()
                         if tm.tensor_array(model_t, t) is not None
                         and tm.tensor_type_name(sg.tensors[t].type) == "float32"]

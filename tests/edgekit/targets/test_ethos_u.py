@@ -76,7 +76,9 @@ def test_digits_all_ops_on_the_npu(digits_int8, digits_u55, u55, tmp_path):
     assert vela["npu_ops"] == len([op for op in ops if op != "RESHAPE"]) == 5
     assert tfl.op_names(compiled.model) == [NPU_OP]
     row, stdout = vela_cli(digits_int8, tmp_path, u55)
-    assert report.sram_bytes == vela["sram_bytes"] == round(float(row["sram_memory_used"]) * 1024) > 0
+    assert (
+        report.sram_bytes == vela["sram_bytes"] == round(float(row["sram_memory_used"]) * 1024) > 0
+    )
     assert vela["offchip_flash_bytes"] == round(float(row["off_chip_flash_memory_used"]) * 1024)
     assert vela["cycles_total"] == int(float(row["cycles_total"])) > vela["cycles_npu"] > 0
     assert vela["inference_time_ms"] == pytest.approx(float(row["inference_time"]) * 1000)
@@ -90,7 +92,9 @@ def test_digits_all_ops_on_the_npu(digits_int8, digits_u55, u55, tmp_path):
         f"vela {metadata.version('ethos-u-vela')} for ethos-u55-128 (Ethos_U55_High_End_Embedded, "
         "Shared_Sram): 5 NPU ops, 0 CPU ops"]
     assert not EthosUFamily.HOST_RUNNABLE
-    assert compiled.extra_files["vela_summary.csv"].decode().splitlines()[1].split(",")[1] == "model"
+    assert (
+        compiled.extra_files["vela_summary.csv"].decode().splitlines()[1].split(",")[1] == "model"
+    )
 
 
 def test_op_vela_cannot_map_stays_on_cpu(build_int8, u55):
@@ -125,13 +129,19 @@ def test_sram_budget_says_by_how_much(digits_int8, digits_u55, u55):
     sram = digits_u55.report.sram_bytes
     tight = dataclasses.replace(u55, ram_bytes=sram - 100)
     report = EthosUFamily().compile(digits_int8, "tflite", tight).report
-    assert report.violations == (f"ram: needs {sram} B, ethos-u55-128 has {sram - 100} B (100 B over)",)
+    assert report.violations == (
+        f"ram: needs {sram} B, ethos-u55-128 has {sram - 100} B (100 B over)",
+    )
 
 
 def test_float_io_int8_model_is_made_integer(digits_int8_float_io, u55):
     report = EthosUFamily().compile(digits_int8_float_io, "tflite", u55).report
     (rewrite,) = report.details["rewrites"]
-    assert rewrite["rewrite"] == "strip_float_io" and rewrite["kept"] and rewrite["max_diff_lsb"] == 0.0
+    assert (
+        rewrite["rewrite"] == "strip_float_io"
+        and rewrite["kept"]
+        and rewrite["max_diff_lsb"] == 0.0
+    )
     assert report.ops_on_cpu == () and report.details["vela"]["cpu_ops"] == 0
 
 

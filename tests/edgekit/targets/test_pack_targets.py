@@ -56,7 +56,9 @@ def test_ethos_u_figures_come_from_vela(tmp_path, digits_model):
     assert rep["fits"] is True and rep["ops_on_cpu"] == []
     vela = rep["vela"]
     assert rep["sram_bytes"] == vela["sram_bytes"] > 0
-    assert int(float(rows[0]["sram_memory_used"]) * 1024) == pytest.approx(rep["sram_bytes"], abs=1024)
+    assert int(float(rows[0]["sram_memory_used"]) * 1024) == pytest.approx(
+        rep["sram_bytes"], abs=1024
+    )
     assert vela["cpu_ops"] == 0
     # the shipped model is Vela's: one ethos-u custom op carries the whole network
     from edgekit.tflite.model import op_names
@@ -69,7 +71,9 @@ def test_edgetpu_partition_maps_every_op(tmp_path, digits_model):
     model = bundle.read_model()
     verdicts = edgetpu.analyze(model)
     assert rep["ops_on_cpu"] == []
-    assert len(rep["ops_on_accelerator"]) == len(verdicts) == len([v for v in verdicts if v.mappable])
+    assert (
+        len(rep["ops_on_accelerator"]) == len(verdicts) == len([v for v in verdicts if v.mappable])
+    )
     assert bundle.manifest.primary.inputs[0].dtype in ("int8", "uint8")
     assert "pending" in str(rep.get("compile_step", "")) + str(rep.get("compiler", ""))
 

@@ -107,7 +107,11 @@ def test_ethos_u65_inherits_u55_and_merges_options_and_power():
     assert own["inherit"] == "ethos-u55-128"
     assert u65.family == "ethos-u" and u65.accelerator == "ethos-u65-256"
     # options: own keys replace, the rest come from the parent
-    assert u65.options["system_config"] == own["options"]["system_config"] != u55.options["system_config"]
+    assert (
+        u65.options["system_config"]
+        == own["options"]["system_config"]
+        != u55.options["system_config"]
+    )
     assert u65.options["memory_mode"] == own["options"]["memory_mode"]
     assert "runtime_code_bytes" not in own["options"]
     assert u65.options["runtime_code_bytes"] == u55.options["runtime_code_bytes"]

@@ -57,7 +57,7 @@ TRANSPOSE_CONV                 3          Operation not supported
 CONV_2D                        8          More than one subgraph is not supported
 ADD                            4          More than one subgraph is not supported
 DEQUANTIZE                     1          Operation is working on an unsupported data type
-"""
+"""  # noqa: E501 (verbatim edgetpu_compiler output: its lines are as long as it prints them)
 
 # A fully mapped model: the compiler prints no per-device counts, only the operator table.
 FULL_LOG = """\
@@ -298,7 +298,9 @@ def test_flash_budget_of_the_host(digits_int8, coral, no_compiler):
     tiny = dataclasses.replace(coral, flash_bytes=40000)
     report = EdgeTpuFamily().compile(digits_int8, "tflite", tiny).report
     over = len(digits_int8) - 40000
-    assert report.violations == (f"flash: needs {len(digits_int8)} B, coral-usb has 40000 B ({over} B over)",)
+    assert report.violations == (
+        f"flash: needs {len(digits_int8)} B, coral-usb has 40000 B ({over} B over)",
+    )
 
 
 # --- bad input ------------------------------------------------------------------------------------
@@ -307,7 +309,9 @@ def test_float_model_is_refused(digits_float, coral, no_compiler):
     with pytest.raises(ModelError) as err:
         EdgeTpuFamily().compile(digits_float, "tflite", coral)
     msg = str(err.value)
-    assert msg.startswith("Edge TPU needs a fully int8-quantized model; got float32 tensors in ops CONV_2D#0")
+    assert msg.startswith(
+        "Edge TPU needs a fully int8-quantized model; got float32 tensors in ops CONV_2D#0"
+    )
     assert "\n" not in msg
 
 

@@ -111,9 +111,17 @@ def test_linked_program_sees_the_model_and_its_figures(compiled, tmp_path):
     assert got["out_shape"].split() == ["1", "10"]
     assert got["in_bytes"] == "64 64"
     q, scale, zp = got["in_q"].split()
-    assert q == "1" and np.float32(scale) == np.float32(spec_in.scale) and int(zp) == spec_in.zero_point
+    assert (
+        q == "1"
+        and np.float32(scale) == np.float32(spec_in.scale)
+        and int(zp) == spec_in.zero_point
+    )
     q, scale, zp = got["out_q"].split()
-    assert q == "1" and np.float32(scale) == np.float32(spec_out.scale) and int(zp) == spec_out.zero_point
+    assert (
+        q == "1"
+        and np.float32(scale) == np.float32(spec_out.scale)
+        and int(zp) == spec_out.zero_point
+    )
 
 
 def test_header_is_valid_cpp(compiled, tmp_path):

@@ -1,4 +1,5 @@
-"""MCU family: TFLM op set, measured arena, budgets, rewrites, TFLM vs LiteRT — all from real runs."""
+"""MCU family: TFLM op set, measured arena, budgets, rewrites, TFLM vs LiteRT — all from real
+runs."""
 
 from __future__ import annotations
 
@@ -202,7 +203,9 @@ def test_activations_too_large_for_nrf52840_ram(build_int8):
     nrf = McuFamily().compile(tflite, "tflite", get_profile("nrf52840"))
     ram = nrf.report.sram_bytes
     assert ram > 196608 and nrf.report.arena_bytes > 64 * 64 * 32  # a 64x64x32 int8 map lives in it
-    assert nrf.report.violations == (f"ram: needs {ram} B, nrf52840 has 196608 B ({ram - 196608} B over)",)
+    assert nrf.report.violations == (
+        f"ram: needs {ram} B, nrf52840 has 196608 B ({ram - 196608} B over)",
+    )
     assert McuFamily().compile(tflite, "tflite", get_profile("esp32-s3")).report.fits
 
 
@@ -214,9 +217,15 @@ def test_relu_0_to_1_is_rewritten_and_matches(relu_0_to_1_model, calib):
     compiled = McuFamily().compile(relu_0_to_1_model, "tflite", get_profile("nrf52840"))
     ops = list(compiled.report.ops_on_cpu)
     assert ops == ["CONV_2D", "RELU", "MINIMUM", "RESHAPE", "FULLY_CONNECTED"]
-    assert compiled.report.details["rewrites"] == ["RELU_0_TO_1#1: replaced by RELU + MINIMUM(1) (int8)"]
-    # the rewrite is exact in LiteRT, and TFLM on the rewrite stays within 1 LSB of LiteRT on the original
-    before, after = load_backend(relu_0_to_1_model, "tflite"), load_backend(compiled.model, "tflite")
+    assert compiled.report.details["rewrites"] == [
+        "RELU_0_TO_1#1: replaced by RELU + MINIMUM(1) (int8)"
+    ]
+    # the rewrite is exact in LiteRT, and TFLM on the rewrite stays within 1 LSB of LiteRT on the
+    # original
+    before, after = (
+        load_backend(relu_0_to_1_model, "tflite"),
+        load_backend(compiled.model, "tflite"),
+    )
     micro = load_backend(compiled.model, "tflite", prefer_micro=True, arena_size=1 << 20)
     worst_exact, worst_micro = 0, 0
     for i in range(len(calib)):
