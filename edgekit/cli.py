@@ -1,15 +1,31 @@
-"""`edgekit` command line. Every EdgekitError becomes `error: …` and exit 1; usage errors exit 2."""
+"""`edgekit` command line. Every EdgekitError becomes `error: …` and exit 1; usage errors exit 2.
+
+The handlers of ``pack``, ``recipes`` and ``targets`` import the packer and the targets when they
+run: those pull in numpy, onnx and LiteRT (about 0.3 s), and `edgekit --help` must not pay for
+them. With ``edgekit.pack`` in ``__init__`` these are the package's only deferred project
+imports; nothing below imports this module, so they cannot close a cycle.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from edgekit_agent.bundle.reader import open_bundle
 from edgekit_agent.cliutil import Handler, dispatch
+from edgekit_agent.bundle.signing import generate_keypair
 
 from . import __version__, ui
+from .defaults import RUNTIME_CHOICES
+from .errors import ConfigError
+from .examples import EXAMPLES
+from .fleet import cli as fleet_cli
+from .report import render_manifest
+
+_SHAPE_ARG = re.compile(r"^([^:]+):(\d+(?:,\d+)*)$")
 
 COMMANDS: dict[str, Handler] = {}
 
@@ -36,16 +52,21 @@ def command(fn: Handler) -> Handler:
 # --- pack -------------------------------------------------------------------------------------
 
 def _pack(sub: Any) -> None:
-    p = sub.add_parser("pack", help="compress, quantize and fit a model to a target; write a bundle",
-                       description="Search recipes from least to most lossy and keep the first that "
-                       "fits the target's budgets. MODEL is a .onnx/.tflite file or example:NAME.")
+    p = sub.add_parser(
+        "pack",
+        help="compress, quantize and fit a model to a target; write a bundle",
+        description="Search recipes from least to most lossy and keep the first that "
+        "fits the target's budgets. MODEL is a .onnx/.tflite file or example:NAME.",
+    )
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--target", required=True, help="target profile name (see `edgekit targets`)")
     p.add_argument("-o", "--out", required=True, type=Path, help="bundle to write (.ekb)")
     p.add_argument("--calib", help="calibration data: .npz, .npy, or a folder of .npy/.npz/images")
-    p.add_argument("--eval", dest="eval_data", help="held-out evaluation data (default: part of --calib)")
+    p.add_argument("--eval", dest="eval_data",
+                   help="held-out evaluation data (default: part of --calib)")
     p.add_argument("--labels", help="labels (.npy/.txt) for the evaluation data")
-    p.add_argument("--max-drop", type=float, help="max accuracy drop as a fraction (0.01 = 1 point)")
+    p.add_argument("--max-drop", type=float,
+                   help="max accuracy drop as a fraction (0.01 = 1 point)")
     p.add_argument("--min-sqnr", type=float, help="min SQNR in dB vs the float model")
     p.add_argument("--recipe", help="force one recipe (see `edgekit recipes`)")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
@@ -55,12 +76,13 @@ def _pack(sub: Any) -> None:
     p.add_argument("--preprocess", metavar="SPEC", help="for image folders: "
                    "size=HxW,mean=a/b/c,std=a/b/c,layout=nhwc|nchw,gray")
     p.add_argument("--variants", type=int, default=1, help="keep the best N fitting candidates")
-    p.add_argument("--runtime", choices=("auto", "onnxruntime", "litert"), default="auto",
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
                    help="CPU targets with ONNX input: auto measures both (needs the convert extra)")
     p.add_argument("--name", help="bundle name (default: the model file's stem)")
     p.add_argument("--version", dest="bundle_version", default="1", help="bundle version string")
     p.add_argument("--sign", metavar="KEY", help="ed25519 private key (from `edgekit keygen`)")
-    p.add_argument("--targets-dir", action="append", default=[], help="extra folder of target profiles")
+    p.add_argument("--targets-dir", action="append", default=[],
+                   help="extra folder of target profiles")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -71,7 +93,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
     opts = PackOptions(model=args.model, target=args.target, out=args.out, calib=args.calib,
                        eval_data=args.eval_data, labels=args.labels, max_drop=args.max_drop,
                        min_sqnr=args.min_sqnr, recipe=args.recipe,
-                       input_shapes=tuple(args.input_shape), synthetic_calib=args.synthetic_calib,
+                       input_shapes=parse_input_shapes(args.input_shape),
+                       synthetic_calib=args.synthetic_calib,
                        variants=args.variants, sign_key=args.sign, preprocess=args.preprocess,
                        name=args.name, version=args.bundle_version, runtime=args.runtime,
                        targets_dirs=tuple(args.targets_dir), show_progress=not args.json)
@@ -83,8 +106,21 @@ def cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
+    """``--input-shape`` values (repeatable), ``["NAME:1,3,224,224", ...]``, as
+    ``{NAME: (1, 3, 224, 224)}``."""
+    shapes = {}
+    for item in items:
+        m = _SHAPE_ARG.match(item.strip())
+        if not m:
+            raise ConfigError("expected NAME:D0,D1,...", key="--input-shape", value=item)
+        shapes[m.group(1)] = tuple(int(d) for d in m.group(2).split(","))
+    return shapes
+
+
 def _recipes(sub: Any) -> None:
-    p = sub.add_parser("recipes", help="list the recipe ladder the packer searches, least lossy first")
+    p = sub.add_parser("recipes",
+                       help="list the recipe ladder the packer searches, least lossy first")
     p.add_argument("--json", action="store_true")
 
 
@@ -110,14 +146,10 @@ def _inspect(sub: Any) -> None:
 
 @command
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from edgekit_agent.bundle.reader import open_bundle
-
     bundle = open_bundle(args.bundle, args.key)
     if args.json:
         ui.print_json(bundle.manifest.to_dict())
     else:
-        from .report import render_manifest
-
         print(render_manifest(bundle))
     return 0
 
@@ -130,8 +162,6 @@ def _verify(sub: Any) -> None:
 
 @command
 def cmd_verify(args: argparse.Namespace) -> int:
-    from edgekit_agent.bundle.reader import open_bundle
-
     b = open_bundle(args.bundle, args.key)
     sig = (f"signature OK (key {b.key_id})" if b.signature_checked
            else "signed, signature not checked (no --key)" if b.signed else "unsigned")
@@ -170,8 +200,6 @@ def _keygen(sub: Any) -> None:
 
 @command
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from edgekit_agent.bundle.signing import generate_keypair
-
     key, pub = generate_keypair(args.out)
     print(f"wrote {key} (private, keep secret) and {pub} (public, give to devices)")
     return 0
@@ -184,8 +212,6 @@ def _examples(sub: Any) -> None:
 
 @command
 def cmd_examples(args: argparse.Namespace) -> int:
-    from .examples import EXAMPLES
-
     if args.json:
         ui.print_json([e.to_dict() for e in EXAMPLES.values()])
         return 0
@@ -199,16 +225,12 @@ def cmd_examples(args: argparse.Namespace) -> int:
 # --- fleet ----------------------------------------------------------------------------------------
 
 def _fleet(sub: Any) -> None:
-    from .fleet import add_parser
-
-    add_parser(sub)
+    fleet_cli.add_parser(sub)
 
 
 @command
 def cmd_fleet(args: argparse.Namespace) -> int:
-    from .fleet import main as fleet_main
-
-    return fleet_main(args)
+    return fleet_cli.main(args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from edgekit_agent.bundle.reader import Bundle
 
@@ -28,13 +29,21 @@ def render_candidates(candidates: Sequence[Any], float_size: int) -> str:
                      "acc drop pt", "latency", "fits", "why not"], rows)
 
 
+def _signed(bundle: Bundle) -> str:
+    if bundle.signature_checked:
+        return f"yes, verified key {bundle.key_id}"
+    return "yes (not checked: no --key)" if bundle.signed else "no"
+
+
 def render_manifest(bundle: Bundle) -> str:
     m = bundle.manifest
-    lines = [f"bundle   {bundle.path}  ({m.name} v{m.version}, schema {m.schema})",
-             f"target   {m.target} ({m.family})",
-             f"signed   {'yes, verified key ' + bundle.key_id if bundle.signature_checked else 'yes (not checked: no --key)' if bundle.signed else 'no'}",
-             f"source   {m.source.get('path')} {m.source.get('format')} "
-             f"{ui.human_bytes(m.source.get('size_bytes'))}"]
+    lines = [
+        f"bundle   {bundle.path}  ({m.name} v{m.version}, schema {m.schema})",
+        f"target   {m.target} ({m.family})",
+        f"signed   {_signed(bundle)}",
+        f"source   {m.source.get('path')} {m.source.get('format')} "
+        f"{ui.human_bytes(m.source.get('size_bytes'))}",
+    ]
     rows = []
     for v in m.all_variants:
         fid = v.fidelity.to_dict() if v.fidelity else {}
@@ -46,10 +55,16 @@ def render_manifest(bundle: Bundle) -> str:
                      len(rep.get("ops_on_cpu", [])), rep.get("fits")))
     lines += ["", ui.table(["variant", "format", "size", "zipped", "SQNR dB", "accuracy", "drop",
                             "p50 ms", "arena B", "ops accel", "ops cpu", "fits"], rows)]
-    io = [f"  in  {t.name} {list(t.shape)} {t.dtype}" + (f" scale={t.scale:.6g} zp={t.zero_point}" if t.scale else "")
-          for t in m.primary.inputs]
-    io += [f"  out {t.name} {list(t.shape)} {t.dtype}" + (f" scale={t.scale:.6g} zp={t.zero_point}" if t.scale else "")
-           for t in m.primary.outputs]
+    io = [
+        f"  in  {t.name} {list(t.shape)} {t.dtype}"
+        + (f" scale={t.scale:.6g} zp={t.zero_point}" if t.scale else "")
+        for t in m.primary.inputs
+    ]
+    io += [
+        f"  out {t.name} {list(t.shape)} {t.dtype}"
+        + (f" scale={t.scale:.6g} zp={t.zero_point}" if t.scale else "")
+        for t in m.primary.outputs
+    ]
     lines += ["", "tensors", *io, "", "recipe", *(f"  {_step_line(s.to_dict())}" for s in m.primary.recipe)]
     lines += [f"note     {n}" for n in m.notes]
     return "\n".join(lines)
@@ -59,5 +74,6 @@ def _step_line(step: dict[str, Any]) -> str:
     if "detail" in step:
         return f"{step['step']}: {step['detail']}"
     facts = ", ".join(f"{k}={v}" for k, v in sorted(step.items())
-                      if k not in ("step", "name", "description") and v not in (0, 0.0, False, None, [], ""))
+                      if k not in ("step", "name", "description") and v not in (0, 0.0, False,
+                                                                                None, [], ""))
     return f"{step['step']}: {step.get('name', '')} ({facts})"

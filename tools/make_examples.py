@@ -87,11 +87,14 @@ def export_onnx(model) -> bytes:
     }
     nodes = [
         helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2], name="to_nchw"),
-        helper.make_node("Conv", ["nchw", "conv1.w", "conv1.b"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Conv", ["nchw", "conv1.w", "conv1.b"], ["c1"], pads=[1, 1, 1, 1],
+                         name="conv1"),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "conv2.w", "conv2.b"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Conv", ["r1", "conv2.w", "conv2.b"], ["c2"], pads=[1, 1, 1, 1],
+                         name="conv2"),
         helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
-        helper.make_node("MaxPool", ["r2"], ["p"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+        helper.make_node("MaxPool", ["r2"], ["p"], kernel_shape=[2, 2],
+                         strides=[2, 2], name="pool"),
         helper.make_node("Reshape", ["p", "flat.shape"], ["f"], name="flatten"),
         helper.make_node("Gemm", ["f", "fc1.w", "fc1.b"], ["d1"], transB=1, name="fc1"),
         helper.make_node("Relu", ["d1"], ["r3"], name="relu3"),

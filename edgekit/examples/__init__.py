@@ -27,10 +27,14 @@ class Example:
 EXAMPLES = {
     "digits": Example(
         name="digits",
-        description="8x8 handwritten digits CNN (scikit-learn digits), 38k params, NHWC float input",
-        onnx=_HERE / "digits" / "digits.onnx", tflite=_HERE / "digits" / "digits.tflite",
-        calib=_HERE / "digits" / "calib.npz", eval=_HERE / "digits" / "test.npz",
-        labels=_HERE / "digits" / "test_labels.npy"),
+        description="8x8 handwritten digits CNN (scikit-learn digits), 38k params, "
+                    "NHWC float input",
+        onnx=_HERE / "digits" / "digits.onnx",
+        tflite=_HERE / "digits" / "digits.tflite",
+        calib=_HERE / "digits" / "calib.npz",
+        eval=_HERE / "digits" / "test.npz",
+        labels=_HERE / "digits" / "test_labels.npy",
+    ),
 }
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ModelError
-from . import tflite_model as tm
+from ..tflite import model as tm
 
 # op type -> input positions that hold the weight (kernel) tensor
 WEIGHT_INPUTS: dict[str, tuple[int, ...]] = {
@@ -97,7 +97,8 @@ def cluster(w: np.ndarray, k: int, *, seed: int = 0, preserve_zeros: bool = True
     return out.reshape(w.shape).astype(w.dtype)
 
 
-def _kmeans_1d(values: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _kmeans_1d(values: np.ndarray, k: int,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     centroids = np.linspace(values.min(), values.max(), k)
     labels = np.zeros(values.size, dtype=np.int64)
     for _ in range(_KMEANS_MAX_ITER):
@@ -121,7 +122,9 @@ def to_float16(w: np.ndarray) -> np.ndarray:
     w = np.asarray(w)
     peak = float(np.max(np.abs(w[np.isfinite(w)]), initial=0.0))
     if peak > FLOAT16_MAX:
-        raise ModelError(f"weights exceed the float16 range (max |w| = {peak:.3g} > {FLOAT16_MAX:g})")
+        raise ModelError(
+            f"weights exceed the float16 range (max |w| = {peak:.3g} > {FLOAT16_MAX:g})"
+        )
     return w.astype(np.float16).astype(w.dtype)
 
 
@@ -144,7 +147,8 @@ def tflite_weights(model: bytes | Any) -> dict[str, tuple[int, int]]:
                 if t < 0 or pos not in WEIGHT_INPUTS.get(op_type, ()):
                     continue
                 if is_weight(op_type, pos, tm.tensor_array(model_t, int(t), sg_index)):
-                    found.setdefault(_unique_name(model_t, sg_index, int(t), found), (sg_index, int(t)))
+                    found.setdefault(_unique_name(model_t, sg_index, int(t), found),
+                                     (sg_index, int(t)))
     return found
 
 
@@ -155,7 +159,8 @@ def _unique_name(model_t: Any, sg_index: int, t: int, taken: dict[str, tuple[int
     return name
 
 
-def compress_tflite(model: bytes, *, sparsity: float = 0.0, per_layer: dict[str, float] | None = None,
+def compress_tflite(model: bytes, *, sparsity: float = 0.0,
+                    per_layer: dict[str, float] | None = None,
                     clusters: int = 0, fp16: bool = False, seed: int = 0) -> tuple[bytes, dict]:
     """Prune (``per_layer`` {weight tensor name: sparsity} per tensor, the rest globally at
     ``sparsity``), cluster to ``clusters`` values per kernel, and/or store float constants as
@@ -193,7 +198,11 @@ def _store_float16(model_t: Any) -> int:
     """float32 constants read by ops -> float16 constant + DEQUANTIZE (placed first)."""
     count = 0
     for sg_index, sg in enumerate(model_t.subgraphs):
-        read = {int(t) for op in sg.operators or [] for t in (op.inputs if op.inputs is not None else [])}
+        read = {
+            int(t)
+            for op in sg.operators or []
+            for t in (op.inputs if op.inputs is not None else [])
+        }
         for t in sorted(read - {-1}):
             tensor = sg.tensors[t]
             arr = tm.tensor_array(model_t, t, sg_index)
@@ -208,7 +217,8 @@ def _store_float16(model_t: Any) -> int:
     return count
 
 
-def _stats(model: bytes, out: bytes, original: dict[str, np.ndarray], weights: dict[str, np.ndarray],
+def _stats(model: bytes, out: bytes, original: dict[str, np.ndarray],
+           weights: dict[str, np.ndarray],
            clusters: int, fp16_count: int) -> dict:
     total = sum(w.size for w in weights.values())
     zeros = sum(int(np.count_nonzero(w == 0)) for w in weights.values())

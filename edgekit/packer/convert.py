@@ -18,20 +18,25 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-
 from edgekit_agent.bundle.manifest import TensorSpec
 from edgekit_agent.runtime import load_backend
 
+from ..dataset import (
+    Dataset,
+    check_array,  # one definition of 'samples fit this input'
+)
 from ..errors import CalibrationError, ModelError, UnsupportedOpError
-from . import tflite_model as tfl
-from .data import Dataset
-from .data import _check as check_array  # one definition of 'samples fit this input'
+from ..onnx_model import parse_onnx
+from ..tflite import model as tfl
+from .doctor_onnx import sanitize_names
 from .evaluate import sqnr_db
+from .ingest import onnx_value_spec
 
 EXTRA_MESSAGE = "ONNX→TFLite conversion needs the convert extra: pip install 'edgekit[convert]'"
 REQUIRED_MODULES = ("onnx2tf", "tensorflow", "tf_keras", "onnx_graphsurgeon", "sng4onnx", "psutil")
@@ -71,12 +76,12 @@ class ConversionResult:
                 "steps": list(self.steps)}
 
 
-def onnx_to_tflite(onnx_bytes: bytes, calib_inputs: Dataset | Mapping[str, np.ndarray] | Sequence[np.ndarray],
+def onnx_to_tflite(onnx_bytes: bytes,
+                   calib_inputs: Dataset | Mapping[str, np.ndarray] | Sequence[np.ndarray],
                    *, min_sqnr_db: float = DEFAULT_MIN_SQNR_DB, samples: int = CHECK_SAMPLES,
                    timeout_s: float = TIMEOUT_S) -> ConversionResult:
     """Convert, restore the ONNX I/O contract, and measure the conversion's SQNR per output."""
     require_convert_extra()
-    from .doctor_onnx import sanitize_names
 
     inputs, outputs = _static_io(onnx_bytes)
     data = _calibration(calib_inputs, inputs)
@@ -93,8 +98,10 @@ def onnx_to_tflite(onnx_bytes: bytes, calib_inputs: Dataset | Mapping[str, np.nd
                  + ", ".join(f"{k} {v:.1f} dB" for k, v in sqnr.items()))
     worst = min(sqnr, key=sqnr.get)
     if sqnr[worst] < min_sqnr_db:
-        raise ModelError(f"ONNX→TFLite conversion changed output {worst!r}: SQNR {sqnr[worst]:.1f} dB "
-                         f"against the ONNX model (< {min_sqnr_db:g} dB)")
+        raise ModelError(
+            f"ONNX→TFLite conversion changed output {worst!r}: SQNR {sqnr[worst]:.1f} dB "
+            f"against the ONNX model (< {min_sqnr_db:g} dB)"
+        )
     return ConversionResult(model, sqnr, tuple(steps))
 
 
@@ -111,28 +118,29 @@ def conversion_sqnr(onnx_bytes: bytes, tflite_bytes: bytes, data: Dataset,
     ref: list[list[np.ndarray]] = [[] for _ in ort.outputs]
     got: list[list[np.ndarray]] = [[] for _ in ort.outputs]
     for sample in data.samples(samples):
-        for acc, out in zip(ref, ort.run(sample)):
+        for acc, out in zip(ref, ort.run(sample), strict=True):
             acc.append(np.asarray(out, np.float32))
-        for acc, out in zip(got, lite.run(sample)):
+        for acc, out in zip(got, lite.run(sample), strict=True):
             acc.append(np.asarray(out, np.float32))
-    return {spec.name: sqnr_db(np.concatenate(r), np.concatenate(g).reshape(np.concatenate(r).shape))
-            for spec, r, g in zip(ort.outputs, ref, got)}
+    return {spec.name: sqnr_db(np.concatenate(r),
+                               np.concatenate(g).reshape(np.concatenate(r).shape))
+            for spec, r, g in zip(ort.outputs, ref, got, strict=True)}
 
 
 # --- input checks ---------------------------------------------------------------------------
 
 def _static_io(onnx_bytes: bytes) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    from .ingest import parse_onnx, onnx_value_spec
-
     graph = parse_onnx(onnx_bytes).graph
     init_names = {i.name for i in graph.initializer}
     inputs = [onnx_value_spec(v) for v in graph.input if v.name not in init_names]
     outputs = [onnx_value_spec(v) for v in graph.output]
     for spec in inputs:
         if not spec.shape or any(d <= 0 for d in spec.shape):
-            raise ModelError(f"input {spec.name!r} has a dynamic shape "
-                             f"{['?' if d <= 0 else d for d in spec.shape]}; ONNX→TFLite needs static "
-                             f"shapes (freeze it with --input-shape {spec.name}:...)")
+            raise ModelError(
+                f"input {spec.name!r} has a dynamic shape "
+                f"{['?' if d <= 0 else d for d in spec.shape]}; ONNX→TFLite needs static "
+                f"shapes (freeze it with --input-shape {spec.name}:...)"
+            )
     return inputs, outputs
 
 
@@ -149,7 +157,10 @@ def _calibration(calib: Dataset | Mapping[str, np.ndarray] | Sequence[np.ndarray
         arrays = [calib] if isinstance(calib, np.ndarray) else list(calib)
     if len(arrays) != len(inputs):
         raise CalibrationError(f"the model has {len(inputs)} input(s), got {len(arrays)} array(s)")
-    checked = tuple(check_array(np.asarray(a), spec, "calibration data") for a, spec in zip(arrays, inputs))
+    checked = tuple(
+        check_array(np.asarray(a), spec, "calibration data")
+        for a, spec in zip(arrays, inputs, strict=True)
+    )
     return Dataset(tuple(inputs), checked)
 
 
@@ -197,8 +208,14 @@ def package_version(module: str) -> str:
 
 
 def _reject_flex_ops(model: bytes) -> None:
-    flex = sorted({op for i in range(len(tfl.load(model).subgraphs)) for op in tfl.op_names(model, i)
-                   if op.startswith("CUSTOM:Flex")})
+    flex = sorted(
+        {
+            op
+            for i in range(len(tfl.load(model).subgraphs))
+            for op in tfl.op_names(model, i)
+            if op.startswith("CUSTOM:Flex")
+        }
+    )
     if flex:
         raise UnsupportedOpError("ONNX→TFLite conversion needed TensorFlow (Flex) ops that TFLite "
                                  f"builtins lack: {', '.join(f[len('CUSTOM:'):] for f in flex)}")
@@ -207,30 +224,37 @@ def _reject_flex_ops(model: bytes) -> None:
 # --- restoring the ONNX I/O contract --------------------------------------------------------
 
 def _restore_io_contract(model: bytes, onnx_bytes: bytes, inputs: Sequence[TensorSpec],
-                         outputs: Sequence[TensorSpec], sample: list[np.ndarray]) -> tuple[bytes, list[str]]:
+                         outputs: Sequence[TensorSpec],
+                         sample: list[np.ndarray]) -> tuple[bytes, list[str]]:
     """ONNX names on the I/O tensors and in a SignatureDef; channel-last outputs transposed back."""
     m = tfl.load(model)
     if len(m.subgraphs) != 1:
         raise ModelError(f"onnx2tf produced {len(m.subgraphs)} subgraphs; expected 1")
     sg = m.subgraphs[0]
     if len(sg.inputs) != len(inputs) or len(sg.outputs) != len(outputs):
-        raise ModelError(f"onnx2tf produced {len(sg.inputs)} input(s) / {len(sg.outputs)} output(s) "
-                         f"for an ONNX model with {len(inputs)} / {len(outputs)}")
+        raise ModelError(
+            f"onnx2tf produced {len(sg.inputs)} input(s) / {len(sg.outputs)} output(s) "
+            f"for an ONNX model with {len(inputs)} / {len(outputs)}"
+        )
     order = _input_order(sg, inputs)
     sg.inputs = [sg.inputs[i] for i in order]
-    for t, spec in zip(sg.inputs, inputs):
+    for t, spec in zip(sg.inputs, inputs, strict=True):
         got = tuple(int(d) for d in sg.tensors[t].shape)
         if got != spec.shape:
-            raise ModelError(f"onnx2tf changed input {spec.name!r} from {list(spec.shape)} to {list(got)}")
+            raise ModelError(
+                f"onnx2tf changed input {spec.name!r} from {list(spec.shape)} to {list(got)}"
+            )
     steps = []
     to_tflite_order = [sample[order.index(j)] for j in range(len(order))]
     perms = _output_permutations(model, to_tflite_order, onnx_bytes, sample, outputs)
-    for pos, (spec, perm) in enumerate(zip(outputs, perms)):
+    for pos, (spec, perm) in enumerate(zip(outputs, perms, strict=True)):
         if perm is not None:
             sg.outputs[pos] = _append_transpose(m, sg, sg.outputs[pos], perm, spec.shape)
-            steps.append(f"output {spec.name}: transposed back to the ONNX layout {list(spec.shape)} "
-                         f"(perm {list(perm)})")
-    for t, spec in zip([*sg.inputs, *sg.outputs], [*inputs, *outputs]):
+            steps.append(
+                f"output {spec.name}: transposed back to the ONNX layout {list(spec.shape)} "
+                f"(perm {list(perm)})"
+            )
+    for t, spec in zip([*sg.inputs, *sg.outputs], [*inputs, *outputs], strict=True):
         sg.tensors[t].name = spec.name.encode()
     m.signatureDefs = [_signature(sg, inputs, outputs)]
     steps.append(f"added SignatureDef {SIGNATURE_KEY!r} with the ONNX input/output names")
@@ -253,11 +277,11 @@ def _output_permutations(model: bytes, tfl_sample: list[np.ndarray], onnx_bytes:
     onnx2tf emits channel-last outputs; shapes alone are ambiguous when dims are equal, so each
     candidate layout is compared numerically with the ONNX output on one sample."""
     lite = load_backend(model, "tflite")
-    feed = [x.reshape(s.shape) for x, s in zip(tfl_sample, lite.inputs)]
+    feed = [x.reshape(s.shape) for x, s in zip(tfl_sample, lite.inputs, strict=True)]
     got = [np.asarray(o) for o in lite.run(feed)]
     ref = [np.asarray(o) for o in load_backend(onnx_bytes, "onnx").run(onnx_sample)]
     perms: list[tuple[int, ...] | None] = []
-    for spec, out, want in zip(outputs, got, ref):
+    for spec, out, want in zip(outputs, got, ref, strict=True):
         rank = out.ndim
         back = (0, rank - 1, *range(1, rank - 1)) if rank >= 3 else None
         candidates = [(None, out)] + ([(back, out.transpose(back))] if back else [])
@@ -270,7 +294,8 @@ def _output_permutations(model: bytes, tfl_sample: list[np.ndarray], onnx_bytes:
     return perms
 
 
-def _append_transpose(m: Any, sg: Any, src: int, perm: tuple[int, ...], shape: tuple[int, ...]) -> int:
+def _append_transpose(m: Any, sg: Any, src: int, perm: tuple[int, ...],
+                      shape: tuple[int, ...]) -> int:
     from ai_edge_litert import schema_py_generated as schema
 
     perm_tensor = schema.TensorT()
@@ -287,7 +312,10 @@ def _append_transpose(m: Any, sg: Any, src: int, perm: tuple[int, ...], shape: t
     op = schema.OperatorT()
     op.opcodeIndex = _opcode(m, schema, schema.BuiltinOperator.TRANSPOSE)
     op.inputs, op.outputs = [src, len(sg.tensors) - 2], [len(sg.tensors) - 1]
-    op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.TransposeOptions, schema.TransposeOptionsT()
+    op.builtinOptionsType, op.builtinOptions = (
+        schema.BuiltinOptions.TransposeOptions,
+        schema.TransposeOptionsT(),
+    )
     sg.operators.append(op)
     return len(sg.tensors) - 1
 
@@ -312,6 +340,6 @@ def _signature(sg: Any, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSp
 
     sig = schema.SignatureDefT()
     sig.signatureKey, sig.subgraphIndex = SIGNATURE_KEY.encode(), 0
-    sig.inputs = [tensor_map(s.name, t) for s, t in zip(inputs, sg.inputs)]
-    sig.outputs = [tensor_map(s.name, t) for s, t in zip(outputs, sg.outputs)]
+    sig.inputs = [tensor_map(s.name, t) for s, t in zip(inputs, sg.inputs, strict=True)]
+    sig.outputs = [tensor_map(s.name, t) for s, t in zip(outputs, sg.outputs, strict=True)]
     return sig

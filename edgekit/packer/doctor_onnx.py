@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
-from .ingest import parse_onnx, onnx_value_spec
+from ..onnx_model import parse_onnx
+from .ingest import onnx_value_spec
 
 # What onnx2tf/TensorFlow accept: the first character a letter, digit or '.'.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
@@ -33,7 +34,7 @@ def freeze_input_shapes(data: bytes, shapes: dict[str, tuple[int, ...]], default
         new = _frozen_shape(spec.name, spec.shape, shapes.get(spec.name), default_batch)
         if new != spec.shape:
             dims = value.type.tensor_type.shape.dim
-            for dim, size in zip(dims, new):
+            for dim, size in zip(dims, new, strict=True):
                 dim.Clear()
                 dim.dim_value = size
             steps.append(f"froze input {spec.name} {_fmt(spec.shape)} -> {_fmt(new)}")
@@ -51,14 +52,17 @@ def freeze_input_shapes(data: bytes, shapes: dict[str, tuple[int, ...]], default
 def _frozen_shape(name: str, shape: tuple[int, ...], given: tuple[int, ...] | None,
                   default_batch: int) -> tuple[int, ...]:
     if given is not None:
-        if len(given) != len(shape) or any(s >= 0 and s != g for s, g in zip(shape, given)):
+        if len(given) != len(shape) or any(
+                s >= 0 and s != g for s, g in zip(shape, given, strict=True)):
             raise ModelError(f"--input-shape {name}:{_fmt(given)} does not match the model's "
                              f"{_fmt(shape)}")
         return tuple(given)
     frozen = tuple(default_batch if (i == 0 and d < 0) else d for i, d in enumerate(shape))
     if any(d < 0 for d in frozen):
-        raise ModelError(f"input {name!r} has dynamic dims {_fmt(shape)}; give "
-                         f"--input-shape {name}:{','.join(str(max(d, 1)) for d in frozen)} (your sizes)")
+        raise ModelError(
+            f"input {name!r} has dynamic dims {_fmt(shape)}; give "
+            f"--input-shape {name}:{','.join(str(max(d, 1)) for d in frozen)} (your sizes)"
+        )
     return frozen
 
 

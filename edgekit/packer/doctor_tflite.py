@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
-from . import tflite_model as tm
+from ..tflite import model as tm
 
 SIGNATURE_KEY = "serving_default"
 _CONVERTER_PREFIX = "serving_default_"
@@ -153,7 +153,8 @@ def _resolved_shape(name: str, signature: list[int], given: tuple[int, ...] | No
         raise ModelError(f"input '{name}' has a dynamic shape {_fmt(signature)}; "
                          f"give it with --input-shape {name}:" + ",".join(
                              "1" if d == -1 else str(d) for d in signature))
-    if len(given) != len(signature) or any(s not in (-1, g) for s, g in zip(signature, given)) \
+    if len(given) != len(signature) \
+            or any(s not in (-1, g) for s, g in zip(signature, given, strict=True)) \
             or any(int(g) < 1 for g in given):
         raise ModelError(f"input '{name}': shape {_fmt(given)} does not fit {_fmt(signature)}")
     return [int(g) for g in given]
@@ -170,7 +171,9 @@ def _apply_static_shapes(model: bytes, model_t: Any, resize: dict[int, list[int]
         it.allocate_tensors()
         details = it.get_tensor_details()
     except (ValueError, RuntimeError) as exc:
-        raise ModelError(f"LiteRT cannot resize the model's inputs: {str(exc).splitlines()[0]}") from None
+        raise ModelError(
+            f"LiteRT cannot resize the model's inputs: {str(exc).splitlines()[0]}"
+        ) from None
     sg = model_t.subgraphs[0]
     for d in details:
         if d["index"] < len(sg.tensors) and d["shape"].size:

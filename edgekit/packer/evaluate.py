@@ -8,16 +8,17 @@ with float and candidate interleaved so that machine noise hits both alike.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from edgekit_agent.bundle.manifest import Fidelity, OutputFidelity
 from edgekit_agent.runtime import Runner, load_backend
 
+from ..dataset import Dataset
 from ..errors import ModelError
-from .data import Dataset
 
 
 def make_runner(model: bytes, fmt: str, threads: int | None = None) -> Runner:
@@ -29,7 +30,7 @@ def run_all(runner: Runner, data: Dataset) -> list[np.ndarray]:
     per_output: list[list[np.ndarray]] = [[] for _ in runner.outputs]
     try:
         for sample in data.samples():
-            for acc, out in zip(per_output, runner(sample)):
+            for acc, out in zip(per_output, runner(sample), strict=True):
                 acc.append(np.asarray(out, dtype=np.float32))
     except (ValueError, RuntimeError) as exc:
         raise ModelError(f"inference failed: {str(exc).splitlines()[0][:200]}") from None
@@ -45,14 +46,19 @@ def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
 
 
 def cosine(ref: np.ndarray, test: np.ndarray) -> float:
-    a, b = ref.reshape(len(ref), -1).astype(np.float64), test.reshape(len(test), -1).astype(np.float64)
+    a, b = (
+        ref.reshape(len(ref), -1).astype(np.float64),
+        test.reshape(len(test), -1).astype(np.float64),
+    )
     num = np.sum(a * b, axis=1)
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     return float(np.mean(np.where(den > 0, num / np.maximum(den, 1e-30), 1.0)))
 
 
 def is_classifier(out: np.ndarray) -> bool:
-    return out.ndim >= 2 and out.shape[-1] > 1 and out.reshape(len(out), -1).shape[1] == out.shape[-1]
+    return (
+        out.ndim >= 2 and out.shape[-1] > 1 and out.reshape(len(out), -1).shape[1] == out.shape[-1]
+    )
 
 
 def accuracy(out: np.ndarray, labels: np.ndarray) -> float:
@@ -79,7 +85,8 @@ class Latency:
 
 
 def interleaved_latency(candidate: Runner, reference: Runner, sample: list[np.ndarray],
-                        min_runs: int = 60, min_seconds: float = 0.3, max_runs: int = 3000) -> Latency:
+                        min_runs: int = 60, min_seconds: float = 0.3,
+                        max_runs: int = 3000) -> Latency:
     """Warm p50/p95 of candidate and reference, alternating calls in one loop.
 
     Fast models get more runs (until ``min_seconds`` have passed) so that the verdict
@@ -93,7 +100,8 @@ def interleaved_latency(candidate: Runner, reference: Runner, sample: list[np.nd
     start = time.perf_counter()
     i = 0
     while i < max_runs and (i < min_runs or time.perf_counter() - start < min_seconds):
-        pairs = ((candidate, cand), (reference, ref)) if i % 2 == 0 else ((reference, ref), (candidate, cand))
+        pairs = ((candidate, cand), (reference, ref)) if i % 2 == 0 else ((reference, ref),
+                                                                          (candidate, cand))
         for runner, acc in pairs:
             t0 = time.perf_counter()
             runner(sample)

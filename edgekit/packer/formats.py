@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from edgekit_agent.bundle.manifest import sha256_hex
 
+from ..dataset import Dataset
+from ..defaults import RUNTIME_CHOICES
 from ..errors import ConfigError, ModelError
-from .data import Dataset
+from .convert import onnx_to_tflite, package_version, require_convert_extra
 from .evaluate import interleaved_latency, make_runner
 
-RUNTIMES = ("auto", "onnxruntime", "litert")
 FASTER_BY = 0.95  # switch runtimes only for a clear win: p50 at most 95 % of the other's
 ROUNDS = 3
 
@@ -38,8 +38,9 @@ class FormatChoice:
 
 def choose_format(model: bytes, fmt: str, family: Any, profile_family: str, runtime: str,
                   data: Dataset) -> FormatChoice:
-    if runtime not in RUNTIMES:
-        raise ConfigError("unknown runtime", key="--runtime", value=runtime, allowed=RUNTIMES)
+    if runtime not in RUNTIME_CHOICES:
+        raise ConfigError("unknown runtime", key="--runtime", value=runtime,
+                          allowed=RUNTIME_CHOICES)
     if fmt not in family.MODEL_FORMATS:
         return _converted(model, data, "the target runs TFLite only")
     if profile_family != "cpu" or fmt != "onnx" or runtime == "onnxruntime":
@@ -55,8 +56,6 @@ def _converted(model: bytes, data: Dataset, why: str) -> FormatChoice:
 
 
 def _faster(model: bytes, data: Dataset) -> FormatChoice:
-    from .convert import require_convert_extra
-
     try:
         require_convert_extra()
     except ModelError:
@@ -81,7 +80,6 @@ def cache_dir() -> Path:
 
 def convert_cached(model: bytes, data: Dataset) -> tuple[bytes, str]:
     """(TFLite bytes, one-line summary with the conversion SQNR), from the cache when possible."""
-    from .convert import onnx_to_tflite, package_version
 
     key = sha256_hex(model + package_version("onnx2tf").encode())[:32]
     blob, meta = cache_dir() / "convert" / f"{key}.tflite", cache_dir() / "convert" / f"{key}.json"

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from edgekit_agent.bundle.manifest import TensorSpec
+from edgekit_agent.runtime import load_backend
 
 from ..errors import ModelError
-from . import tflite_model
+from ..onnx_model import parse_onnx
+from ..tflite import model as tflite_model
 
 FORMATS = ("onnx", "tflite")
 
@@ -57,31 +58,12 @@ def detect_format(data: bytes, label: str = "model") -> str:
     return "onnx"
 
 
-def parse_onnx(data: bytes):
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    try:
-        model = onnx.load_from_string(data)
-    except (DecodeError, ValueError, RuntimeError):
-        raise ModelError("not an ONNX model (protobuf does not parse)") from None
-    if not model.graph.node:
-        raise ModelError("not an ONNX model (no graph nodes)")
-    return model
-
-
 def describe(data: bytes, fmt: str) -> ModelInfo:
     if fmt == "onnx":
         return _describe_onnx(data)
     if fmt == "tflite":
         return _describe_tflite(data)
     raise ModelError(f"unknown model format {fmt!r} (allowed: {', '.join(FORMATS)})")
-
-
-def op_list(data: bytes, fmt: str) -> list[str]:
-    if fmt == "onnx":
-        return [n.op_type for n in parse_onnx(data).graph.node]
-    return tflite_model.op_names(data)
 
 
 # --- ONNX ------------------------------------------------------------------------------------
@@ -140,8 +122,6 @@ def _onnx_macs(model: Any) -> int:
 # --- TFLite ----------------------------------------------------------------------------------
 
 def _describe_tflite(data: bytes) -> ModelInfo:
-    from edgekit_agent.runtime import load_backend
-
     model_t = tflite_model.load(data)
     backend = load_backend(data, "tflite")
     sg = model_t.subgraphs[0]
@@ -150,7 +130,8 @@ def _describe_tflite(data: bytes) -> ModelInfo:
         arr = tflite_model.tensor_array(model_t, sg.tensors.index(t)) if t.buffer else None
         if arr is not None and arr.dtype.kind in "fi" and arr.ndim >= 1 and arr.size > 1:
             params += arr.size
-    return ModelInfo("tflite", backend.inputs, backend.outputs, tuple(tflite_model.op_names(model_t)),
+    return ModelInfo("tflite", backend.inputs, backend.outputs,
+                     tuple(tflite_model.op_names(model_t)),
                      params, _tflite_macs(model_t), len(data))
 
 
@@ -171,7 +152,9 @@ def _convert_keras(path: Path) -> bytes:
     try:
         import tensorflow as tf
     except ImportError:
-        raise ModelError("Keras/SavedModel input needs the tf extra: pip install 'edgekit[tf]'") from None
+        raise ModelError(
+            "Keras/SavedModel input needs the tf extra: pip install 'edgekit[tf]'"
+        ) from None
     try:
         if path.is_dir():
             converter = tf.lite.TFLiteConverter.from_saved_model(str(path))
@@ -179,4 +162,6 @@ def _convert_keras(path: Path) -> bytes:
             converter = tf.lite.TFLiteConverter.from_keras_model(tf.keras.models.load_model(path))
         return converter.convert()
     except Exception as exc:  # TF raises many unrelated types here
-        raise ModelError(f"{path}: TensorFlow cannot convert it ({str(exc).splitlines()[0][:200]})") from None
+        raise ModelError(
+            f"{path}: TensorFlow cannot convert it ({str(exc).splitlines()[0][:200]})"
+        ) from None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -14,10 +14,12 @@ from edgekit_agent.bundle.manifest import Manifest, ModelRef, RecipeStep, Varian
 
 from .. import ui
 from ..bundle_writer import MemberFile, write_bundle
+from ..dataset import Dataset, Preprocess, load_dataset, load_labels, synthetic_dataset
 from ..errors import BudgetError, CalibrationError, ConfigError, ModelError
+from ..examples import get_example
+from ..report import render_candidates
 from ..targets import Profile, family_for, get_profile
-from . import doctor_onnx
-from .data import Dataset, Preprocess, load_dataset, load_labels, synthetic_dataset
+from . import doctor_onnx, doctor_tflite
 from .evaluate import accuracy, is_classifier, make_runner, run_all
 from .formats import choose_format
 from .ingest import ModelInfo, describe, read_model
@@ -26,7 +28,6 @@ from .search import Candidate, Context, Criteria, choose, format_supports, run_s
 
 EVAL_FRACTION = 0.5  # without --eval, the second half of --calib is held out for evaluation
 SELFTEST_SAMPLES = 4
-_SHAPE_ARG = re.compile(r"^([^:]+):(\d+(?:,\d+)*)$")
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class PackOptions:
     max_drop: float | None = None
     min_sqnr: float | None = None
     recipe: str | None = None
-    input_shapes: tuple[str, ...] = ()
+    # input name -> the static shape to freeze it to (a dynamic input needs one)
+    input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     synthetic_calib: bool = False
     variants: int = 1
     sign_key: str | Path | None = None
@@ -68,12 +70,12 @@ class PackResult:
                 "manifest": self.manifest.to_dict()}
 
     def render(self) -> str:
-        from ..report import render_candidates
-
         size = self.bundle.stat().st_size
-        head = (f"packed {self.bundle} ({ui.human_bytes(size)}, "
-                f"{size / self.source.size_bytes:.2f}x the float model) for {self.manifest.target}: "
-                f"{', '.join(c.recipe.name for c in self.chosen)}")
+        head = (
+            f"packed {self.bundle} ({ui.human_bytes(size)}, "
+            f"{size / self.source.size_bytes:.2f}x the float model) for {self.manifest.target}: "
+            f"{', '.join(c.recipe.name for c in self.chosen)}"
+        )
         return "\n".join([render_candidates(self.candidates, self.source.size_bytes), "", head,
                           *(f"note: {n}" for n in self.notes)])
 
@@ -108,8 +110,6 @@ def pack(opts: PackOptions) -> PackResult:
         tried = run_search(ctx, recipes, opts.variants, bar)
     chosen = choose(tried, opts.variants) or _forced(opts, tried, notes)
     if not chosen:
-        from ..report import render_candidates
-
         raise BudgetError(f"no recipe fits {profile.name}:\n"
                           f"{render_candidates(tried, source.size_bytes)}")
     manifest, files = _bundle_contents(opts, model_path, original, source, profile, ctx, steps,
@@ -119,9 +119,11 @@ def pack(opts: PackOptions) -> PackResult:
 
 
 def _forced(opts: PackOptions, tried: list[Candidate], notes: list[str]) -> list[Candidate]:
-    """--recipe is the user's decision: keep it despite fidelity/speed misses, never budget misses."""
+    """--recipe is the user's decision: keep it despite fidelity/speed misses, never budget
+    misses."""
     cand = tried[0] if opts.recipe and tried else None
-    if cand is None or cand.fidelity is None or cand.compiled is None or cand.compiled.report.violations:
+    if (cand is None or cand.fidelity is None or cand.compiled is None
+            or cand.compiled.report.violations):
         return []
     notes.append(f"--recipe {cand.recipe.name} kept as forced, although: {cand.rejected}")
     return [cand]
@@ -143,7 +145,6 @@ def _resolve_model(model: str | Path) -> tuple[Path, dict[str, Path]]:
     text = str(model)
     if not text.startswith("example:"):
         return Path(text), {}
-    from ..examples import get_example
 
     name, _, ext = text.removeprefix("example:").partition(".")
     ex = get_example(name)
@@ -172,32 +173,23 @@ def _inapplicable(recipe: Recipe, family: Any, profile: Profile) -> str:
         return f"the {profile.family} runtime cannot execute {recipe.quantization}"
     if recipe.mixed_precision and family.FULL_INT8:
         return f"{profile.family} needs every op in int8"
-    dtype = {"none": "float32", "fp16": "float16", "weight_int4": "int4"}.get(recipe.quantization, "int8")
+    dtype = {"none": "float32", "fp16": "float16",
+             "weight_int4": "int4"}.get(recipe.quantization, "int8")
     if dtype not in profile.dtypes:
         return f"{profile.name} does not support {dtype} (supports {', '.join(profile.dtypes)})"
     return ""
 
 
-def parse_input_shapes(items: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for item in items:
-        m = _SHAPE_ARG.match(item.strip())
-        if not m:
-            raise ConfigError("expected NAME:D0,D1,...", key="--input-shape", value=item)
-        shapes[m.group(1)] = tuple(int(d) for d in m.group(2).split(","))
-    return shapes
-
-
 def _doctor(model: bytes, fmt: str, opts: PackOptions, profile: Profile) -> tuple[bytes, list[str]]:
-    shapes = parse_input_shapes(opts.input_shapes)
+    shapes = dict(opts.input_shapes)
     steps: list[str] = []
     if fmt == "onnx":
         chain = [lambda m: doctor_onnx.freeze_input_shapes(m, shapes, profile.default_input_batch),
-                 doctor_onnx.decompose_fp16_weights, doctor_onnx.simplify, doctor_onnx.sanitize_names]
+                 doctor_onnx.decompose_fp16_weights, doctor_onnx.simplify,
+                 doctor_onnx.sanitize_names]
     else:
-        from . import doctor_tflite
-
-        chain = [lambda m: doctor_tflite.freeze_input_shapes(m, shapes, profile.default_input_batch),
+        chain = [lambda m: doctor_tflite.freeze_input_shapes(m, shapes,
+                                                             profile.default_input_batch),
                  doctor_tflite.decompose_fp16_weights, doctor_tflite.ensure_signature]
     for step in chain:
         model, done = step(model)
@@ -224,7 +216,9 @@ def _datasets(info: ModelInfo, calib_path: Any, eval_path: Any, opts: PackOption
     elif calib is not None and len(calib) >= 4:
         n = int(len(calib) * (1 - EVAL_FRACTION))
         calib, evald = calib.split(n)
-        notes.append(f"no --eval: held out the last {len(evald)} of {n + len(evald)} calibration samples")
+        notes.append(
+            f"no --eval: held out the last {len(evald)} of {n + len(evald)} calibration samples"
+        )
     elif calib is not None:
         evald = calib
     else:
@@ -237,8 +231,12 @@ def _context(model: bytes, fmt: str, family: Any, profile: Profile, calib: Datas
              evald: Dataset, labels: np.ndarray | None, opts: PackOptions) -> Context:
     reference = make_runner(model, fmt)
     ref_out = run_all(reference, evald)
-    ref_acc = accuracy(ref_out[0], labels) if labels is not None and is_classifier(ref_out[0]) else None
-    max_drop = opts.max_drop if opts.max_drop is not None else (0.01 if labels is not None else None)
+    ref_acc = (
+        accuracy(ref_out[0], labels) if labels is not None and is_classifier(ref_out[0]) else None
+    )
+    max_drop = (
+        opts.max_drop if opts.max_drop is not None else (0.01 if labels is not None else None)
+    )
     criteria = Criteria(max_drop=max_drop, min_sqnr_db=opts.min_sqnr,
                         check_speed=profile.family == "cpu")
     return Context(model=model, format=fmt, family=family, profile=profile, calib=calib, eval=evald,
@@ -267,9 +265,11 @@ def _bundle_contents(opts: PackOptions, model_path: Path, original: bytes, sourc
                    "size_bytes": len(original), "params": source.params, "macs": source.macs,
                    "op_count": len(source.ops), "latency_ms": chosen[0].latency.ref_p50_ms
                    if chosen[0].latency else None, "accuracy": ctx.reference_accuracy,
-                   "eval_samples": len(ctx.eval), "calib_samples": len(ctx.calib) if ctx.calib else 0,
+                   "eval_samples": len(ctx.eval),
+                   "calib_samples": len(ctx.calib) if ctx.calib else 0,
                    "synthetic_data": bool(ctx.calib and ctx.calib.synthetic) or ctx.eval.synthetic}
-    manifest = Manifest(name=opts.name or model_path.stem, version=opts.version, target=profile.name,
+    manifest = Manifest(name=opts.name or model_path.stem, version=opts.version,
+                        target=profile.name,
                         family=profile.family, primary=variants[0], members=(),
                         source=source_dict, variants=tuple(variants[1:]),
                         target_profile=profile.to_dict() | {"source": Path(profile.source).name},

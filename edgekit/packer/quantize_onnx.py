@@ -6,14 +6,16 @@ import contextlib
 import io
 import logging
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from ..dataset import Dataset
 from ..errors import CalibrationError, ModelError
-from .data import Dataset
-from .ingest import parse_onnx
+from ..onnx_model import parse_onnx
+from . import compress
 from .recipes import Recipe
 
 WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}  # op -> weight input index
@@ -35,7 +37,9 @@ def apply_recipe(data: bytes, recipe: Recipe, calib: Dataset | None,
         return _with_files(data, _dynamic), stats
     if q == "static_int8":
         if calib is None:
-            raise CalibrationError("static int8 needs calibration data (--calib, or --synthetic-calib)")
+            raise CalibrationError(
+                "static int8 needs calibration data (--calib, or --synthetic-calib)"
+            )
         quantized = _with_files(data, lambda i, o: _static(i, o, calib, recipe.calibration,
                                                               exclude_nodes, recipe.per_channel))
         return quantized, {**stats, "excluded_nodes": list(exclude_nodes)}
@@ -58,7 +62,6 @@ def weight_initializers(model: Any) -> dict[str, Any]:
 def compress_weights(data: bytes, sparsity: float, clusters: int) -> tuple[bytes, dict[str, Any]]:
     from onnx import numpy_helper
 
-    from . import compress
 
     model = parse_onnx(data)
     inits = weight_initializers(model)
@@ -71,12 +74,14 @@ def compress_weights(data: bytes, sparsity: float, clusters: int) -> tuple[bytes
         tensor.CopyFrom(numpy_helper.from_array(weights[name], name))
     total = sum(w.size for w in weights.values())
     zeros = sum(int(np.sum(w == 0)) for w in weights.values())
-    return model.SerializeToString(), {"weights": total, "weight_sparsity": round(zeros / max(total, 1), 4),
+    return model.SerializeToString(), {"weights": total,
+                                       "weight_sparsity": round(zeros / max(total, 1), 4),
                                        "clusters": clusters}
 
 
 def fp16_weights(data: bytes) -> bytes:
-    """float32 initializers stored as float16 and Cast back to float32: half the file, same compute."""
+    """float32 initializers stored as float16 and Cast back to float32: half the file, same
+    compute."""
     from onnx import TensorProto, helper, numpy_helper
 
     model = parse_onnx(data)
@@ -106,7 +111,9 @@ def _with_files(data: bytes, fn) -> bytes:
         except (CalibrationError, ModelError):
             raise
         except Exception as exc:  # onnxruntime.quantization raises bare Exceptions
-            raise ModelError(f"onnxruntime quantization failed: {str(exc).splitlines()[0][:200]}") from None
+            raise ModelError(
+                f"onnxruntime quantization failed: {str(exc).splitlines()[0][:200]}"
+            ) from None
         return dst.read_bytes()
 
 
@@ -171,7 +178,9 @@ def weight_only(data: bytes, bits: int) -> bytes:
                                      op_types_to_quantize=("MatMul",))
         quant.process()
     except Exception as exc:  # the quantizer raises bare Exceptions
-        raise ModelError(f"int{bits} weight quantization failed: {str(exc).splitlines()[0][:200]}") from None
+        raise ModelError(
+            f"int{bits} weight quantization failed: {str(exc).splitlines()[0][:200]}"
+        ) from None
     out = quant.model.model
     if not any(n.op_type == "MatMulNBits" for n in out.graph.node):
         raise ModelError(f"int{bits} weights: the model has no MatMul/Gemm weights to quantize")
@@ -187,7 +196,11 @@ def _gemm_to_matmul(data: bytes) -> bytes:
     nodes = []
     for node in model.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
+        plain = (
+            attrs.get("alpha", 1.0) == 1.0
+            and attrs.get("beta", 1.0) == 1.0
+            and not attrs.get("transA", 0)
+        )
         if node.op_type != "Gemm" or node.input[1] not in inits or not plain:
             nodes.append(node)
             continue
@@ -197,7 +210,8 @@ def _gemm_to_matmul(data: bytes) -> bytes:
         w_name = f"{node.input[1]}__kn"
         model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), w_name))
         mm_out = node.output[0] if len(node.input) < 3 else f"{node.output[0]}__mm"
-        nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [mm_out], name=f"{node.name}_matmul"))
+        nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [mm_out],
+                                      name=f"{node.name}_matmul"))
         if len(node.input) > 2:
             nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]],
                                           name=f"{node.name}_bias"))
@@ -210,7 +224,8 @@ def _gemm_to_matmul(data: bytes) -> bytes:
     return model.SerializeToString()
 
 
-def sensitive_nodes(float_model: bytes, qdq_model: bytes, calib: Dataset, limit: int = 16) -> list[str]:
+def sensitive_nodes(float_model: bytes, qdq_model: bytes, calib: Dataset,
+                    limit: int = 16) -> list[str]:
     """Float-model node names ordered by how much int8 hurts their output (worst first).
 
     Uses onnxruntime's own QDQ debugging tools: run both models with intermediate outputs
@@ -225,8 +240,14 @@ def sensitive_nodes(float_model: bytes, qdq_model: bytes, calib: Dataset, limit:
         try:
             errors = _activation_errors(dbg, Path(tmp), float_model, qdq_model, sub)
         except Exception as exc:  # the debugging helpers raise bare Exceptions
-            raise ModelError(f"per-layer sensitivity failed: {str(exc).splitlines()[0][:200]}") from None
-    sqnr = {t: min(float(np.mean(e["xmodel_err"])), 100.0) for t, e in errors.items() if "xmodel_err" in e}
+            raise ModelError(
+                f"per-layer sensitivity failed: {str(exc).splitlines()[0][:200]}"
+            ) from None
+    sqnr = {
+        t: min(float(np.mean(e["xmodel_err"])), 100.0)
+        for t, e in errors.items()
+        if "xmodel_err" in e
+    }
     # A node's own harm is the SQNR it loses between its inputs and its output; ranking by the
     # output's SQNR alone would blame whatever comes last for all the error before it.
     drops = []

@@ -28,7 +28,8 @@ import contextlib
 import io
 import re
 import warnings
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ from edgekit_agent.bundle.manifest import TensorSpec
 from edgekit_agent.runtime import Runner, load_backend, quantize
 
 from ..errors import CalibrationError, ConfigError, EdgekitError, ModelError
-from . import tflite_model as tm
+from ..tflite import model as tm
 
 SCHEMES = ("dynamic_int8", "static_int8", "weight_int8", "weight_int4")
 _RECIPES = {"static_int8": "static_wi8_ai8", "dynamic_int8": "dynamic_wi8_afp32",
@@ -100,9 +101,12 @@ def _check_array(i: int, name: str, value: Any, tensor: Any) -> None:
     if value is None:
         raise CalibrationError(f"calibration sample {i} has no input '{name}'")
     arr = np.asarray(value)
-    dims = [int(d) for d in (tensor.shapeSignature if tensor.shapeSignature is not None else tensor.shape)]
+    dims = [
+        int(d)
+        for d in (tensor.shapeSignature if tensor.shapeSignature is not None else tensor.shape)
+    ]
     dtype = tm.tensor_type_name(tensor.type)
-    fits = arr.ndim == len(dims) and all(d in (-1, s) for d, s in zip(dims, arr.shape))
+    fits = arr.ndim == len(dims) and all(d in (-1, s) for d, s in zip(dims, arr.shape, strict=True))
     if not fits or arr.dtype.name != dtype:
         raise CalibrationError(f"calibration input '{name}' (sample {i}): expected {dtype} "
                                f"{_fmt(dims)}, got {arr.dtype.name} {_fmt(arr.shape)}")
@@ -151,7 +155,9 @@ def _calibrate(quantizer: Any, signature_key: str, samples: list[dict[str, np.nd
         with _quiet():
             return quantizer.calibrate({signature_key: samples}, num_threads=_CALIB_THREADS)
     except Exception as exc:  # the interpreter's ValueError/RuntimeError, the quantizer's own
-        raise CalibrationError(f"ai-edge-quantizer calibration failed: {_first_line(exc)}") from None
+        raise CalibrationError(
+            f"ai-edge-quantizer calibration failed: {_first_line(exc)}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -186,13 +192,15 @@ def int8_interface(model: bytes, ranges: Mapping[str, tuple[float, float]]) -> b
     return tm.save(model_t)
 
 
-def io_ranges(float_model: bytes, samples: list[dict[str, np.ndarray]]) -> dict[str, tuple[float, float]]:
+def io_ranges(float_model: bytes,
+              samples: list[dict[str, np.ndarray]]) -> dict[str, tuple[float, float]]:
     """{signature input/output name: (min, max)} of the float model over the samples."""
     runner = Runner(load_backend(float_model, "tflite"))
     ranges: dict[str, tuple[float, float]] = {}
     for sample in samples:
         outs = runner([sample[s.name] for s in runner.inputs])
-        for name, arr in [*sample.items(), *zip((s.name for s in runner.outputs), outs)]:
+        for name, arr in [*sample.items(),
+                          *zip((s.name for s in runner.outputs), outs, strict=True)]:
             lo, hi = ranges.get(name, (np.inf, -np.inf))
             ranges[name] = (min(lo, float(np.min(arr))), max(hi, float(np.max(arr))))
     return ranges
@@ -237,7 +245,8 @@ def _int8_params(name: str, rng: tuple[float, float] | None) -> tuple[float, int
     """Asymmetric int8 scale/zero point of a range, computed as ai-edge-quantizer does."""
     from ai_edge_quantizer import qtyping
     from ai_edge_quantizer.algorithms.uniform_quantize.uniform_quantize_tensor import (
-        tensor_zp_scale_from_min_max)
+        tensor_zp_scale_from_min_max,
+    )
 
     if rng is None:
         raise ModelError(f"cannot make '{name}' int8: no measured range for it")
@@ -278,7 +287,9 @@ def _verify(model: bytes, scheme: str, int8_io: bool, samples: list[dict[str, np
     if not all(np.all(np.isfinite(o)) for o in outs):
         raise ModelError(f"{scheme} result produces non-finite outputs in LiteRT")
     if int8_io:
-        bad = [s.name for s in runner.inputs + runner.outputs if s.dtype != "int8" or s.scale is None]
+        bad = [
+            s.name for s in runner.inputs + runner.outputs if s.dtype != "int8" or s.scale is None
+        ]
         if bad:
             raise ModelError(f"{scheme} result is not full-integer: '{bad[0]}' is not a quantized "
                              "int8 tensor")
@@ -337,7 +348,11 @@ def _op_table(float_model: bytes, sqnr: dict[str, float]) -> list[tuple[int, str
     sg = model_t.subgraphs[0]
     rows = []
     for i, op in enumerate(sg.operators or []):
-        outs = [sqnr[n] for n in (tm.tensor_name(sg.tensors[t]) for t in tm.ints(op.outputs)) if n in sqnr]
+        outs = [
+            sqnr[n]
+            for n in (tm.tensor_name(sg.tensors[t]) for t in tm.ints(op.outputs))
+            if n in sqnr
+        ]
         if not outs:
             continue
         ins = [sqnr.get(tm.tensor_name(sg.tensors[t]), _MAX_DB) for t in tm.ints(op.inputs)
@@ -354,7 +369,8 @@ class _TensorTap:
 
         try:
             with _quiet():
-                self.it = Interpreter(model_content=bytes(model), experimental_preserve_all_tensors=True,
+                self.it = Interpreter(model_content=bytes(model),
+                                      experimental_preserve_all_tensors=True,
                                       experimental_op_resolver_type=(
                                           OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
             self.it.allocate_tensors()
@@ -364,7 +380,9 @@ class _TensorTap:
         key, self.sig_inputs, _ = tm.signature_io(model_t)
         details = {d["index"]: d for d in self.it.get_tensor_details()}
         sg = model_t.subgraphs[0]
-        produced = {t for op in sg.operators or [] for t in tm.ints(op.outputs)} | set(tm.ints(sg.inputs))
+        produced = {t for op in sg.operators or [] for t in tm.ints(op.outputs)} | set(
+            tm.ints(sg.inputs)
+        )
         self.activations = {tm.tensor_name(sg.tensors[t]): details[t] for t in produced
                             if t in details and np.dtype(details[t]["dtype"]).kind in "fi"}
 

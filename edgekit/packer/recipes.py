@@ -57,7 +57,7 @@ class Recipe:
         return {"name": self.name, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Recipe":
+    def from_dict(cls, d: dict[str, Any]) -> Recipe:
         known = {k: d[k] for k in ("quantization", "sparsity", "clusters", "calibration",
                                    "mixed_precision", "per_channel", "description") if k in d}
         recipe = cls(**known)
@@ -72,13 +72,16 @@ class Recipe:
             raise ConfigError("invalid recipe", key="calibration", value=self.calibration,
                               allowed=CALIBRATIONS)
         if not 0.0 <= self.sparsity < 1.0:
-            raise ConfigError("invalid recipe", key="sparsity", value=self.sparsity, allowed="[0, 1)")
+            raise ConfigError("invalid recipe", key="sparsity", value=self.sparsity,
+                              allowed="[0, 1)")
         if self.clusters < 0 or self.clusters == 1 or self.clusters > 256:
-            raise ConfigError("invalid recipe", key="clusters", value=self.clusters, allowed="0 or 2..256")
+            raise ConfigError("invalid recipe", key="clusters", value=self.clusters,
+                              allowed="0 or 2..256")
 
 
 LADDER: tuple[Recipe, ...] = (
-    Recipe("none", description="float32 as given (the reference; kept only if nothing better fits)"),
+    Recipe("none",
+           description="float32 as given (the reference; kept only if nothing better fits)"),
     Recipe("fp16", description="float16 weight storage, float32 compute"),
     Recipe("dynamic_int8", description="int8 weights, activations quantized at run time"),
     Recipe("static_int8", description="int8 weights and activations, calibrated min/max"),

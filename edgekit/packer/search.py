@@ -9,18 +9,21 @@ or (on CPU targets) is slower than the float model.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-
 from edgekit_agent.runtime import Runner
 
+from ..dataset import Dataset
 from ..errors import EdgekitError
 from ..targets import Compiled, Profile, TargetFamily
-from .data import Dataset
+from .compress import compress_tflite
 from .evaluate import Fidelity, Latency, compare, interleaved_latency, make_runner, run_all
+from .quantize_onnx import apply_recipe, sensitive_nodes
+from .quantize_tflite import fallback_order, quantize_tflite
 from .recipes import Recipe
 
 SPEED_TOLERANCE = 1.10  # p50 within 10 % of float counts as "not slower" on a shared, noisy host
@@ -36,8 +39,11 @@ class Criteria:
 
     def misses(self, fid: Fidelity) -> list[str]:
         out = []
-        if self.max_drop is not None and fid.accuracy_drop is not None and fid.accuracy_drop > self.max_drop:
-            out.append(f"accuracy drop {fid.accuracy_drop * 100:.2f} pt > {self.max_drop * 100:.2f} pt")
+        drop = fid.accuracy_drop
+        if self.max_drop is not None and drop is not None and drop > self.max_drop:
+            out.append(
+                f"accuracy drop {fid.accuracy_drop * 100:.2f} pt > {self.max_drop * 100:.2f} pt"
+            )
         floor = self.min_sqnr_db
         if floor is None and fid.accuracy_drop is None:
             floor = DEFAULT_MIN_SQNR_DB
@@ -100,20 +106,16 @@ class Candidate:
                 "stats": self.stats, "fits": self.fits, "rejected": self.rejected}
 
 
-def produce(ctx: Context, recipe: Recipe, exclude: Sequence[Any] = ()) -> tuple[bytes, dict[str, Any]]:
+def produce(ctx: Context, recipe: Recipe,
+            exclude: Sequence[Any] = ()) -> tuple[bytes, dict[str, Any]]:
     calib = ctx.calib if recipe.needs_calibration else None
     if ctx.format == "onnx":
-        from .quantize_onnx import apply_recipe
-
         return apply_recipe(ctx.model, recipe, calib, exclude_nodes=exclude)
     return _produce_tflite(ctx, recipe, calib, exclude)
 
 
 def _produce_tflite(ctx: Context, recipe: Recipe, calib: Dataset | None,
                     exclude: Sequence[Any]) -> tuple[bytes, dict[str, Any]]:
-    from .compress import compress_tflite
-    from .quantize_tflite import quantize_tflite
-
     model, stats = ctx.model, {}
     if recipe.sparsity or recipe.clusters or recipe.quantization == "fp16":
         model, stats = compress_tflite(model, sparsity=recipe.sparsity, clusters=recipe.clusters,
@@ -161,7 +163,8 @@ def evaluate_mixed(ctx: Context, recipe: Recipe, int8: Candidate | None) -> Cand
     if int8 is None or not int8.model:
         int8 = evaluate(ctx, Recipe("static_int8"))
         if not int8.model:
-            return Candidate(recipe, ctx.format, rejected="failed: the int8 model it starts from did not build")
+            return Candidate(recipe, ctx.format,
+                             rejected="failed: the int8 model it starts from did not build")
     try:
         order = sensitivity_order(ctx, int8.model)
     except EdgekitError as exc:
@@ -179,17 +182,15 @@ def evaluate_mixed(ctx: Context, recipe: Recipe, int8: Candidate | None) -> Cand
 def sensitivity_order(ctx: Context, int8_model: bytes) -> list[Any]:
     calib = ctx.calib or ctx.eval
     if ctx.format == "onnx":
-        from .quantize_onnx import sensitive_nodes
-
         return sensitive_nodes(ctx.model, int8_model, calib)
-    from .quantize_tflite import fallback_order
-
     return fallback_order(ctx.model, int8_model, calib.feeds(limit=16))
 
 
 def format_supports(recipe: Recipe, fmt: str) -> bool:
     """ai-edge-quantizer calibrates min/max, per channel; other choices are ONNX Runtime's."""
-    return fmt == "onnx" or (recipe.calibration == "minmax" and (recipe.per_channel or recipe.clusters > 0))
+    return fmt == "onnx" or (
+        recipe.calibration == "minmax" and (recipe.per_channel or recipe.clusters > 0)
+    )
 
 
 def run_search(ctx: Context, recipes: Sequence[Recipe], variants: int, bar: Any) -> list[Candidate]:

@@ -1,4 +1,5 @@
-"""What every target family provides: option specs as data, and a compile step with a report."""
+"""What every target family works with: the Profile it compiles for, option specs as data, and
+a compile step with a report."""
 
 from __future__ import annotations
 
@@ -7,7 +8,41 @@ from typing import Any, ClassVar
 
 from edgekit_agent.bundle.manifest import TargetReport
 
-from .profiles import Profile
+
+@dataclass(frozen=True)
+class Power:
+    idle_w: float
+    active_w: float
+    accelerator_w: float = 0.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    family: str
+    description: str
+    runtime: str
+    arch: str
+    flash_bytes: int
+    ram_bytes: int
+    dtypes: tuple[str, ...]
+    power: Power
+    cpu: str = ""
+    clock_mhz: int = 0
+    cores: int = 1
+    accelerator: str = ""
+    default_input_batch: int = 1
+    options: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "family": self.family, "description": self.description,
+                "runtime": self.runtime, "arch": self.arch, "cpu": self.cpu,
+                "clock_mhz": self.clock_mhz, "cores": self.cores, "accelerator": self.accelerator,
+                "flash_bytes": self.flash_bytes, "ram_bytes": self.ram_bytes,
+                "dtypes": list(self.dtypes), "default_input_batch": self.default_input_batch,
+                "power": vars(self.power).copy(), "options": dict(self.options),
+                "source": self.source}
 
 __all__ = ["Compiled", "TargetFamily", "TargetReport"]
 
@@ -37,11 +72,12 @@ class TargetFamily:
     QUANTIZATIONS: ClassVar[tuple[str, ...]] = ("static_int8",)
 
     def compile(self, model: bytes, fmt: str, profile: Profile, calib: Any = None) -> Compiled:
-        """The model as the target runs it; ``calib`` (a packer Dataset) feeds checks that run it."""
+        """The model as the target runs it; ``calib`` (a Dataset) feeds checks that run it."""
         raise NotImplementedError
 
 
-def size_violations(profile: Profile, flash_bytes: int | None, ram_bytes: int | None) -> tuple[str, ...]:
+def size_violations(profile: Profile, flash_bytes: int | None,
+                    ram_bytes: int | None) -> tuple[str, ...]:
     """Budget misses, each saying by how many bytes."""
     out = []
     if flash_bytes is not None and flash_bytes > profile.flash_bytes:

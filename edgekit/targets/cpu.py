@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Compiled, TargetFamily, TargetReport, size_violations
-from .profiles import Profile
+from .. import onnx_model
+from ..tflite import model as tfl
+from .base import Compiled, Profile, TargetFamily, TargetReport, size_violations
 
 
 class CpuFamily(TargetFamily):
@@ -14,9 +15,11 @@ class CpuFamily(TargetFamily):
     QUANTIZATIONS = ("none", "fp16", "dynamic_int8", "static_int8", "weight_int8", "weight_int4")
 
     def compile(self, model: bytes, fmt: str, profile: Profile, calib: Any = None) -> Compiled:
-        from ..packer.ingest import op_list
-
-        report = TargetReport(family=self.NAME, ops_on_cpu=tuple(op_list(model, fmt)),
+        report = TargetReport(family=self.NAME, ops_on_cpu=tuple(_op_names(model, fmt)),
                               flash_bytes=len(model),
                               violations=size_violations(profile, len(model), None))
         return Compiled(model=model, format=fmt, report=report)
+
+
+def _op_names(model: bytes, fmt: str) -> list[str]:
+    return onnx_model.op_names(model) if fmt == "onnx" else tfl.op_names(model)

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ModelError
-from .base import Compiled, TargetFamily, TargetReport, size_violations
-from .profiles import Profile
+from ..tflite import model as tfl
+from ..tflite import rewrite as rw
+from .base import Compiled, Profile, TargetFamily, TargetReport, size_violations
 
 SYSTEM_CONFIGS = ("Ethos_U55_Deep_Embedded", "Ethos_U55_High_End_Embedded", "Ethos_U65_Embedded",
                   "Ethos_U65_Mid_End", "Ethos_U65_High_End", "Ethos_U65_Client_Server")
@@ -41,7 +42,8 @@ _KIB_FIELDS = {"sram_bytes": "sram_memory_used", "dram_bytes": "dram_memory_used
                "offchip_flash_bytes": "off_chip_flash_memory_used"}
 _NUMBER_FIELDS = {"cycles_npu": "cycles_npu", "cycles_total": "cycles_total", "macs": "nn_macs",
                   "weights_original_bytes": "total_original_weights",
-                  "weights_encoded_bytes": "total_npu_encoded_weights", "core_clock_hz": "core_clock"}
+                  "weights_encoded_bytes": "total_npu_encoded_weights",
+                  "core_clock_hz": "core_clock"}
 
 
 def vela_config_file() -> Path:
@@ -114,8 +116,6 @@ def _vela_error(text: str) -> str:
 def split_ops(original: bytes, optimised: bytes) -> tuple[list[str], list[str]]:
     """(ops on the NPU, ops left on the CPU) of the original model, in its order: an original op
     is on the CPU when the optimised model still has it as a TFLite op producing the same tensor."""
-    from ..packer import tflite_model as tfl
-
     def outputs_by_op(model: bytes) -> list[tuple[str, set[bytes]]]:
         m = tfl.load(model)
         sg = m.subgraphs[0]
@@ -129,12 +129,11 @@ def split_ops(original: bytes, optimised: bytes) -> tuple[list[str], list[str]]:
     return npu, cpu
 
 
-def integer_model(model: bytes, probes: list[list[Any]] | None = None) -> tuple[bytes, list[dict[str, Any]]]:
+def integer_model(model: bytes,
+                  probes: list[list[Any]] | None = None) -> tuple[bytes, list[dict[str, Any]]]:
     """The model with float I/O wrappers and float islands turned integer (each change checked
     against the model before it on ``probes``, float input samples; seeded random inputs when
     None), or ModelError if float activations remain."""
-    from ..packer import rewrite_tflite as rw
-
     applied: list[dict[str, Any]] = []
     for name, rewrite in (("strip_float_io", rw.strip_float_io),
                           ("requantize_float_islands", rw.requantize_float_islands)):
@@ -148,22 +147,26 @@ def integer_model(model: bytes, probes: list[list[Any]] | None = None) -> tuple[
             model = candidate
     float_ops = _float_ops(model)
     if float_ops:
-        listed = ", ".join(float_ops[:6]) + (f", … ({len(float_ops)} ops)" if len(float_ops) > 6 else "")
-        raise ModelError("Vela needs an int8/int16-quantized TFLite model; got float32 tensors in ops "
-                         f"{listed} (use an int8 recipe)")
+        listed = ", ".join(float_ops[:6]) + (
+            f", … ({len(float_ops)} ops)" if len(float_ops) > 6 else ""
+        )
+        raise ModelError(
+            "Vela needs an int8/int16-quantized TFLite model; got float32 tensors in ops "
+            f"{listed} (use an int8 recipe)"
+        )
     return model, applied
 
 
 def _float_ops(model: bytes) -> list[str]:
-    from ..packer import tflite_model as tfl
-
     m = tfl.load(model)
     sg = m.subgraphs[0]
     out = []
     for index, op in enumerate(sg.operators or []):
-        tensors = [i for i in [*op.inputs, *op.outputs] if i >= 0 and tfl.tensor_array(m, i) is None]
-        if any(tfl.tensor_type_name(sg.tensors[i].type) not in _INTEGER_ACTIVATIONS + ("int32", "bool")
-               for i in tensors):
+        tensors = [
+            i for i in [*op.inputs, *op.outputs] if i >= 0 and tfl.tensor_array(m, i) is None
+        ]
+        allowed = (*_INTEGER_ACTIVATIONS, "int32", "bool")
+        if any(tfl.tensor_type_name(sg.tensors[i].type) not in allowed for i in tensors):
             out.append(f"{tfl.op_name(m, op)}#{index}")
     return out
 
@@ -178,23 +181,30 @@ class EthosUFamily(TargetFamily):
 
     def compile(self, model: bytes, fmt: str, profile: Profile, calib: Any = None) -> Compiled:
         if fmt != "tflite":
-            raise ModelError(f"Vela compiles TFLite models only; got {fmt!r} (convert it to TFLite first)")
+            raise ModelError(
+                f"Vela compiles TFLite models only; got {fmt!r} (convert it to TFLite first)"
+            )
         accelerator = _accelerator(profile)
-        from ..packer.rewrite_tflite import calibration_probes
-
-        model, rewrites = integer_model(model, calibration_probes(calib))
+        model, rewrites = integer_model(model, rw.calibration_probes(calib))
         optimised, vela, summary = run_vela(model, accelerator, profile.options["system_config"],
                                             profile.options["memory_mode"])
         npu, cpu = split_ops(model, optimised)
         runtime_code = int(profile.options.get("runtime_code_bytes", 0))
         flash = len(optimised) + runtime_code
         vela["version"] = metadata.version("ethos-u-vela")
-        step = (f"vela {vela['version']} for {accelerator} ({vela['system_config']}, "
-                f"{vela['memory_mode']}): {vela.get('npu_ops')} NPU ops, {vela.get('cpu_ops')} CPU ops")
-        details = {"vela": vela, "model_bytes": len(optimised), "runtime_code_bytes": runtime_code,
-                   "rewrites": rewrites,
-                   "compile_steps": [c for r in rewrites if r["kept"] for c in r["changes"]] + [step]}
-        report = TargetReport(family=self.NAME, ops_on_accelerator=tuple(npu), ops_on_cpu=tuple(cpu),
+        step = (
+            f"vela {vela['version']} for {accelerator} ({vela['system_config']}, "
+            f"{vela['memory_mode']}): {vela.get('npu_ops')} NPU ops, {vela.get('cpu_ops')} CPU ops"
+        )
+        details = {
+            "vela": vela,
+            "model_bytes": len(optimised),
+            "runtime_code_bytes": runtime_code,
+            "rewrites": rewrites,
+            "compile_steps": [c for r in rewrites if r["kept"] for c in r["changes"]] + [step],
+        }
+        report = TargetReport(family=self.NAME, ops_on_accelerator=tuple(npu),
+                              ops_on_cpu=tuple(cpu),
                               sram_bytes=vela["sram_bytes"], flash_bytes=flash,
                               violations=size_violations(profile, flash, vela["sram_bytes"]),
                               details=details)
@@ -204,6 +214,7 @@ class EthosUFamily(TargetFamily):
 
 def _accelerator(profile: Profile) -> str:
     if profile.accelerator not in ACCELERATOR_CONFIGS:
-        raise ConfigError("not an Ethos-U accelerator config", source=profile.source, key="accelerator",
+        raise ConfigError("not an Ethos-U accelerator config", source=profile.source,
+                          key="accelerator",
                           value=profile.accelerator, allowed=list(ACCELERATOR_CONFIGS))
     return profile.accelerator

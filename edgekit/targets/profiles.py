@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from edgekit_agent.tomlfile import read_toml
 
 from ..errors import ConfigError
+from .base import Power, Profile
+from .ethos_u import ACCELERATOR_CONFIGS
+from .families import FAMILY_REGISTRY
 
-FAMILIES = ("cpu", "edgetpu", "ethos-u", "mcu")
+FAMILIES = tuple(FAMILY_REGISTRY)
 RUNTIMES = ("litert", "onnxruntime", "edgetpu", "tflm")
 DTYPES = ("float32", "float16", "int16", "int8", "uint8", "int4")
 ENV_VAR = "EDGEKIT_TARGETS_DIR"
@@ -29,46 +32,9 @@ _OPTIONAL = {"cpu": str, "clock_mhz": int, "cores": int, "accelerator": str,
 _POWER_KEYS = ("idle_w", "active_w", "accelerator_w")
 
 
-@dataclass(frozen=True)
-class Power:
-    idle_w: float
-    active_w: float
-    accelerator_w: float = 0.0
-
-
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    family: str
-    description: str
-    runtime: str
-    arch: str
-    flash_bytes: int
-    ram_bytes: int
-    dtypes: tuple[str, ...]
-    power: Power
-    cpu: str = ""
-    clock_mhz: int = 0
-    cores: int = 1
-    accelerator: str = ""
-    default_input_batch: int = 1
-    options: dict[str, Any] = field(default_factory=dict)
-    source: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "family": self.family, "description": self.description,
-                "runtime": self.runtime, "arch": self.arch, "cpu": self.cpu,
-                "clock_mhz": self.clock_mhz, "cores": self.cores, "accelerator": self.accelerator,
-                "flash_bytes": self.flash_bytes, "ram_bytes": self.ram_bytes,
-                "dtypes": list(self.dtypes), "default_input_batch": self.default_input_batch,
-                "power": vars(self.power).copy(), "options": dict(self.options),
-                "source": self.source}
-
-
 def builtin_dir() -> Path:
-    import edgekit.firmware_targets as pkg  # the firmware_targets/ folder, packaged
-
-    return Path(pkg.__file__).parent
+    # the firmware_targets/ folder, packaged as edgekit.firmware_targets (data, not code)
+    return Path(str(resources.files("edgekit.firmware_targets")))
 
 
 def search_dirs(extra: list[str | Path] | None = None) -> list[Path]:
@@ -98,7 +64,8 @@ def get_profile(name: str, extra_dirs: list[str | Path] | None = None) -> Profil
     return profiles[name]
 
 
-def _resolve(name: str, raw: dict[str, tuple[Path, dict[str, Any]]], chain: tuple[str, ...]) -> Profile:
+def _resolve(name: str, raw: dict[str, tuple[Path, dict[str, Any]]],
+             chain: tuple[str, ...]) -> Profile:
     merged, path = _merged(name, raw, chain)
     return _validate(name, merged, path)
 
@@ -130,7 +97,7 @@ def _validate(name: str, d: dict[str, Any], path: Path) -> Profile:
         if key not in _REQUIRED and key not in _OPTIONAL:
             raise ConfigError("unknown key", source=src, key=key, value=d[key],
                               allowed=[*_REQUIRED, *_OPTIONAL])
-    for key, typ in _REQUIRED.items():
+    for key in _REQUIRED:
         if key not in d:
             raise ConfigError("missing required key", source=src, key=key)
     for key, typ in {**_REQUIRED, **_OPTIONAL}.items():
@@ -139,8 +106,6 @@ def _validate(name: str, d: dict[str, Any], path: Path) -> Profile:
     _choice(src, "family", d["family"], FAMILIES)
     _choice(src, "runtime", d["runtime"], RUNTIMES)
     if d["family"] == "ethos-u":  # Vela accepts only its own accelerator configs
-        from .ethos_u import ACCELERATOR_CONFIGS
-
         _choice(src, "accelerator", d.get("accelerator", ""), ACCELERATOR_CONFIGS)
     for dt in d["dtypes"]:
         _choice(src, "dtypes", dt, DTYPES)
@@ -178,8 +143,6 @@ def _power(src: str, d: dict[str, Any]) -> Power:
 
 
 def _family_options(src: str, family: str, d: dict[str, Any]) -> dict[str, Any]:
-    from .families import FAMILY_REGISTRY
-
     spec = FAMILY_REGISTRY[family].OPTIONS
     for key, value in d.items():
         if key not in spec:
@@ -187,7 +150,8 @@ def _family_options(src: str, family: str, d: dict[str, Any]) -> dict[str, Any]:
                               key=f"options.{key}", value=value, allowed=list(spec))
         typ, allowed = spec[key]
         if not isinstance(value, typ) or isinstance(value, bool):
-            raise ConfigError(f"must be a {typ.__name__}", source=src, key=f"options.{key}", value=value)
+            raise ConfigError(f"must be a {typ.__name__}", source=src,
+                              key=f"options.{key}", value=value)
         if allowed and value not in allowed:
             raise ConfigError("invalid value", source=src, key=f"options.{key}", value=value,
                               allowed=list(allowed))

@@ -1,4 +1,5 @@
-"""How much does `Agent.infer` cost over calling the interpreter by hand? Plus agent RSS and start-up.
+"""How much does `Agent.infer` cost over calling the interpreter by hand? Plus agent RSS and
+start-up.
 
 Models (all packed into real bundles with the bundle writer, then read back from the bundle):
 - ``mobilenet``: a MobileNetV2-class CNN (alpha 0.5, 128x128x3, 1000 classes, untrained, seeded)
@@ -80,18 +81,22 @@ def build_digits_int8() -> bytes:
     calib = np.load(digits.calib)["image"][:64].astype(np.float32)
     with contextlib.redirect_stdout(sys.stderr):  # the quantizer prints a report; stdout is ours
         q = quantizer.Quantizer(str(digits.tflite), recipe.static_wi8_ai8())
-        result = q.calibrate({"serving_default": [{"image": calib[i:i + 1]} for i in range(len(calib))]})
+        result = q.calibrate(
+            {"serving_default": [{"image": calib[i : i + 1]} for i in range(len(calib))]}
+        )
         return bytes(q.quantize(result).quantized_model)
 
 
 def write_model_bundle(model: bytes, name: str, out: Path) -> Path:
-    from edgekit.bundle_writer import MemberFile, write_bundle
     from edgekit_agent.bundle.manifest import Manifest, ModelRef, Variant, sha256_hex
     from edgekit_agent.runtime import load_backend
 
+    from edgekit.bundle_writer import MemberFile, write_bundle
+
     backend = load_backend(model, "tflite")
     primary = Variant(name="primary", model=ModelRef(path="model.tflite", format="tflite",
-                                                      sha256=sha256_hex(model), size_bytes=len(model)),
+                                                      sha256=sha256_hex(model),
+                                                     size_bytes=len(model)),
                       inputs=backend.inputs, outputs=backend.outputs)
     manifest = Manifest(name=name, version="1", target="x86-64", family="cpu", primary=primary,
                         members=())
@@ -100,7 +105,8 @@ def write_model_bundle(model: bytes, name: str, out: Path) -> Path:
 
 # --- the two sides --------------------------------------------------------------------------
 
-def direct_call(model: bytes, threads: int, in_place: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+def direct_call(model: bytes, threads: int,
+                in_place: bool = False) -> Callable[[np.ndarray], np.ndarray]:
     """What a careful user writes without edgekit: quantize, set, invoke, get, dequantize.
 
     ``in_place`` quantizes with one scratch buffer, the arithmetic the agent's runtime uses,
@@ -178,18 +184,22 @@ def compare(bundle: Path, threads: int, calls: int, warmup: int, instances: int 
         a50, d50 = float(np.median(walls["agent"])), float(np.median(walls[ref]))
         a99, d99 = float(np.percentile(walls["agent"], 99)), float(np.percentile(walls[ref], 99))
         ca50, cd50 = float(np.median(cpus["agent"])), float(np.median(cpus[ref]))
-        result.update({
-            f"overhead_ratio_p50{suffix}": (a50 - d50) / d50,
-            f"overhead_ratio_p99{suffix}": (a99 - d99) / d99,
-            f"overhead_us_p50{suffix}": (a50 - d50) * 1e3,
-            f"overhead_us_paired_median{suffix}": float(np.median(walls["agent"] - walls[ref])) * 1e3,
-            f"cpu_overhead_ratio_p50{suffix}": (ca50 - cd50) / cd50,
-            f"cpu_overhead_us_p50{suffix}": (ca50 - cd50) * 1e3})
+        result.update(
+            {
+                f"overhead_ratio_p50{suffix}": (a50 - d50) / d50,
+                f"overhead_ratio_p99{suffix}": (a99 - d99) / d99,
+                f"overhead_us_p50{suffix}": (a50 - d50) * 1e3,
+                f"overhead_us_paired_median{suffix}": float(np.median(walls["agent"] - walls[ref]))
+                * 1e3,
+                f"cpu_overhead_ratio_p50{suffix}": (ca50 - cd50) / cd50,
+                f"cpu_overhead_us_p50{suffix}": (ca50 - cd50) * 1e3,
+            }
+        )
     return result
 
 
-def _build_sides(bundle: Path, model: bytes, threads: int,
-                 instances: int) -> tuple[dict[str, list[Callable]], list[np.ndarray], dict[str, Any]]:
+def _build_sides(bundle: Path, model: bytes, threads: int, instances: int,
+                 ) -> tuple[dict[str, list[Callable]], list[np.ndarray], dict[str, Any]]:
     from edgekit_agent.service.agent import Agent
 
     agents = [Agent(bundle, threads=threads) for _ in range(instances)]
@@ -205,7 +215,9 @@ def _build_sides(bundle: Path, model: bytes, threads: int,
         for x in xs:
             want = agents[i].infer({spec.name: x})[out_name]
             if not all(np.array_equal(want, side[i](x)) for side in list(sides.values())[1:]):
-                raise SystemExit(f"{bundle.name}: agent and direct outputs differ; not the same work")
+                raise SystemExit(
+                    f"{bundle.name}: agent and direct outputs differ; not the same work"
+                )
     info = {"input": list(spec.shape), "input_dtype": spec.dtype,
             "model_bytes": agents[0].manifest.model.size_bytes}
     return sides, xs, info
@@ -313,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, help="keep generated models/bundles here (reused)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    from edgekit.examples import get_example
     from edgekit_agent.store.slots import BundleStore
+
+    from edgekit.examples import get_example
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
@@ -330,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         models = {
             "mobilenet": compare(bundles["mobilenet"], args.threads, args.calls, warmup=30),
             "digits": compare(bundles["digits"], args.threads, args.small_calls, warmup=500),
-            "digits_int8": compare(bundles["digits_int8"], args.threads, args.small_calls, warmup=500),
+            "digits_int8": compare(bundles["digits_int8"], args.threads,
+                                   args.small_calls, warmup=500),
         }
         store = work / "store"
         BundleStore(store).install(bundles["mobilenet"])
@@ -345,14 +359,18 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     _print_table(models, proc)
     summary = {k: results[k] for k in ("overhead_ratio", "overhead_us_p50", "rss_mb", "startup_s")}
-    summary.update({"mobilenet_direct_p50_ms": models["mobilenet"]["direct_ms"]["p50"],
-                    "mobilenet_overhead_ratio_p99": models["mobilenet"]["overhead_ratio_p99"],
-                    "digits_direct_p50_us": models["digits"]["direct_ms"]["p50"] * 1e3,
-                    "digits_int8_overhead_us_p50": models["digits_int8"]["overhead_us_p50"],
-                    "cpu_overhead_ratio": models["mobilenet"]["cpu_overhead_ratio_p50"],
-                    "cpu_overhead_us_p50": models["digits"]["cpu_overhead_us_p50"],
-                    "overhead_ratio_same_arith": models["mobilenet"]["overhead_ratio_p50_same_arith"],
-                    "overhead_us_p50_same_arith": models["digits"]["overhead_us_p50_same_arith"]})
+    summary.update(
+        {
+            "mobilenet_direct_p50_ms": models["mobilenet"]["direct_ms"]["p50"],
+            "mobilenet_overhead_ratio_p99": models["mobilenet"]["overhead_ratio_p99"],
+            "digits_direct_p50_us": models["digits"]["direct_ms"]["p50"] * 1e3,
+            "digits_int8_overhead_us_p50": models["digits_int8"]["overhead_us_p50"],
+            "cpu_overhead_ratio": models["mobilenet"]["cpu_overhead_ratio_p50"],
+            "cpu_overhead_us_p50": models["digits"]["cpu_overhead_us_p50"],
+            "overhead_ratio_same_arith": models["mobilenet"]["overhead_ratio_p50_same_arith"],
+            "overhead_us_p50_same_arith": models["digits"]["overhead_us_p50_same_arith"],
+        }
+    )
     print(json.dumps(summary, sort_keys=True))
     return 0
 
@@ -361,8 +379,11 @@ def _built(path: Path, builder: str) -> bytes:
     """Build a model in a child process: TensorFlow loaded into the measuring process changes
     its memory behaviour (and a device runs no TensorFlow). Reused when ``path`` exists."""
     if not path.is_file():
-        code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import agent_overhead as b; "
-                f"open({str(path)!r}, 'wb').write(b.{builder})")
+        code = (
+            f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            "import agent_overhead as b; "
+            f"open({str(path)!r}, 'wb').write(b.{builder})"
+        )
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               stdin=subprocess.DEVNULL, timeout=1800)
         if proc.returncode != 0 or not path.is_file():
@@ -371,16 +392,20 @@ def _built(path: Path, builder: str) -> bytes:
 
 
 def _print_table(models: dict[str, Any], proc: dict[str, Any]) -> None:
-    print(f"{'model':<12} {'direct p50':>11} {'agent p50':>10} {'direct p99':>11} {'agent p99':>10} "
-          f"{'overhead p50':>13} {'µs p50':>8} {'cpu-time p50':>13} {'vs same arith':>14}")
+    print(
+        f"{'model':<12} {'direct p50':>11} {'agent p50':>10} {'direct p99':>11} {'agent p99':>10} "
+        f"{'overhead p50':>13} {'µs p50':>8} {'cpu-time p50':>13} {'vs same arith':>14}"
+    )
     for name, m in models.items():
         print(f"{name:<12} {m['direct_ms']['p50']:>9.4f}ms {m['agent_ms']['p50']:>8.4f}ms "
               f"{m['direct_ms']['p99']:>9.4f}ms {m['agent_ms']['p99']:>8.4f}ms "
               f"{m['overhead_ratio_p50'] * 100:>12.2f}% {m['overhead_us_p50']:>8.2f} "
               f"{m['cpu_overhead_ratio_p50'] * 100:>12.2f}% "
               f"{m['overhead_ratio_p50_same_arith'] * 100:>13.2f}%")
-    print(f"agent process: start-up {proc['startup_s']:.3f} s (spawn to first inference), "
-          f"RSS {proc['rss_mb']:.1f} MB (direct interpreter process {proc['direct_rss_mb']:.1f} MB)")
+    print(
+        f"agent process: start-up {proc['startup_s']:.3f} s (spawn to first inference), "
+        f"RSS {proc['rss_mb']:.1f} MB (direct interpreter process {proc['direct_rss_mb']:.1f} MB)"
+    )
 
 
 if __name__ == "__main__":

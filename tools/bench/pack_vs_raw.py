@@ -24,10 +24,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from edgekit.dataset import Dataset, load_dataset, load_labels, synthetic_dataset  # noqa: E402
 from edgekit.examples import get_example  # noqa: E402
 from edgekit.packer import PackOptions, pack  # noqa: E402
-from edgekit.packer.data import Dataset, load_dataset, load_labels, synthetic_dataset  # noqa: E402
 from edgekit.packer.evaluate import accuracy, interleaved_latency, make_runner, run_all, sqnr_db  # noqa: E402
+from edgekit.ui import table  # noqa: E402
 
 
 def raw_ort_static(model: bytes, calib: Dataset) -> bytes:
@@ -65,7 +66,7 @@ def measure(name: str, model: bytes, fmt: str, seconds: float, float_model: byte
     lat = interleaved_latency(cand, ref, evald.sample(0), min_runs=200, min_seconds=1.0)
     row = {"variant": name, "format": fmt, "size_bytes": len(model),
            "size_ratio": round(len(model) / len(float_model), 4),
-           "sqnr_db": round(min(sqnr_db(r, o) for r, o in zip(ref_out, out)), 2),
+           "sqnr_db": round(min(sqnr_db(r, o) for r, o in zip(ref_out, out, strict=True)), 2),
            "latency_ratio": round(lat.ratio, 3), "seconds": round(seconds, 2)}
     if labels is not None:
         row["accuracy"] = round(accuracy(out[0], labels), 4)
@@ -119,9 +120,14 @@ def mobile_cnn_onnx(path: Path) -> None:
     rng = np.random.default_rng(0)
     nodes, inits, prev, ch = [], [], "x", 3
     for i, (out_ch, stride) in enumerate([(16, 2), (32, 1), (64, 2), (64, 1), (128, 2), (128, 1)]):
-        dw = rng.normal(0, (2 / (9 * ch)) ** 0.5, (ch, 1, 3, 3)).astype(np.float32)
-        pw = rng.normal(0, (2 / ch) ** 0.5, (out_ch, ch, 1, 1)).astype(np.float32)
-        inits += [numpy_helper.from_array(dw, f"dw{i}"), numpy_helper.from_array(pw, f"pw{i}")]
+        inits += [
+            numpy_helper.from_array(
+                rng.normal(0, (2 / (9 * ch)) ** 0.5, (ch, 1, 3, 3)).astype(np.float32), f"dw{i}"
+            ),
+            numpy_helper.from_array(
+                rng.normal(0, (2 / ch) ** 0.5, (out_ch, ch, 1, 1)).astype(np.float32), f"pw{i}"
+            ),
+        ]
         nodes += [helper.make_node("Conv", [prev, f"dw{i}"], [f"d{i}"], group=ch, pads=[1, 1, 1, 1],
                                    strides=[stride, stride]),
                   helper.make_node("Relu", [f"d{i}"], [f"dr{i}"]),
@@ -129,10 +135,14 @@ def mobile_cnn_onnx(path: Path) -> None:
                   helper.make_node("Relu", [f"p{i}"], [f"pr{i}"])]
         prev, ch = f"pr{i}", out_ch
     inits.append(numpy_helper.from_array(rng.normal(0, 0.1, (10, ch)).astype(np.float32), "fc"))
-    nodes += [helper.make_node("GlobalAveragePool", [prev], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+    nodes += [helper.make_node("GlobalAveragePool", [prev], ["g"]),
+              helper.make_node("Flatten", ["g"], ["f"]),
               helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
-    graph = helper.make_graph(nodes, "mobile", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 96, 96])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    graph = helper.make_graph(nodes, "mobile",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                             [1, 3, 96, 96])],
+                              [helper.make_tensor_value_info("y",
+                                                             TensorProto.FLOAT, [1, 10])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, path)
@@ -140,22 +150,22 @@ def mobile_cnn_onnx(path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=REPO / "tools" / "bench" / "results" / "pack_vs_raw.json")
+    ap.add_argument("--out", type=Path,
+                    default=REPO / "tools" / "bench" / "results" / "pack_vs_raw.json")
     args = ap.parse_args()
     ex = get_example("digits")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         mobile_cnn_onnx(tmp / "mobile.onnx")
-        for label, path, fmt, calib, evaluation, labels in (
+        for label, path, fmt, calib, eval_data, labels in (
                 ("digits-onnx", ex.onnx, "onnx", ex.calib, ex.eval, ex.labels),
                 ("digits-tflite", ex.tflite, "tflite", ex.calib, ex.eval, ex.labels),
                 ("mobile-cnn-onnx", tmp / "mobile.onnx", "onnx", None, None, None)):
-            rows += bench_model(label, path, fmt, calib, evaluation, labels, tmp)
+            rows += bench_model(label, path, fmt, calib, eval_data, labels, tmp)
             print(json.dumps(rows[-1]), file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2))
-    from edgekit.ui import table
 
     cols = ["model", "variant", "format", "size_ratio", "sqnr_db", "accuracy_drop", "latency_ratio",
             "seconds"]
