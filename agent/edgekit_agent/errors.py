@@ -12,7 +12,9 @@
     ├── RuntimeBackendError       no runtime can execute the bundle, or inference failed
     ├── InputError                inference inputs have unknown names, wrong shapes or dtypes
     ├── StoreError                the on-device bundle store refused an install or rollback
-    └── TransportError            MQTT, serial or network input is malformed or unreachable
+    ├── TransportError            MQTT, serial or network input is malformed or unreachable
+    │   └── SerialLinkError       a serial device cannot be opened, does not answer, or stops (also a FlashError)
+    └── FlashError                a bundle or firmware image could not be put on a device
 
 Library exceptions are mapped at the boundary (``raise ...Error(...) from None``) so that
 callers, and the CLIs, only ever see these types.
@@ -90,3 +92,11 @@ class StoreError(EdgekitError):
 
 class TransportError(EdgekitError):
     pass
+
+
+class FlashError(EdgekitError):
+    """`edgekit flash` could not deliver: bad target URI, wrong family, device unreachable or refusing."""
+
+
+class SerialLinkError(FlashError, TransportError):
+    """The serial line to a device: cannot be opened, nobody speaking the protocol, or it went quiet."""
