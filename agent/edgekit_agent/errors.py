@@ -14,8 +14,9 @@
     ├── RateLimited               inference refused for now by the mode's rate limit or duty cycle
     ├── StoreError                the on-device bundle store refused an install or rollback
     ├── CommandError              a command is unknown, malformed, unauthenticated, stale or replayed
-    └── TransportError            MQTT or network input is malformed or unreachable
-        └── SerialLinkError       the serial link to a microcontroller failed or broke protocol
+    ├── TransportError            MQTT, serial or network input is malformed or unreachable
+    │   └── SerialLinkError       a serial device cannot be opened, does not answer, or stops (also a FlashError)
+    └── FlashError                a bundle or firmware image could not be put on a device
 
 Library exceptions are mapped at the boundary (``raise ...Error(...) from None``) so that
 callers, and the CLIs, only ever see these types. ``http_status`` is what the local HTTP API
@@ -106,11 +107,15 @@ class TransportError(EdgekitError):
     http_status = 502
 
 
-class SerialLinkError(TransportError):
-    pass
-
-
 def first_line(exc: BaseException) -> str:
     """A library exception as one short line, for messages that must stay one line."""
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
+
+
+class FlashError(EdgekitError):
+    """`edgekit flash` could not deliver: bad target URI, wrong family, device unreachable or refusing."""
+
+
+class SerialLinkError(FlashError, TransportError):
+    """The serial line to a device: cannot be opened, nobody speaking the protocol, or it went quiet."""
