@@ -58,7 +58,7 @@ class LineSim:
         self.path = ""
 
     # --- lifecycle -------------------------------------------------------------------------
-    def start(self) -> "LineSim":
+    def start(self) -> LineSim:
         dev = os.open(self.device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         tty.setraw(dev, termios.TCSANOW)
         master, slave = os.openpty()
@@ -86,7 +86,7 @@ class LineSim:
                 pass
         self._fds = []
 
-    def __enter__(self) -> "LineSim":
+    def __enter__(self) -> LineSim:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -14,9 +14,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-from edgekit_agent.errors import FlashError
-
 import edgekit.firmware_targets as _firmware
+from edgekit_agent.errors import FlashError
 
 COMMON_DIR = Path(_firmware.__path__[0]) / "common"
 SIM_BINARY = COMMON_DIR / "build" / "edgekit-mcu-sim"
@@ -43,7 +42,7 @@ class McuSim:
         self.path = ""
         self.log_path = self.flash.with_name(self.flash.name + ".log")
 
-    def start(self) -> "McuSim":
+    def start(self) -> McuSim:
         args = [str(self.binary), "--flash", str(self.flash), "--board", self.board]
         if self.slot_kib:
             args += ["--slot-kib", str(self.slot_kib)]
@@ -83,7 +82,7 @@ class McuSim:
         except OSError:
             return ""
 
-    def __enter__(self) -> "McuSim":
+    def __enter__(self) -> McuSim:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

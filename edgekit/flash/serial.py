@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgekit_agent.bundle.reader import open_bundle
 from edgekit_agent.errors import FlashError, SerialLinkError

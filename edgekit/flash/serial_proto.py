@@ -156,7 +156,7 @@ class DeviceInfo:
     board: str
 
     @classmethod
-    def from_body(cls, body: bytes) -> "DeviceInfo | None":
+    def from_body(cls, body: bytes) -> DeviceInfo | None:
         fixed = _INFO_HEAD.size + 2 * _SLOT.size
         if len(body) < fixed + 1 or len(body) != fixed + 1 + body[fixed]:
             return None

@@ -15,7 +15,14 @@ import pytest
 from edgekit.bundle_writer import MemberFile, write_bundle
 from edgekit.flash.mcu_sim import McuSim, build_sim
 from edgekit.tflite import model as tm
-from edgekit_agent.bundle.manifest import Manifest, ModelRef, TensorSpec, Variant, sha256_hex
+from edgekit_agent.bundle.manifest import (
+    Manifest,
+    ModelRef,
+    TargetReport,
+    TensorSpec,
+    Variant,
+    sha256_hex,
+)
 
 BOARD = "stm32h7"
 
@@ -44,7 +51,7 @@ def mcu_bundle(out: Path, model: bytes, *, target: str = BOARD, family: str = "m
     ref = ModelRef(path="model.tflite", format="tflite", sha256=sha256_hex(model), size_bytes=len(model))
     primary = Variant(name="fp32", model=ref, inputs=(TensorSpec("x", (1, 256), "float32"),),
                       outputs=(TensorSpec("y", (1, 200), "float32"),),
-                      target_report={"family": family, "flash_bytes": len(model), "fits": True})
+                      target_report=TargetReport(family=family, flash_bytes=len(model)))
     manifest = Manifest(name="fc", version=version, target=target, family=family, primary=primary,
                         members=())
     return write_bundle(out, manifest, [MemberFile("model.tflite", model, "model")], sign_key)
