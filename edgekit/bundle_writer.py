@@ -10,9 +10,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgekit_agent.bundle import signing
+from edgekit_agent.bundle.manifest import Manifest, Member, sha256_hex
 from edgekit_agent.bundle.reader import MANIFEST_NAME, SIGNATURE_NAME, open_bundle
 from edgekit_agent.errors import BundleError, EdgekitError
-from edgekit_agent.bundle.manifest import Manifest, Member, sha256_hex
 
 # A fixed timestamp keeps archives reproducible for identical inputs.
 _ZIP_EPOCH = (2020, 1, 1, 0, 0, 0)

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from edgekit_agent.bundle.reader import open_bundle
-from edgekit_agent.cliutil import Handler, dispatch
 from edgekit_agent.bundle.signing import generate_keypair
+from edgekit_agent.cliutil import Handler, dispatch
 
 from . import __version__, ui
 from .defaults import RUNTIME_CHOICES
@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "measured bundles for CPU, Edge TPU, Ethos-U NPU and MCU targets.")
     p.add_argument("--version", action="version", version=f"edgekit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for register in (_pack, _recipes, _inspect, _verify, _targets, _keygen, _examples, _fleet):
+    for register in (_pack, _recipes, _inspect, _verify, _targets, _keygen, _examples, _fleet,
+                     _flash):
         register(sub)
     return p
 
@@ -231,6 +232,21 @@ def _fleet(sub: Any) -> None:
 @command
 def cmd_fleet(args: argparse.Namespace) -> int:
     return fleet_cli.main(args)
+
+
+# --- flash ----------------------------------------------------------------------------------------
+
+def _flash(sub: Any) -> None:
+    from .flash.cli import add_parser
+
+    add_parser(sub)
+
+
+@command
+def cmd_flash(args: argparse.Namespace) -> int:
+    from .flash.cli import main as flash_main
+
+    return flash_main(args)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from edgekit_agent.bundle.manifest import TensorSpec
 
 from .errors import CalibrationError

@@ -6,6 +6,7 @@ from edgekit_agent.errors import (
     CalibrationError,
     ConfigError,
     EdgekitError,
+    FlashError,
     InputError,
     IntegrityError,
     ModelError,
@@ -17,5 +18,5 @@ from edgekit_agent.errors import (
 )
 
 __all__ = ["BudgetError", "BundleError", "CalibrationError", "ConfigError", "EdgekitError",
-           "InputError", "IntegrityError", "ModelError", "RuntimeBackendError", "SignatureError",
+           "FlashError", "InputError", "IntegrityError", "ModelError", "RuntimeBackendError", "SignatureError",
            "StoreError", "TransportError", "UnsupportedOpError"]

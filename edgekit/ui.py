@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -47,3 +48,27 @@ def progress(total: int, desc: str, enabled: bool = True):
 
     return tqdm(total=total, desc=desc, file=sys.stderr, leave=False,
                 disable=not enabled or not sys.stderr.isatty(), unit="step")
+
+
+@contextmanager
+def byte_progress(desc: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback drawing a tqdm bar on stderr (bytes, rate, ETA);
+    the bar appears on the first call, when the total is known."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                       file=sys.stderr, leave=False, disable=not enabled, mininterval=0.1)
+        bar.update(done - bar.n)
+        if done >= total:  # the last step may fall inside mininterval: show the finished bar
+            bar.refresh()
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.close()

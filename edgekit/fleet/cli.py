@@ -21,9 +21,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from edgekit_agent.telemetry import schema
-from edgekit_agent.errors import ConfigError, TransportError
 from edgekit_agent.bundle.signing import load_private_key
+from edgekit_agent.errors import ConfigError, TransportError
+from edgekit_agent.telemetry import schema
 
 from .. import ui
 from ..defaults import DEFAULT_BROKER

@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgekit_agent.telemetry import schema
 from edgekit_agent.errors import TransportError
+from edgekit_agent.telemetry import schema
 
 from ..ui import table
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from edgekit_agent.bundle.manifest import TensorSpec
 from edgekit_agent.runtime import load_backend
 

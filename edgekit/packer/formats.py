@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from edgekit_agent.bundle.manifest import sha256_hex
 
 from ..dataset import Dataset

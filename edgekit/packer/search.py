@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+
 from edgekit_agent.runtime import Runner
 
 from ..dataset import Dataset

@@ -13,6 +13,7 @@ from typing import Any
 import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
+
 from edgekit_agent.runtime import load_backend
 
 from ..errors import EdgekitError, ModelError

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
+
 from edgekit_agent.runtime import Runner, load_backend
 
 from . import model as tfl

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from edgekit_agent.bundle import signing
 
 SUBCOMMANDS = {  # subcommand -> options its --help must mention

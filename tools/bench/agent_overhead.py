@@ -88,10 +88,9 @@ def build_digits_int8() -> bytes:
 
 
 def write_model_bundle(model: bytes, name: str, out: Path) -> Path:
+    from edgekit.bundle_writer import MemberFile, write_bundle
     from edgekit_agent.bundle.manifest import Manifest, ModelRef, Variant, sha256_hex
     from edgekit_agent.runtime import load_backend
-
-    from edgekit.bundle_writer import MemberFile, write_bundle
 
     backend = load_backend(model, "tflite")
     primary = Variant(name="primary", model=ModelRef(path="model.tflite", format="tflite",
@@ -325,9 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, help="keep generated models/bundles here (reused)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    from edgekit_agent.store.slots import BundleStore
-
     from edgekit.examples import get_example
+    from edgekit_agent.store.slots import BundleStore
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
 from edgekit_agent.bundle.manifest import TensorSpec
 from edgekit_agent.runtime import load_backend
 

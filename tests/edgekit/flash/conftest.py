@@ -1,4 +1,4 @@
-"""Fixtures for serial flashing (tests/ has no packages: helpers are fixtures, not imports): the host-built MCU (gcc, on a pty) and MCU bundles of ~200 KB.
+"""Fixtures for serial flashing: the host-built MCU (gcc, on a pty) and MCU bundles of ~200 KB.
 
 The model is a real TFLite flatbuffer (one float FULLY_CONNECTED, 256 -> 200: 204,800 weight
 bytes) built with the flatbuffer API, wrapped by the real bundle writer with an MCU manifest:

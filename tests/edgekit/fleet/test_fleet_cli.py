@@ -12,12 +12,10 @@ import pytest
 
 # TEMPORARY (issue 8): registered by this folder's conftest; after the merge, import from the
 # shared fixtures instead (see tests/edgekit/fleet/conftest.py).
-from conftest import by_seq
-from edgekit_agent.telemetry import schema
-from edgekit_agent.errors import ConfigError
-
 from edgekit.fleet.broker import parse_broker
 from edgekit.fleet.status import FleetView
+from edgekit_agent.errors import ConfigError
+from edgekit_agent.telemetry import schema
 
 
 def test_fleet_view_keeps_latest_state():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from edgekit_agent.runtime import Runner, load_backend
 
 from edgekit.examples import get_example
 from edgekit.tflite import model as tm
+from edgekit_agent.runtime import Runner, load_backend
 
 
 @pytest.fixture(scope="session")

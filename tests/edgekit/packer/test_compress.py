@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from edgekit_agent.runtime import load_backend
 
 from edgekit.errors import ConfigError, ModelError
 from edgekit.packer import compress
@@ -18,6 +17,7 @@ from edgekit.packer.compress import (
     to_float16,
 )
 from edgekit.tflite import model as tm
+from edgekit_agent.runtime import load_backend
 
 DIGITS_KERNELS = {"sequential/conv2d/Conv2D": (16, 3, 3, 1),
                   "sequential/conv2d_1/Conv2D": (32, 3, 3, 16),

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from edgekit_agent.runtime import load_backend
 
 from edgekit.errors import CalibrationError, ModelError
 from edgekit.packer import convert
 from edgekit.packer.convert import EXTRA_MESSAGE, SAMPLE_DATA_FILE, onnx_to_tflite
 from edgekit.packer.evaluate import sqnr_db
 from edgekit.tflite import model as tfl
+from edgekit_agent.runtime import load_backend
 
 
 def tiny_nchw_onnx(dynamic: bool = False) -> bytes:

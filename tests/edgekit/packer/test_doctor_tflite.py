@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from edgekit_agent.runtime import load_backend
 
 from edgekit.errors import ModelError
 from edgekit.packer.compress import compress_tflite
@@ -16,6 +15,7 @@ from edgekit.packer.doctor_tflite import (
 )
 from edgekit.packer.quantize_tflite import quantize_tflite
 from edgekit.tflite import model as tm
+from edgekit_agent.runtime import load_backend
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -7,7 +7,6 @@ import zipfile
 import numpy as np
 import onnx
 import pytest
-from edgekit_agent.bundle.reader import open_bundle
 from onnx import TensorProto, helper, numpy_helper
 
 import edgekit
@@ -17,6 +16,7 @@ from edgekit.packer.evaluate import accuracy, interleaved_latency, make_runner, 
 from edgekit.packer.recipes import Recipe
 from edgekit.packer.search import SPEED_TOLERANCE, Context, Criteria, evaluate
 from edgekit.targets import family_for, get_profile
+from edgekit_agent.bundle.reader import open_bundle
 
 
 def test_digits_int8_cpu_meets_size_and_accuracy(tmp_path, digits):

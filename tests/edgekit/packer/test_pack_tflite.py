@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from edgekit_agent.bundle.reader import open_bundle
-from edgekit_agent.runtime import load_backend
-
 import edgekit
 from edgekit.tflite import model as tflite_model
+from edgekit_agent.bundle.reader import open_bundle
+from edgekit_agent.runtime import load_backend
 
 
 def test_digits_tflite_int8_cpu(tmp_path, digits):

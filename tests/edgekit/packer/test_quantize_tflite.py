@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from edgekit_agent.runtime import Runner, load_backend
 
 from edgekit.errors import CalibrationError, ConfigError, ModelError
 from edgekit.packer.compress import compress_tflite
@@ -16,6 +15,7 @@ from edgekit.packer.quantize_tflite import (
     tensor_sqnr,
 )
 from edgekit.tflite import model as tm
+from edgekit_agent.runtime import Runner, load_backend
 
 
 def _sqnr(ref: np.ndarray, out: np.ndarray) -> float:

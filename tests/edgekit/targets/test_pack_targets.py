@@ -11,10 +11,10 @@ import io
 import subprocess
 
 import pytest
-from edgekit_agent.bundle.reader import open_bundle
 
 import edgekit
 from edgekit.targets import edgetpu, mcu
+from edgekit_agent.bundle.reader import open_bundle
 
 
 @pytest.fixture(scope="module", params=["onnx", "tflite"])

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import tomllib
 from ai_edge_litert import schema_py_generated as schema
-from edgekit_agent.runtime import Runner, load_backend
 
 from edgekit.errors import ConfigError, ModelError
 from edgekit.targets import edgetpu, get_profile
 from edgekit.targets.edgetpu import EdgeTpuFamily, analyze, parse_compiler_log, partition
 from edgekit.tflite import model as tfl
+from edgekit_agent.runtime import Runner, load_backend
 
 # Stdout of edgetpu_compiler -s for a partly mapped model, in the format the Coral docs and
 # users' reports show (compiler 16.0), followed by the operation table of its log file.

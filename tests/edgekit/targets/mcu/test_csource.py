@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from edgekit_agent.bundle.manifest import TensorSpec
-from edgekit_agent.runtime import load_backend
 
 from edgekit.targets import get_profile
 from edgekit.targets.mcu import McuFamily, tflm_op_set
 from edgekit.targets.mcu.csource import generate_sources
+from edgekit_agent.bundle.manifest import TensorSpec
+from edgekit_agent.runtime import load_backend
 
 CHECK_PROGRAM = r"""
 #include <stdint.h>

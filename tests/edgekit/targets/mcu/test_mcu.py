@@ -12,7 +12,6 @@ import tempfile
 import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
-from edgekit_agent.runtime import load_backend, quantize
 
 from edgekit.dataset import Dataset
 from edgekit.errors import ModelError, UnsupportedOpError
@@ -26,6 +25,7 @@ from edgekit.targets.mcu import (
     tflm_op_set,
 )
 from edgekit.tflite import model as tfl
+from edgekit_agent.runtime import load_backend, quantize
 
 _RUN_IN_TFLM = r"""
 import json, sys
