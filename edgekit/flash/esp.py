@@ -9,6 +9,7 @@ chip that answered is that chip — before any write. esptool's own console outp
 
 from __future__ import annotations
 
+import errno
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -107,10 +108,10 @@ def plan_firmware(image: Path, port: str, *, baud: int, timeout_s: float,
 def flash_firmware(plan: EsptoolPlan, progress: Progress | None = None) -> dict[str, Any]:
     cmds, _, fatal = _esptool()
     data = Path(plan.image.path).read_bytes()
+    mode = plan.connect_mode if _has_modem_lines(plan.port) else "no-reset"
     with _quiet_esptool(len(data), progress) as log:
         try:
-            esp = cmds.detect_chip(plan.port, ROM_BAUD, plan.connect_mode,
-                                   connect_attempts=plan.connect_attempts)
+            esp = cmds.detect_chip(plan.port, ROM_BAUD, mode, connect_attempts=plan.connect_attempts)
         except (fatal, OSError) as exc:
             raise FlashError(f"{plan.port}: no ESP chip answered within {plan.connect_attempts} "
                              f"connect attempt(s): {_first_line(exc)}") from None
@@ -130,6 +131,23 @@ def flash_firmware(plan: EsptoolPlan, progress: Progress | None = None) -> dict[
                                  f"(last output: {log.last})") from None
     return {"port": plan.port, "chip": plan.image.chip_name, "address": plan.address,
             "bytes": len(data)}
+
+
+def _has_modem_lines(port: str) -> bool:
+    """Whether DTR/RTS can be driven (USB-UART bridges: yes; a pty or some USB-CDC ports: no).
+    Without them esptool cannot reset the chip into its ROM loader, and says so on the console."""
+    import serial
+
+    try:
+        with serial.Serial(port, ROM_BAUD, timeout=0) as line:
+            line.dtr = line.dtr
+    except serial.SerialException as exc:
+        raise FlashError(f"cannot open {port}: {_first_line(exc)}") from None
+    except OSError as exc:
+        if exc.errno in (errno.ENOTTY, errno.EINVAL):
+            return False
+        raise FlashError(f"cannot open {port}: {exc.strerror or exc}") from None
+    return True
 
 
 class _Collector:
