@@ -40,7 +40,7 @@ def test_dir_flash_writes_a_store_the_agent_reports_active(tmp_path, packed_rpi4
 
 
 def test_dir_flash_refusals_leave_the_card_as_it_was(tmp_path, packed_rpi4, rebundle, cli_error):
-    from edgekit_agent.signing import generate_keypair
+    from edgekit_agent.bundle.signing import generate_keypair
 
     card = tmp_path / "card"
     assert _cli("flash", packed_rpi4, "--to", f"dir://{card}").returncode == 0
