@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit_agent.bundle.reader import open_bundle
-from edgekit_agent.errors import FlashError, SerialLinkError
+from edgekit_agent.errors import FlashError, SerialLinkError, first_line
 
 from . import serial_proto as sp
 
@@ -88,7 +88,8 @@ def flash_serial(bundle_path: Path, device: str, *, baud: int = 921600, key: Pat
 
 def _unconfirmed_message(device: str, state: str) -> str:
     if state == "reverted":
-        return f"the device on {device} failed its self-test on the new model and reverted to the previous one"
+        return (f"the device on {device} failed its self-test on the new model "
+                "and reverted to the previous one")
     return (f"the device on {device} did not confirm the new model within {CONFIRM_WAIT_S:g} s "
             f"(state {state}); it reverts to the previous model on its next boot")
 
@@ -102,6 +103,14 @@ def _bundle_ref(manifest: Any, sha256: str | None) -> dict[str, str] | None:
             "id": sha256}
 
 
+def device_info(device: str, *, baud: int = 921600, timeout_s: float = HANDSHAKE_S) -> sp.DeviceInfo:
+    """Ask the device on ``device`` what it holds (board, slots, states, resumable transfer)."""
+    with open_port(device, baud, timeout_s) as port:
+        link = _Link(port, device, TransferStats())
+        link.send(b"\0")
+        return handshake(link, timeout_s)
+
+
 def open_port(device: str, baud: int, timeout_s: float) -> Any:
     import serial
 
@@ -109,17 +118,12 @@ def open_port(device: str, baud: int, timeout_s: float) -> Any:
         port = serial.serial_for_url(device, baudrate=baud, timeout=0.05,
                                      write_timeout=max(timeout_s, 1.0))
     except (serial.SerialException, OSError, ValueError) as exc:
-        raise SerialLinkError(f"cannot open serial device {device}: {_reason(exc)}") from None
+        raise SerialLinkError(f"cannot open serial device {device}: {first_line(exc)}") from None
     try:
         port.reset_input_buffer()  # stale bytes from an earlier session are not replies to us
     except (serial.SerialException, OSError):
         pass
     return port
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 class _Link:
@@ -137,7 +141,7 @@ class _Link:
         try:
             self.port.write(frame)
         except (serial.SerialException, OSError) as exc:
-            raise SerialLinkError(f"writing to {self.where} failed: {_reason(exc)}") from None
+            raise SerialLinkError(f"writing to {self.where} failed: {first_line(exc)}") from None
         self.stats.bytes_sent += len(frame)
         self.stats.frames_sent += 1
 
@@ -153,7 +157,7 @@ class _Link:
                 self.port.timeout = min(remaining, 0.05)
                 chunk = self.port.read(max(1, self.port.in_waiting))
             except (serial.SerialException, OSError) as exc:
-                raise SerialLinkError(f"reading from {self.where} failed: {_reason(exc)}") from None
+                raise SerialLinkError(f"reading from {self.where} failed: {first_line(exc)}") from None
             if chunk:
                 self.pending += self.reader.feed(chunk)
                 self.stats.bad_frames = self.reader.bad_frames
@@ -255,6 +259,7 @@ class _Window:
         self.next_new = self.lwm
         self.acked = bytearray(self.n + 33)
         self.order = [0] * self.n                # transmission counter of each chunk's last send
+        self.first = [0] * self.n                # ... and of its first send
         self.counter = 0
         self.max_acked_order = 0
         self.resend: list[int] = []
@@ -274,7 +279,8 @@ class _Window:
                     probe_wait, last_ack = self._probe_base(), now
                 continue
             if frame is not None and frame[0] == sp.ERR:
-                raise FlashError(f"the device on {self.link.where} aborted the transfer: {_err_text(frame[1])}")
+                raise FlashError(f"the device on {self.link.where} aborted the transfer: "
+                                 f"{_err_text(frame[1])}")
             if now - self.link.last_heard > self.timeout_s:
                 raise SerialLinkError(f"the device on {self.link.where} stopped answering at "
                                       f"{self.lwm * self.chunk} of {len(self.image)} bytes; "
@@ -282,6 +288,12 @@ class _Window:
             if now - last_ack > probe_wait and not self.resend:
                 self._probe()
                 probe_wait, last_ack = min(probe_wait * 2, 1.0), now
+
+    def finish(self, ack: tuple[int, bytes]) -> None:
+        """The device answered END with an ACK: resend every chunk it still lacks."""
+        self._on_ack(ack)
+        self.resend.extend(c for c in range(self.lwm, self.n) if not self.acked[c])
+        self.run()
 
     def _probe_base(self) -> float:
         return 4 * self.frame_s + 0.03
@@ -301,6 +313,7 @@ class _Window:
         off = c * self.chunk
         self.counter += 1
         self.order[c] = self.counter
+        self.first[c] = self.first[c] or self.counter
         self.link.send(sp.data(off, self.image[off:off + self.chunk]))
 
     def _on_ack(self, frame: tuple[int, bytes]) -> bool:
@@ -327,7 +340,9 @@ class _Window:
         if self.acked[c]:
             return False
         self.acked[c] = 1
-        self.max_acked_order = max(self.max_acked_order, self.order[c])
+        # Which of c's transmissions arrived is unknown (Karn): only what was sent before the
+        # first one is surely overtaken.
+        self.max_acked_order = max(self.max_acked_order, self.first[c])
         return True
 
     def _find_losses(self) -> None:
@@ -354,11 +369,11 @@ def _end(link: _Link, window: _Window, timeout_s: float) -> None:
             break
         if reply[0] == sp.DONE:
             return
+        if reply[0] == sp.ERR and reply[1][:1] == bytes([sp.E_SESSION]):
+            return  # our first END was taken and its DONE lost: the device is already rebooting
         if reply[0] == sp.ERR:
             raise FlashError(f"the device on {link.where} did not accept the image: {_err_text(reply[1])}")
-        window._on_ack(reply)  # END before the device held everything (a lost chunk): resend
-        window.resend.extend(c for c in range(window.lwm, window.n) if not window.acked[c])
-        window.run()
+        window.finish(reply)  # END before the device held everything: send what it lacks
     raise SerialLinkError(f"the device on {link.where} stopped answering after the last chunk")
 
 
@@ -376,7 +391,10 @@ def _wait_confirmed(link: _Link, slot: int, sha: str, timeout_s: float,
         state = last.slots[slot]
         if state.sha256 != sha:
             raise FlashError(f"the device on {link.where} no longer holds the image in slot {slot}")
-        if state.state in ("confirmed", "reverted", "empty"):
+        if state.state in ("receiving", "empty"):
+            raise FlashError(f"the device on {link.where} did not verify the image (slot {slot} is "
+                             f"{state.state}); run the flash again")
+        if state.state in ("confirmed", "reverted"):
             return last
         if state.state == "trial" and time.monotonic() - t0 >= confirm_wait_s:
             return last
