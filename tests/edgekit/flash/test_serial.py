@@ -4,6 +4,7 @@ edgekit-mcu-sim (gcc-built device side) -> file-backed flash, judged by --dump-a
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import threading
@@ -188,3 +189,23 @@ def test_packed_stm32h7_bundle_flashes_its_tflm_model(start_sim, edgekit_cli, tm
     result = flash_serial(out, sim.path)
     assert result["state"] == "confirmed" and result["payload_bytes"] == manifest.model.size_bytes
     assert _sha(dump_active(sim.flash)) == manifest.model.sha256
+
+
+def test_cli_flashes_over_serial_and_reports_json(start_sim, bundle_200k, edgekit_cli):
+    sim = start_sim()
+    proc = edgekit_cli("flash", bundle_200k, "--to", f"serial://{sim.path}?baud=921600", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    model_sha = open_bundle(bundle_200k).manifest.model.sha256
+    assert out["scheme"] == "serial" and out["active"]["id"] == model_sha, out
+    assert out["install"]["state"] == "confirmed" and out["install"]["retransmits"] == 0
+    assert _sha(dump_active(sim.flash)) == model_sha
+
+
+def test_cli_not_our_device_is_one_line_error(bundle_200k, edgekit_cli, cli_error):
+    master, slave, path = _silent_pty()
+    try:
+        proc = edgekit_cli("flash", bundle_200k, "--to", f"serial://{path}", "--timeout", "1")
+    finally:
+        os.close(master), os.close(slave)
+    cli_error(proc, "no edgekit device answered on")
