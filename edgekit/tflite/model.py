@@ -294,3 +294,33 @@ def verify_runs(model: bytes, what: str = "model") -> list[np.ndarray]:
     if any(o.dtype.kind == "f" and not np.all(np.isfinite(o)) for o in outs):
         raise ModelError(f"{what} produces non-finite outputs in LiteRT")
     return outs
+
+
+def dense_model(n_in: int, n_out: int, *, seed: int = 0, bias_std: float = 0.0,
+                signature: bool = False) -> bytes:
+    """A one-op float model y = x @ W.T + b (input 'x' (1, n_in), output 'y'): seeded normal
+    weights (std 0.05), bias normal with ``bias_std`` (zeros when 0); for tests and benchmarks."""
+    rng = np.random.default_rng(seed)
+    model_t = schema.ModelT()
+    model_t.version, model_t.buffers, model_t.operatorCodes = 3, [schema.BufferT()], []
+    sg = schema.SubGraphT()
+    sg.tensors, sg.operators = [], []
+    model_t.subgraphs = [sg]
+    x = add_tensor(model_t, "x", (1, n_in), np.float32)
+    w = add_tensor(model_t, "w", (n_out, n_in), np.float32,
+                   data=rng.normal(0, 0.05, (n_out, n_in)).astype(np.float32))
+    bias = (rng.normal(0, bias_std, n_out) if bias_std else np.zeros(n_out)).astype(np.float32)
+    b = add_tensor(model_t, "b", (n_out,), np.float32, data=bias)
+    y = add_tensor(model_t, "y", (1, n_out), np.float32)
+    insert_op(model_t, "FULLY_CONNECTED", [x, w, b], [y], 0)
+    sg.operators[0].builtinOptionsType = schema.BuiltinOptions.FullyConnectedOptions
+    sg.operators[0].builtinOptions = schema.FullyConnectedOptionsT()
+    sg.inputs, sg.outputs = np.array([x], dtype=np.int32), np.array([y], dtype=np.int32)
+    if signature:
+        sig = schema.SignatureDefT()
+        sig.signatureKey, sig.subgraphIndex = b"serving_default", 0
+        sig.inputs, sig.outputs = [schema.TensorMapT()], [schema.TensorMapT()]
+        sig.inputs[0].name, sig.inputs[0].tensorIndex = b"x", x
+        sig.outputs[0].name, sig.outputs[0].tensorIndex = b"y", y
+        model_t.signatureDefs = [sig]
+    return save(model_t)

@@ -32,8 +32,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgekit.bundle_writer import MemberFile, write_bundle
 from edgekit.flash.line_sim import BITS_PER_BYTE, LineSim
 from edgekit.flash.mcu_sim import McuSim, build_sim, dump_active
@@ -44,25 +42,6 @@ from edgekit_agent.bundle.manifest import Manifest, ModelRef, TensorSpec, Varian
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "tools" / "bench" / "results" / "serial_throughput.json"
 BOARD = "stm32h7"
-
-
-def fc_model(n_in: int = 256, n_out: int = 200, seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    model_t = tm.schema.ModelT()
-    model_t.version, model_t.buffers, model_t.operatorCodes = 3, [tm.schema.BufferT()], []
-    sg = tm.schema.SubGraphT()
-    sg.tensors, sg.operators = [], []
-    model_t.subgraphs = [sg]
-    x = tm.add_tensor(model_t, "x", (1, n_in), np.float32)
-    w = tm.add_tensor(model_t, "w", (n_out, n_in), np.float32,
-                      data=rng.normal(0, 0.05, (n_out, n_in)).astype(np.float32))
-    b = tm.add_tensor(model_t, "b", (n_out,), np.float32, data=np.zeros(n_out, np.float32))
-    y = tm.add_tensor(model_t, "y", (1, n_out), np.float32)
-    tm.insert_op(model_t, "FULLY_CONNECTED", [x, w, b], [y], 0)
-    sg.operators[0].builtinOptionsType = tm.schema.BuiltinOptions.FullyConnectedOptions
-    sg.operators[0].builtinOptions = tm.schema.FullyConnectedOptionsT()
-    sg.inputs, sg.outputs = np.array([x], dtype=np.int32), np.array([y], dtype=np.int32)
-    return tm.save(model_t)
 
 
 def mcu_bundle(out: Path, model: bytes) -> Path:
@@ -103,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     build_sim()
     with tempfile.TemporaryDirectory(prefix="edgekit-serial-bench-") as tmp:
         work = Path(tmp)
-        bundle = mcu_bundle(work / "fc.ekb", fc_model())
+        bundle = mcu_bundle(work / "fc.ekb", tm.dense_model(256, 200))
         runs = []
         for i in range(args.runs):
             runs.append(one_run(work, bundle, args.baud, i))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from edgekit.bundle_writer import MemberFile, write_bundle
@@ -28,22 +27,7 @@ BOARD = "stm32h7"
 
 
 def fc_tflite(n_in: int, n_out: int, seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    model_t = tm.schema.ModelT()
-    model_t.version, model_t.buffers, model_t.operatorCodes = 3, [tm.schema.BufferT()], []
-    sg = tm.schema.SubGraphT()
-    sg.tensors, sg.operators = [], []
-    model_t.subgraphs = [sg]
-    x = tm.add_tensor(model_t, "x", (1, n_in), np.float32)
-    w = tm.add_tensor(model_t, "w", (n_out, n_in), np.float32,
-                      data=rng.normal(0, 0.05, (n_out, n_in)).astype(np.float32))
-    b = tm.add_tensor(model_t, "b", (n_out,), np.float32, data=np.zeros(n_out, np.float32))
-    y = tm.add_tensor(model_t, "y", (1, n_out), np.float32)
-    tm.insert_op(model_t, "FULLY_CONNECTED", [x, w, b], [y], 0)
-    sg.operators[0].builtinOptionsType = tm.schema.BuiltinOptions.FullyConnectedOptions
-    sg.operators[0].builtinOptions = tm.schema.FullyConnectedOptionsT()
-    sg.inputs, sg.outputs = np.array([x], dtype=np.int32), np.array([y], dtype=np.int32)
-    return tm.save(model_t)
+    return tm.dense_model(n_in, n_out, seed=seed)
 
 
 def mcu_bundle(out: Path, model: bytes, *, target: str = BOARD, family: str = "mcu",

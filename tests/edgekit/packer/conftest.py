@@ -53,29 +53,6 @@ def make_fc_tflite():
     y = x @ W.T + b, built with the flatbuffer object API (input 'x' (1, n_in), output 'y')."""
 
     def make(n_in: int, n_out: int, seed: int = 0, signature: bool = True) -> bytes:
-        rng = np.random.default_rng(seed)
-        model_t = tm.schema.ModelT()
-        model_t.version, model_t.buffers, model_t.operatorCodes = 3, [tm.schema.BufferT()], []
-        sg = tm.schema.SubGraphT()
-        sg.tensors, sg.operators = [], []
-        model_t.subgraphs = [sg]
-        x = tm.add_tensor(model_t, "x", (1, n_in), np.float32)
-        w = tm.add_tensor(model_t, "w", (n_out, n_in), np.float32,
-                          data=rng.normal(0, 0.05, (n_out, n_in)).astype(np.float32))
-        b = tm.add_tensor(model_t, "b", (n_out,), np.float32,
-                          data=rng.normal(0, 0.1, n_out).astype(np.float32))
-        y = tm.add_tensor(model_t, "y", (1, n_out), np.float32)
-        tm.insert_op(model_t, "FULLY_CONNECTED", [x, w, b], [y], 0)
-        sg.operators[0].builtinOptionsType = tm.schema.BuiltinOptions.FullyConnectedOptions
-        sg.operators[0].builtinOptions = tm.schema.FullyConnectedOptionsT()
-        sg.inputs, sg.outputs = np.array([x], dtype=np.int32), np.array([y], dtype=np.int32)
-        if signature:
-            sig = tm.schema.SignatureDefT()
-            sig.signatureKey, sig.subgraphIndex = b"serving_default", 0
-            sig.inputs, sig.outputs = [tm.schema.TensorMapT()], [tm.schema.TensorMapT()]
-            sig.inputs[0].name, sig.inputs[0].tensorIndex = b"x", x
-            sig.outputs[0].name, sig.outputs[0].tensorIndex = b"y", y
-            model_t.signatureDefs = [sig]
-        return tm.save(model_t)
+        return tm.dense_model(n_in, n_out, seed=seed, bias_std=0.1, signature=signature)
 
     return make
