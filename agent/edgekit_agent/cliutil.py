@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 
 from .errors import EdgekitError
+from .validate import printable
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -22,7 +23,7 @@ def dispatch(parser: argparse.ArgumentParser, commands: dict[str, Handler],
     try:
         return commands[args.command](args) or 0
     except EdgekitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)  # one line, no terminal escapes
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -14,6 +14,7 @@ from edgekit_agent.runtime import load_backend
 from ..errors import ModelError
 from ..onnx_model import parse_onnx
 from ..tflite import model as tflite_model
+from .onnx_external import inline_external_data
 
 FORMATS = ("onnx", "tflite")
 
@@ -46,7 +47,10 @@ def read_model(path: str | Path) -> tuple[bytes, str]:
         raise ModelError(f"{path}: no such model file") from None
     except OSError as exc:
         raise ModelError(f"{path}: cannot read ({exc.strerror})") from None
-    return data, detect_format(data, str(path))
+    fmt = detect_format(data, str(path))
+    if fmt == "onnx":
+        data, _ = inline_external_data(data, path.parent)
+    return data, fmt
 
 
 def detect_format(data: bytes, label: str = "model") -> str:
