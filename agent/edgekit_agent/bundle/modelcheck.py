@@ -15,6 +15,7 @@ Both raise :class:`ModelError` with one line naming what is wrong.
 
 from __future__ import annotations
 
+import math
 import struct
 
 from ..errors import ModelError
@@ -266,7 +267,7 @@ def _check_subgraph(flat: _Flat, sg: _Table, g: int, n_codes: int, buffers: list
 def _check_tensor(flat: _Flat, tensor: _Table, what: str, buffers: list[int]) -> None:
     shape = tensor.ints(0, "i", f"{what}.shape")
     if any(d < 0 or d > 1 << 31 for d in shape):
-        raise flat.fail(f"{what} has shape {shape}")
+        raise flat.fail(f"{what} has shape {_short(shape)}")
     tensor.ints(7, "i", f"{what}.shape_signature")
     tensor.string(3, f"{what}.name")
     buffer = _index(flat, tensor.scalar(2, "I"), max(len(buffers), 1), f"{what}.buffer")
@@ -275,9 +276,9 @@ def _check_tensor(flat: _Flat, tensor: _Table, what: str, buffers: list[int]) ->
         elements *= d
     ttype = tensor.scalar(1, "b")
     have = buffers[buffer] if buffers else 0
-    need = elements * _TYPE_BYTES.get(ttype, 0)
+    need = math.ceil(elements * _TYPE_BYTES.get(ttype, 0))
     if have and need and have < need:
-        raise flat.fail(f"{what} needs {need:g} bytes of constant data, its buffer has {have}")
+        raise flat.fail(f"{what} needs {need} bytes of constant data, its buffer has {have}")
     _check_quantization(flat, tensor.table(4, f"{what}.quantization"), shape, what)
 
 
@@ -291,9 +292,13 @@ def _check_quantization(flat: _Flat, q: _Table | None, shape: list[int], what: s
     q.table(5, f"{what}.quantization.details")
     axis = q.scalar(6, "i")
     if len(scales) > 1 and not (0 <= axis < len(shape) and shape[axis] == len(scales)):
-        raise flat.fail(f"{what} has {len(scales)} scales for axis {axis} of shape {shape}")
-    if zeros and len(zeros) != len(scales):
+        raise flat.fail(f"{what} has {len(scales)} scales for axis {axis} of shape {_short(shape)}")
+    if len(zeros) > 1 and len(zeros) != len(scales):
         raise flat.fail(f"{what} has {len(scales)} scales but {len(zeros)} zero points")
+
+
+def _short(values: list[int]) -> str:
+    return str(values) if len(values) <= 8 else f"{str(values[:8])[:-1]}, ...] ({len(values)} dims)"
 
 
 def _check_signature(flat: _Flat, sig: _Table, i: int, subgraphs: list[_Table]) -> None:

@@ -16,7 +16,11 @@ finite outputs of the declared shapes. Every other variant gets the smoke test t
 from __future__ import annotations
 
 import io
+import json
+import signal
 import struct
+import subprocess
+import sys
 import zipfile
 import zlib
 from dataclasses import asdict, dataclass
@@ -39,6 +43,8 @@ DEFAULT_ATOL = 1e-4
 MAX_SELFTEST_CASES = 64
 DYNAMIC_DIM_CAP = 1024
 MAX_SELFTEST_BYTES = 64 << 20
+SELFTEST_TIMEOUT_S = 300.0
+WORKER_MODULE = "edgekit_agent.store.selftest_worker"
 _NPZ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError,
                NotImplementedError, RuntimeError, struct.error, UnicodeDecodeError)
 
@@ -54,6 +60,38 @@ class SelfTestResult:
         return {**asdict(self), "variants_smoked": list(self.variants_smoked)}
 
 
+
+
+def needs_isolation(bundle: Bundle) -> bool:
+    """TFLM (MCU bundles, TFLM C models) has no guard of its own against a hostile model."""
+    m = bundle.manifest
+    return m.family == "mcu" or any(v.model.format == "tflm-c" for v in m.all_variants)
+
+
+def run_selftest_isolated(bundle: Bundle, timeout_s: float = SELFTEST_TIMEOUT_S) -> SelfTestResult:
+    """:func:`run_selftest` in a child process; a crash or hang there is a StoreError."""
+    cmd = [sys.executable, "-m", WORKER_MODULE, str(bundle.path)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise StoreError(f"self-test did not finish within {timeout_s:g} s") from None
+    except OSError as exc:
+        raise StoreError(f"cannot start the self-test process: {exc.strerror or exc}") from None
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name if -proc.returncode in signal.valid_signals() else ""
+        raise StoreError(f"the runtime crashed during the self-test (signal {-proc.returncode}"
+                         f"{' ' + name if name else ''}); the model is refused")
+    lines = proc.stdout.strip().splitlines()
+    try:
+        answer = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        answer = {}
+    if proc.returncode != 0 or "error" in answer or "kind" not in answer:
+        raise StoreError(answer.get("error") or f"self-test process exited with {proc.returncode}")
+    return SelfTestResult(kind=answer["kind"], vectors=answer["vectors"],
+                          max_abs_error=answer["max_abs_error"],
+                          variants_smoked=tuple(answer["variants_smoked"]))
 
 
 def run_selftest(bundle: Bundle, threads: int | None = None) -> SelfTestResult:

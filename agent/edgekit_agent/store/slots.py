@@ -34,7 +34,7 @@ from ..bundle.reader import Bundle, open_bundle
 from ..errors import BundleError, EdgekitError, SignatureError, StoreError
 from ..validate import NUMBER, Table, has_kind
 from .durable import checkpoint, copy_durably, pid_alive, place, read_json, write_json_atomic
-from .selftest import SelfTestResult, run_selftest
+from .selftest import SelfTestResult, needs_isolation, run_selftest, run_selftest_isolated
 
 SLOTS = ("a", "b")
 BUNDLE_FILE = "bundle.ekb"
@@ -221,7 +221,7 @@ class BundleStore:
 
     def _selftest_or_refuse(self, bundle: Bundle) -> SelfTestResult:
         try:
-            return run_selftest(bundle)
+            return run_selftest_isolated(bundle) if needs_isolation(bundle) else run_selftest(bundle)
         except EdgekitError as exc:
             raise StoreError(f"self-test failed, previous bundle stays active: {exc}") from None
 
