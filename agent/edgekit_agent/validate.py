@@ -214,10 +214,15 @@ def _range(lo: float, hi: float) -> str:
     if lo == -math.inf and hi == math.inf:
         return ""
     if hi == math.inf:
-        return f" >= {lo:g}"
+        return f" >= {_num(lo)}"
     if lo == -math.inf:
-        return f" <= {hi:g}"
-    return f" in {lo:g}..{hi:g}"
+        return f" <= {_num(hi)}"
+    return f" in {_num(lo)}..{_num(hi)}"
+
+
+def _num(x: float) -> str:
+    """A bound as written: integers exactly (64 MiB is 67108864, not 6.71089e+07)."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e19 else f"{x:g}"
 
 
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
