@@ -21,6 +21,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tokenize
 import zipfile
 import zlib
 from dataclasses import asdict, dataclass
@@ -45,8 +46,10 @@ DYNAMIC_DIM_CAP = 1024
 MAX_SELFTEST_BYTES = 64 << 20
 SELFTEST_TIMEOUT_S = 300.0
 WORKER_MODULE = "edgekit_agent.store.selftest_worker"
+# numpy's header parser also raises tokenize.TokenError and SyntaxError on garbage headers
 _NPZ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError,
-               NotImplementedError, RuntimeError, struct.error, UnicodeDecodeError)
+               NotImplementedError, RuntimeError, struct.error, UnicodeDecodeError, SyntaxError,
+               tokenize.TokenError, RecursionError)
 
 
 @dataclass(frozen=True)

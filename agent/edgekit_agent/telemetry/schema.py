@@ -228,7 +228,11 @@ def sign_command(private_key: Any, device: str, action: str, args: dict[str, Any
             "id": command_id or uuid.uuid4().hex, "action": action, "args": dict(args or {})}
     if reply_to is not None:
         body["reply_to"] = reply_to
-    sig = signing.sign(private_key, canonical_json(body))
+    try:
+        message = canonical_json(body)
+    except (TypeError, ValueError) as exc:  # NaN/infinity or a non-JSON type in args
+        raise CommandError(f"cmd cannot be signed: {exc}") from None
+    sig = signing.sign(private_key, message)
     return encode({**body, "sig": base64.b64encode(sig).decode("ascii")})
 
 
