@@ -40,7 +40,7 @@ def render_manifest(bundle: Bundle) -> str:
     lines = [
         f"bundle   {bundle.path}  ({m.name} v{m.version}, schema {m.schema})",
         f"target   {m.target} ({m.family})",
-        f"signed   {_signed(bundle)}",
+        f"signed   {_signed(bundle)}; anti-rollback security_version {m.counter}",
         f"source   {m.source.get('path')} {m.source.get('format')} "
         f"{ui.human_bytes(m.source.get('size_bytes'))}",
     ]

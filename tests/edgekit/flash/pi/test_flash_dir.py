@@ -13,7 +13,8 @@ def _cli(*args, timeout=120) -> subprocess.CompletedProcess:
 
 
 def _agent_status(store) -> dict:
-    proc = subprocess.run(["edgekit-agent", "status", "--store", str(store), "--json"],
+    proc = subprocess.run([sys.executable, "-m", "edgekit_agent.cli", "status", "--store",
+                           str(store), "--json"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
