@@ -17,6 +17,7 @@ from typing import Any
 from edgekit_agent.bundle.reader import open_bundle
 from edgekit_agent.bundle.signing import generate_keypair
 from edgekit_agent.cliutil import Handler, dispatch
+from edgekit_agent.validate import printable
 
 from . import __version__, ui
 from .defaults import RUNTIME_CHOICES
@@ -81,6 +82,9 @@ def _pack(sub: Any) -> None:
                    help="CPU targets with ONNX input: auto measures both (needs the convert extra)")
     p.add_argument("--name", help="bundle name (default: the model file's stem)")
     p.add_argument("--version", dest="bundle_version", default="1", help="bundle version string")
+    p.add_argument("--security-version", type=int, metavar="N",
+                   help="anti-rollback counter: a device refuses bundles below the highest it "
+                        "installed (default: the current Unix time, so a newer pack is larger)")
     p.add_argument("--sign", metavar="KEY", help="ed25519 private key (from `edgekit keygen`)")
     p.add_argument("--targets-dir", action="append", default=[],
                    help="extra folder of target profiles")
@@ -98,6 +102,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
                        synthetic_calib=args.synthetic_calib,
                        variants=args.variants, sign_key=args.sign, preprocess=args.preprocess,
                        name=args.name, version=args.bundle_version, runtime=args.runtime,
+                       security_version=args.security_version,
                        targets_dirs=tuple(args.targets_dir), show_progress=not args.json)
     result = pack(opts)
     if args.json:
@@ -151,7 +156,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         ui.print_json(bundle.manifest.to_dict())
     else:
-        print(render_manifest(bundle))
+        print("\n".join(printable(line) for line in render_manifest(bundle).split("\n")))
     return 0
 
 

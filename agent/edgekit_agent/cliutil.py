@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from .defaults import MQTT_PORT
 from .errors import ConfigError, EdgekitError
+from .validate import printable
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -23,7 +24,7 @@ def dispatch(parser: argparse.ArgumentParser, commands: dict[str, Handler],
     try:
         return commands[args.command](args) or 0
     except EdgekitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)  # one line, no terminal escapes
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

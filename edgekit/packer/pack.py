@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -10,7 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from edgekit_agent.bundle.manifest import Manifest, ModelRef, RecipeStep, Variant, sha256_hex
+from edgekit_agent.bundle.manifest import (
+    MAX_SECURITY_VERSION,
+    Manifest,
+    ModelRef,
+    RecipeStep,
+    Variant,
+    sha256_hex,
+)
 
 from .. import ui
 from ..bundle_writer import MemberFile, write_bundle
@@ -51,6 +59,7 @@ class PackOptions:
     runtime: str = "auto"
     name: str | None = None
     version: str = "1"
+    security_version: int | None = None  # None: the current Unix time (a newer pack is larger)
     show_progress: bool = False
 
 
@@ -140,6 +149,9 @@ def _check_options(opts: PackOptions) -> None:
                           value=opts.max_drop, allowed="[0, 1)")
     if opts.variants < 1:
         raise ConfigError("need at least one variant", key="--variants", value=opts.variants)
+    if opts.security_version is not None and not 0 <= opts.security_version <= MAX_SECURITY_VERSION:
+        raise ConfigError("the anti-rollback counter is an integer >= 0", key="--security-version",
+                          value=opts.security_version, allowed=f"0..{MAX_SECURITY_VERSION}")
     out = Path(opts.out)
     if out.is_dir():
         raise ConfigError(f"{out} is a folder; give a bundle file name", key="-o", value=str(out))
@@ -278,7 +290,9 @@ def _bundle_contents(opts: PackOptions, model_path: Path, original: bytes, sourc
                         family=profile.family, primary=variants[0], members=(),
                         source=source_dict, variants=tuple(variants[1:]),
                         target_profile=profile.to_dict() | {"source": Path(profile.source).name},
-                        extras={"selftest": "selftest.npz"}, notes=tuple(notes))
+                        extras={"selftest": "selftest.npz"}, notes=tuple(notes),
+                        security_version=(int(time.time()) if opts.security_version is None
+                                          else opts.security_version))
     return manifest, files
 
 

@@ -14,9 +14,8 @@ def test_init_install_run_reaches_the_broker(tmp_path, broker, collect, start_ag
                   "--broker", f"{broker.host}:{broker.port}", "--key", keypair[1],
                   "--sensors", "simulated", "-o", config)
     assert p.returncode == 0, p.stderr
-    assert store.is_dir() and f"--key {keypair[1]}" in p.stdout
-    p = agent_cli("install", bundle_factory(sign_key=keypair[0]), "--store", store, "--key",
-                  keypair[1], "--json")
+    assert store.is_dir() and f"install BUNDLE --config {config}" in p.stdout
+    p = agent_cli("install", bundle_factory(sign_key=keypair[0]), "--config", config, "--json")
     assert p.returncode == 0, p.stderr
     installed = json.loads(p.stdout)["bundle_id"]
     sub = collect(broker, "edgekit/v1/lab/pi-new-01/status")

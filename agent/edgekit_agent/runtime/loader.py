@@ -17,7 +17,7 @@ def load_runner(bundle: Bundle, variant: str | None = None,
     """Load one variant of a verified bundle and check the model agrees with its manifest."""
     manifest = bundle.manifest
     v = manifest.variant(variant) if variant else manifest.primary
-    model = bundle.read(v.model.path)
+    model = bundle.read_runnable_model(v.name)
     # An MCU bundle runs in TFLM with the arena its manifest claims: the claim is tested here.
     arena = v.target_report.arena_bytes if manifest.family == "mcu" and v.target_report else None
     backend = load_backend(model, v.model.format, threads=threads,

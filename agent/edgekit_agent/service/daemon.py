@@ -85,7 +85,8 @@ class Daemon:
         except EdgekitError:
             self.agent.close()  # a clean stop: a typo in the config is not a crash of the bundle
             raise
-        self.verifier = CommandVerifier(config.device_id, config.store.public_key)
+        self.verifier = CommandVerifier(config.device_id, config.store.public_key,
+                                        replay_dir=config.store.root)  # durable replay state
         self.readings = Readings(ts=time.time())
         self._busy_seen = self.agent.stats()["busy_s"]
         self._window = self._window_start()
