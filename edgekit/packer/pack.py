@@ -188,7 +188,8 @@ def _doctor(model: bytes, fmt: str, opts: PackOptions, profile: Profile) -> tupl
                  doctor_onnx.decompose_fp16_weights, doctor_onnx.simplify,
                  doctor_onnx.sanitize_names]
     else:
-        chain = [lambda m: doctor_tflite.freeze_input_shapes(m, shapes,
+        chain = [doctor_tflite.normalise_opcodes, doctor_tflite.rewrite_transpose_conv_bias,
+                 lambda m: doctor_tflite.freeze_input_shapes(m, shapes,
                                                              profile.default_input_batch),
                  doctor_tflite.decompose_fp16_weights, doctor_tflite.ensure_signature]
     for step in chain:
