@@ -25,6 +25,7 @@ from .formats import choose_format
 from .ingest import ModelInfo, describe, read_model
 from .recipes import LADDER, Recipe, recipe_by_name
 from .search import Candidate, Context, Criteria, choose, format_supports, run_search
+from .source import keep_source
 
 EVAL_FRACTION = 0.5  # without --eval, the second half of --calib is held out for evaluation
 SELFTEST_SAMPLES = 4
@@ -106,9 +107,11 @@ def pack(opts: PackOptions) -> PackResult:
                           key="--recipe", value=opts.recipe)
     labels = load_labels(labels_path, len(evald)) if labels_path else None
     ctx = _context(model, fmt, family, profile, calib, evald, labels, opts)
+    ctx.source_bytes = len(original)
     with ui.progress(len(recipes), f"pack {profile.name}", opts.show_progress) as bar:
         tried = run_search(ctx, recipes, opts.variants, bar)
     chosen = choose(tried, opts.variants) or _forced(opts, tried, notes)
+    chosen = keep_source(ctx, original, source.format, chosen)
     if not chosen:
         raise BudgetError(f"no recipe fits {profile.name}:\n"
                           f"{render_candidates(tried, source.size_bytes)}")

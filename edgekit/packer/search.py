@@ -69,6 +69,9 @@ class Context:
     reference_accuracy: float | None
     criteria: Criteria
     int8_io: bool
+    # size of the model file as the user gave it (an fp16-stored source is smaller than
+    # ``model``, its float32 decomposition); nothing larger than it is ever shipped
+    source_bytes: int = 0
 
 
 @dataclass
@@ -154,6 +157,9 @@ def _misses(ctx: Context, cand: Candidate) -> list[str]:
         out += ctx.criteria.misses(cand.fidelity)
         if len(cand.shipped) >= len(ctx.model):
             out.append(f"larger than float ({len(cand.shipped)} B >= {len(ctx.model)} B)")
+        elif ctx.source_bytes and len(cand.shipped) >= ctx.source_bytes:
+            out.append(f"not smaller than the source file ({len(cand.shipped)} B >= "
+                       f"{ctx.source_bytes} B)")
         if ctx.criteria.check_speed and cand.latency.ratio > SPEED_TOLERANCE:
             out.append(f"slower than float ({cand.latency.ratio:.2f}x p50)")
     return out
