@@ -176,8 +176,8 @@ def _inapplicable(recipe: Recipe, family: Any, profile: Profile) -> str:
         return f"the {profile.family} runtime cannot execute {recipe.quantization}"
     if recipe.mixed_precision and family.FULL_INT8:
         return f"{profile.family} needs every op in int8"
-    dtype = {"none": "float32", "fp16": "float16",
-             "weight_int4": "int4"}.get(recipe.quantization, "int8")
+    dtype = {"none": "float32", "fp16": "float16", "weight_int4": "int4",
+             "static_int16x8": "int16"}.get(recipe.quantization, "int8")
     if dtype not in profile.dtypes:
         return f"{profile.name} does not support {dtype} (supports {', '.join(profile.dtypes)})"
     return ""
