@@ -24,6 +24,7 @@ from .evaluate import accuracy, is_classifier, make_runner, run_all
 from .formats import choose_format
 from .ingest import ModelInfo, describe, read_model
 from .recipes import LADDER, Recipe, recipe_by_name
+from .refusal import refusal_message
 from .search import Candidate, Context, Criteria, choose, format_supports, run_search
 from .source import keep_source
 
@@ -113,8 +114,7 @@ def pack(opts: PackOptions) -> PackResult:
     chosen = choose(tried, opts.variants) or _forced(opts, tried, notes)
     chosen = keep_source(ctx, original, source.format, chosen)
     if not chosen:
-        raise BudgetError(f"no recipe fits {profile.name}:\n"
-                          f"{render_candidates(tried, source.size_bytes)}")
+        raise BudgetError(refusal_message(ctx, tried, render_candidates(tried, source.size_bytes)))
     manifest, files = _bundle_contents(opts, model_path, original, source, profile, ctx, steps,
                                        chosen, notes)
     write_bundle(opts.out, manifest, files, opts.sign_key)

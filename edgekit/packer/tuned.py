@@ -19,8 +19,9 @@ from edgekit_agent.runtime import Runner, load_backend
 
 from ..errors import EdgekitError
 from .bias_correction import correct_bias
+from .decompose import hard_swish_to_mul
 from .equalize import equalize
-from .quantize_tflite import quantize_tflite
+from .quantize_tflite import float_compute_ops, quantize_tflite
 from .ranges import as_ranges, choose_ranges
 
 SCORE_SAMPLES = 32
@@ -30,14 +31,27 @@ def quantize_tuned(model: bytes, scheme: str, calib: list[dict[str, np.ndarray]]
                    float_ops: frozenset[int] = frozenset(),
                    int8_io: bool = True) -> tuple[bytes, dict[str, Any]]:
     """(the best of plain and tuned quantization of ``model``, what was done and measured)."""
+    int8_ops: frozenset[str] = frozenset()
+
     def build(m: bytes, ranges: dict | None = None) -> bytes:
         return quantize_tflite(m, scheme, calib, float_ops=float_ops, int8_io=int8_io,
-                               ranges=ranges)
+                               ranges=ranges, int8_op_types=int8_ops)
 
     score = _Scorer(model, calib[:SCORE_SAMPLES])
-    best, best_db = build(model), 0.0
+    log: dict[str, Any] = {}
+    if scheme == "static_int16x8" and not float_ops:
+        model, n = hard_swish_to_mul(model)
+        if n:
+            log["hard_swish_decomposed"] = n
+    best = build(model)
+    if scheme == "static_int16x8" and not float_ops:
+        # ops without a 16x8 config would stay float: give them int8 activations instead
+        int8_ops = float_compute_ops(best)
+        if int8_ops:
+            best = build(model)
+            log["int8_ops"] = sorted(int8_ops)
     best_db = score(best)
-    log: dict[str, Any] = {"plain_calib_sqnr_db": round(best_db, 2)}
+    log["plain_calib_sqnr_db"] = round(best_db, 2)
     eq, pairs = _try_equalize(model)
     bits = 16 if scheme == "static_int16x8" else 8
     choices = choose_ranges(eq, calib, bits=bits)
