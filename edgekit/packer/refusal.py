@@ -21,7 +21,8 @@ from ..tflite import model as tm
 from .evaluate import compare, make_runner, run_all
 from .quantize_tflite import fallback_order
 from .recipes import FULL_INT8, Recipe
-from .search import DEFAULT_MIN_SQNR_DB, Candidate, Context, produce
+from .search import DEFAULT_MIN_SQNR_DB, Candidate, Context
+from .tuned import quantize_tuned
 
 LIMITING_SHOWN = 3
 CPU_STEPS = (1, 4, 16)
@@ -110,10 +111,12 @@ def refuse(ctx: Context, tried: Sequence[Candidate], floor_db: float) -> Refusal
 
 
 def _measure(ctx: Context, recipe: Recipe, exclude: Sequence[int] = ()) -> float | None:
-    """Min output SQNR of a recipe on the evaluation data, without the target's compile step
-    (which would refuse it: that is the point)."""
+    """Min output SQNR of a recipe (tuned, quick) on the evaluation data, without the target's
+    compile step (which would refuse it: that is the point)."""
+    feeds = (ctx.calib or ctx.eval).feeds()
     try:
-        model, _ = produce(ctx, recipe, exclude)
+        model, _ = quantize_tuned(ctx.model, recipe.quantization, feeds,
+                                  float_ops=frozenset(exclude), int8_io=ctx.int8_io, quick=True)
         outputs = run_all(make_runner(model, ctx.format), ctx.eval)
     except EdgekitError:
         return None

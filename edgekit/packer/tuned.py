@@ -29,8 +29,10 @@ SCORE_SAMPLES = 32
 
 def quantize_tuned(model: bytes, scheme: str, calib: list[dict[str, np.ndarray]], *,
                    float_ops: frozenset[int] = frozenset(),
-                   int8_io: bool = True) -> tuple[bytes, dict[str, Any]]:
-    """(the best of plain and tuned quantization of ``model``, what was done and measured)."""
+                   int8_io: bool = True, quick: bool = False) -> tuple[bytes, dict[str, Any]]:
+    """(the best of plain and tuned quantization of ``model``, what was done and measured).
+    ``quick``: per-tensor ranges + bias correction only, without the plain baseline and
+    equalisation (for probes such as the refusal's, which only need a figure)."""
     int8_ops: frozenset[str] = frozenset()
 
     def build(m: bytes, ranges: dict | None = None) -> bytes:
@@ -43,6 +45,8 @@ def quantize_tuned(model: bytes, scheme: str, calib: list[dict[str, np.ndarray]]
         model, n = hard_swish_to_mul(model)
         if n:
             log["hard_swish_decomposed"] = n
+    if quick:
+        return _quick(model, scheme, calib, build, score, log)
     best = build(model)
     if scheme == "static_int16x8" and not float_ops:
         # ops without a 16x8 config would stay float: give them int8 activations instead
@@ -75,6 +79,17 @@ def quantize_tuned(model: bytes, scheme: str, calib: list[dict[str, np.ndarray]]
     log.setdefault("kept", "plain")
     log["calib_sqnr_db"] = round(best_db, 2)
     return best, {"tuning": log}
+
+
+def _quick(model: bytes, scheme: str, calib: list[dict[str, np.ndarray]], build: Any,
+           score: Any, log: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    bits = 16 if scheme == "static_int16x8" else 8
+    cand = build(model, as_ranges(choose_ranges(model, calib, bits=bits)))
+    corrected, n = correct_bias(model, cand, calib)
+    db, db_bc = score(cand), score(corrected)
+    log.update(kept="ranges+bias" if db_bc > db else "ranges", calib_sqnr_db=round(max(db, db_bc), 2),
+               bias_corrected_layers=n if db_bc > db else 0)
+    return (corrected if db_bc > db else cand), {"tuning": log}
 
 
 def _try_equalize(model: bytes) -> tuple[bytes, int]:
