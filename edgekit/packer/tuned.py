@@ -56,26 +56,24 @@ def quantize_tuned(model: bytes, scheme: str, calib: list[dict[str, np.ndarray]]
             log["int8_ops"] = sorted(int8_ops)
     best_db = score(best)
     log["plain_calib_sqnr_db"] = round(best_db, 2)
-    eq, pairs = _try_equalize(model)
     bits = 16 if scheme == "static_int16x8" else 8
-    choices = choose_ranges(eq, calib, bits=bits)
-    log["ranges"] = dict(Counter(c.method for c in choices.values()))
-    for label, base in (("cle+ranges", eq), ("ranges", model)) if pairs else (("ranges", model),):
+    for label, base, reference, extra in _variants(model):
         try:
-            cand = build(base, as_ranges(choices) if base is eq else as_ranges(
-                choose_ranges(base, calib, bits=bits)))
+            choices = choose_ranges(base, calib, bits=bits)
+            cand = build(base, as_ranges(choices))
         except EdgekitError:
             continue
+        log.setdefault("ranges", dict(Counter(c.method for c in choices.values())))
         db = score(cand)
         log[f"{label}_calib_sqnr_db"] = round(db, 2)
-        corrected, n = correct_bias(base, cand, calib)
+        corrected, n = correct_bias(reference, cand, calib)
         db_bc = score(corrected)
         log[f"{label}+bias_calib_sqnr_db"] = round(db_bc, 2)
         for m, d, steps in ((cand, db, label), (corrected, db_bc, f"{label}+bias")):
             if d > best_db:
                 best, best_db, log["kept"] = m, d, steps
-                log["cle_pairs"] = pairs if base is eq else 0
                 log["bias_corrected_layers"] = n if m is corrected else 0
+                log.update(extra)
     log.setdefault("kept", "plain")
     log["calib_sqnr_db"] = round(best_db, 2)
     return best, {"tuning": log}
@@ -90,6 +88,16 @@ def _quick(model: bytes, scheme: str, calib: list[dict[str, np.ndarray]], build:
     log.update(kept="ranges+bias" if db_bc > db else "ranges", calib_sqnr_db=round(max(db, db_bc), 2),
                bias_corrected_layers=n if db_bc > db else 0)
     return (corrected if db_bc > db else cand), {"tuning": log}
+
+
+def _variants(model: bytes) -> list[tuple[str, bytes, bytes, dict[str, int]]]:
+    """(label, model to quantize, float model its bias correction compares with, stats): the
+    model itself and, when it has conv pairs, cross-layer equalised (the same function)."""
+    out = [("ranges", model, model, {"cle_pairs": 0})]
+    eq, pairs = _try_equalize(model)
+    if pairs:
+        out.append(("cle+ranges", eq, eq, {"cle_pairs": pairs}))
+    return out
 
 
 def _try_equalize(model: bytes) -> tuple[bytes, int]:
