@@ -32,7 +32,9 @@ from .evaluate import accuracy, is_classifier, make_runner, run_all
 from .formats import choose_format
 from .ingest import ModelInfo, describe, read_model
 from .recipes import LADDER, Recipe, recipe_by_name
+from .refusal import refusal_message
 from .search import Candidate, Context, Criteria, choose, format_supports, run_search
+from .source import keep_source
 
 EVAL_FRACTION = 0.5  # without --eval, the second half of --calib is held out for evaluation
 SELFTEST_SAMPLES = 4
@@ -120,12 +122,13 @@ def pack(opts: PackOptions) -> PackResult:
                           key="--recipe", value=opts.recipe)
     labels = load_labels(labels_path, len(evald)) if labels_path else None
     ctx = _context(model, fmt, family, profile, calib, evald, labels, opts)
+    ctx.source_bytes = len(original)
     with ui.progress(len(recipes), f"pack {profile.name}", opts.show_progress) as bar:
         tried = run_search(ctx, recipes, opts.variants, bar)
     chosen = choose(tried, opts.variants) or _forced(opts, tried, notes)
+    chosen = keep_source(ctx, original, source.format, chosen)
     if not chosen:
-        raise BudgetError(f"no recipe fits {profile.name}:\n"
-                          f"{render_candidates(tried, source.size_bytes)}")
+        raise BudgetError(refusal_message(ctx, tried, render_candidates(tried, source.size_bytes)))
     manifest, files = _bundle_contents(opts, model_path, original, source, profile, ctx, steps,
                                        chosen, notes)
     write_bundle(opts.out, manifest, files, opts.sign_key)
@@ -190,8 +193,8 @@ def _inapplicable(recipe: Recipe, family: Any, profile: Profile) -> str:
         return f"the {profile.family} runtime cannot execute {recipe.quantization}"
     if recipe.mixed_precision and family.FULL_INT8:
         return f"{profile.family} needs every op in int8"
-    dtype = {"none": "float32", "fp16": "float16",
-             "weight_int4": "int4"}.get(recipe.quantization, "int8")
+    dtype = {"none": "float32", "fp16": "float16", "weight_int4": "int4",
+             "static_int16x8": "int16"}.get(recipe.quantization, "int8")
     if dtype not in profile.dtypes:
         return f"{profile.name} does not support {dtype} (supports {', '.join(profile.dtypes)})"
     return ""
@@ -205,7 +208,8 @@ def _doctor(model: bytes, fmt: str, opts: PackOptions, profile: Profile) -> tupl
                  doctor_onnx.decompose_fp16_weights, doctor_onnx.simplify,
                  doctor_onnx.sanitize_names]
     else:
-        chain = [lambda m: doctor_tflite.freeze_input_shapes(m, shapes,
+        chain = [doctor_tflite.normalise_opcodes, doctor_tflite.rewrite_transpose_conv_bias,
+                 lambda m: doctor_tflite.freeze_input_shapes(m, shapes,
                                                              profile.default_input_batch),
                  doctor_tflite.decompose_fp16_weights, doctor_tflite.ensure_signature]
     for step in chain:

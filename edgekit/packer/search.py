@@ -26,6 +26,7 @@ from .evaluate import Fidelity, Latency, compare, interleaved_latency, make_runn
 from .quantize_onnx import apply_recipe, sensitive_nodes
 from .quantize_tflite import fallback_order, quantize_tflite
 from .recipes import Recipe
+from .tuned import quantize_tuned
 
 SPEED_TOLERANCE = 1.10  # p50 within 10 % of float counts as "not slower" on a shared, noisy host
 DEFAULT_MIN_SQNR_DB = 15.0  # used when no labels give an accuracy to hold
@@ -69,6 +70,9 @@ class Context:
     reference_accuracy: float | None
     criteria: Criteria
     int8_io: bool
+    # size of the model file as the user gave it (an fp16-stored source is smaller than
+    # ``model``, its float32 decomposition); nothing larger than it is ever shipped
+    source_bytes: int = 0
 
 
 @dataclass
@@ -124,8 +128,13 @@ def _produce_tflite(ctx: Context, recipe: Recipe, calib: Dataset | None,
     if recipe.quantization in ("none", "fp16"):
         return model, stats
     feeds = calib.feeds() if calib is not None else None
-    model = quantize_tflite(model, recipe.quantization, feeds, float_ops=frozenset(exclude),
-                            int8_io=ctx.int8_io)
+    if recipe.calibration == "tuned" or recipe.quantization == "static_int16x8":
+        model, tuning = quantize_tuned(model, recipe.quantization, feeds,
+                                       float_ops=frozenset(exclude), int8_io=ctx.int8_io)
+        stats = {**stats, **tuning}
+    else:
+        model = quantize_tflite(model, recipe.quantization, feeds, float_ops=frozenset(exclude),
+                                int8_io=ctx.int8_io)
     return model, {**stats, "float_ops": sorted(exclude)} if exclude else stats
 
 
@@ -154,6 +163,9 @@ def _misses(ctx: Context, cand: Candidate) -> list[str]:
         out += ctx.criteria.misses(cand.fidelity)
         if len(cand.shipped) >= len(ctx.model):
             out.append(f"larger than float ({len(cand.shipped)} B >= {len(ctx.model)} B)")
+        elif ctx.source_bytes and len(cand.shipped) >= ctx.source_bytes:
+            out.append(f"not smaller than the source file ({len(cand.shipped)} B >= "
+                       f"{ctx.source_bytes} B)")
         if ctx.criteria.check_speed and cand.latency.ratio > SPEED_TOLERANCE:
             out.append(f"slower than float ({cand.latency.ratio:.2f}x p50)")
     return out
@@ -188,7 +200,10 @@ def sensitivity_order(ctx: Context, int8_model: bytes) -> list[Any]:
 
 
 def format_supports(recipe: Recipe, fmt: str) -> bool:
-    """ai-edge-quantizer calibrates min/max, per channel; other choices are ONNX Runtime's."""
+    """ai-edge-quantizer calibrates min/max, per channel; other choices are ONNX Runtime's;
+    tuned int8 and 16x8 are edgekit's own, on TFLite."""
+    if recipe.calibration == "tuned" or recipe.quantization == "static_int16x8":
+        return fmt == "tflite"
     return fmt == "onnx" or (
         recipe.calibration == "minmax" and (recipe.per_channel or recipe.clusters > 0)
     )

@@ -177,6 +177,7 @@ class EthosUFamily(TargetFamily):
                "runtime_code_bytes": (int, None), "arena_alignment": (int, None)}
     REQUIRED_OPTIONS = ("system_config", "memory_mode")
     FULL_INT8 = True
+    QUANTIZATIONS = ("static_int8", "static_int16x8")  # 16x8 where the profile lists int16
     HOST_RUNNABLE = False  # Vela's output runs its NPU work in an ethos-u custom op
 
     def compile(self, model: bytes, fmt: str, profile: Profile, calib: Any = None) -> Compiled:
