@@ -28,6 +28,7 @@ from .search import Candidate, Context, Criteria, choose, format_supports, run_s
 
 EVAL_FRACTION = 0.5  # without --eval, the second half of --calib is held out for evaluation
 SELFTEST_SAMPLES = 4
+HOST_FORM_SUFFIX = "selftest.tflite"  # model.selftest.tflite: what a host runs for model.tflite
 
 
 @dataclass(frozen=True)
@@ -258,7 +259,11 @@ def _bundle_contents(opts: PackOptions, model_path: Path, original: bytes, sourc
         files.append(MemberFile(path, cand.shipped, "model" if i == 0 else "variant"))
         for extra, blob in (cand.compiled.extra_files if cand.compiled else {}).items():
             files.append(MemberFile(f"{stem}_files/{extra}" if i else extra, blob, "target"))
-        variants.append(_variant(cand, path, steps))
+        host_path = None
+        if cand.compiled and cand.compiled.host_model is not None:
+            host_path = f"{stem}.{HOST_FORM_SUFFIX}"
+            files.append(MemberFile(host_path, cand.compiled.host_model, "selftest"))
+        variants.append(_variant(cand, path, steps, host_path))
     selftest = _selftest(chosen[0], ctx.eval)
     files.append(MemberFile("selftest.npz", selftest, "selftest"))
     source_dict = {"path": model_path.name, "format": source.format, "sha256": sha256_hex(original),
@@ -277,7 +282,8 @@ def _bundle_contents(opts: PackOptions, model_path: Path, original: bytes, sourc
     return manifest, files
 
 
-def _variant(cand: Candidate, path: str, doctor_steps: list[str]) -> Variant:
+def _variant(cand: Candidate, path: str, doctor_steps: list[str],
+             host_path: str | None = None) -> Variant:
     runner = cand.runner
     recipe = [RecipeStep("doctor", s) for s in doctor_steps]
     recipe.append(RecipeStep("recipe", params={**cand.recipe.to_dict(), **cand.stats}))
@@ -289,7 +295,8 @@ def _variant(cand: Candidate, path: str, doctor_steps: list[str]) -> Variant:
                                   size_bytes=len(shipped), compressed_bytes=cand.compressed_bytes),
                    inputs=runner.inputs, outputs=runner.outputs, recipe=tuple(recipe),
                    fidelity=replace(cand.fidelity, latency_ratio=round(cand.latency.ratio, 3)),
-                   latency_ms=round(cand.latency.p50_ms, 4), target_report=cand.compiled.report)
+                   latency_ms=round(cand.latency.p50_ms, 4),
+                   target_report=replace(cand.compiled.report, selftest_model=host_path))
 
 
 def _selftest(cand: Candidate, data: Dataset) -> bytes:

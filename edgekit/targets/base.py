@@ -49,12 +49,17 @@ __all__ = ["Compiled", "TargetFamily", "TargetReport"]
 
 @dataclass(frozen=True)
 class Compiled:
-    """A model as the target will run it, plus files to ship beside it (e.g. C sources)."""
+    """A model as the target will run it, plus files to ship beside it (e.g. C sources).
+
+    ``host_model`` is the form a host runs in its place when ``model`` needs hardware the host
+    lacks (Vela's output runs on the Ethos-U NPU): the packer measures fidelity on it and ships
+    it for the device's self-test."""
 
     model: bytes
     format: str
     report: TargetReport
     extra_files: dict[str, bytes] = field(default_factory=dict)
+    host_model: bytes | None = None
 
 
 class TargetFamily:

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -29,10 +29,13 @@ _C_TYPES = {"int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "uint16": 
 
 def generate_sources(model: bytes, *, arena_bytes: int, inputs: Sequence[TensorSpec],
                      outputs: Sequence[TensorSpec], ops: Sequence[str],
-                     arena_note: str = "") -> dict[str, bytes]:
-    """The four files, keyed by their path in a bundle (``mcu/...``)."""
-    op_set = tflm_op_set()
-    methods = list(dict.fromkeys(op_set.method(op) or _missing(op) for op in ops))
+                     arena_note: str = "",
+                     extra_methods: Mapping[str, str] | None = None) -> dict[str, bytes]:
+    """The four files, keyed by their path in a bundle (``mcu/...``). ``extra_methods`` names
+    resolver methods of ops the host's TFLM build lacks (e.g. ``AddEthosU``)."""
+    op_set, extra = tflm_op_set(), dict(extra_methods or {})
+    methods = list(dict.fromkeys(op_set.method(op) or extra.get(op) or _missing(op)
+                                 for op in ops))
     files = {
         "model_data.h": model_header(model, arena_bytes, inputs, outputs, len(methods), arena_note),
         "model_data.c": model_source(model),
