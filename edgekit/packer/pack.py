@@ -19,6 +19,7 @@ from ..errors import BudgetError, CalibrationError, ConfigError, ModelError
 from ..examples import get_example
 from ..report import render_candidates
 from ..targets import Profile, family_for, get_profile
+from ..targets.mcu.csource import selftest_header
 from . import doctor_onnx, doctor_tflite
 from .evaluate import accuracy, is_classifier, make_runner, run_all
 from .formats import choose_format
@@ -28,6 +29,7 @@ from .search import Candidate, Context, Criteria, choose, format_supports, run_s
 
 EVAL_FRACTION = 0.5  # without --eval, the second half of --calib is held out for evaluation
 SELFTEST_SAMPLES = 4
+FIRMWARE_HEADER, FIRMWARE_SELFTEST = "mcu/model_data.h", "mcu/selftest_data.h"
 HOST_FORM_SUFFIX = "selftest.tflite"  # model.selftest.tflite: what a host runs for model.tflite
 
 
@@ -264,8 +266,11 @@ def _bundle_contents(opts: PackOptions, model_path: Path, original: bytes, sourc
             host_path = f"{stem}.{HOST_FORM_SUFFIX}"
             files.append(MemberFile(host_path, cand.compiled.host_model, "selftest"))
         variants.append(_variant(cand, path, steps, host_path))
-    selftest = _selftest(chosen[0], ctx.eval)
+    selftest, arrays = _selftest(chosen[0], ctx.eval)
     files.append(MemberFile("selftest.npz", selftest, "selftest"))
+    if any(f.path == FIRMWARE_HEADER for f in files):  # the firmware self-tests a slot too
+        files.append(MemberFile(FIRMWARE_SELFTEST, _firmware_selftest(chosen[0], arrays),
+                                "target"))
     source_dict = {"path": model_path.name, "format": source.format, "sha256": sha256_hex(original),
                    "size_bytes": len(original), "params": source.params, "macs": source.macs,
                    "op_count": len(source.ops), "latency_ms": chosen[0].latency.ref_p50_ms
@@ -299,7 +304,14 @@ def _variant(cand: Candidate, path: str, doctor_steps: list[str],
                    target_report=replace(cand.compiled.report, selftest_model=host_path))
 
 
-def _selftest(cand: Candidate, data: Dataset) -> bytes:
+def _firmware_selftest(cand: Candidate, arrays: dict[str, np.ndarray]) -> bytes:
+    ins, outs = cand.runner.inputs, cand.runner.outputs
+    return selftest_header([arrays[f"input_{i}"][:1] for i in range(len(ins))],
+                           [arrays[f"output_{j}"][:1] for j in range(len(outs))], ins, outs,
+                           float(arrays["atol"]))
+
+
+def _selftest(cand: Candidate, data: Dataset) -> tuple[bytes, dict[str, np.ndarray]]:
     """Inputs and the chosen model's own outputs: a device re-runs them before activation."""
     arrays: dict[str, np.ndarray] = {}
     samples = list(data.samples(SELFTEST_SAMPLES))
@@ -314,4 +326,4 @@ def _selftest(cand: Candidate, data: Dataset) -> bytes:
     arrays["atol"] = np.float32(max([3 * max(scales, default=0.0), 1e-3 * spread, 1e-5]))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    return buf.getvalue()
+    return buf.getvalue(), arrays
