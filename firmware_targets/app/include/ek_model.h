@@ -15,6 +15,9 @@ extern "C" {
 int ek_model_begin(const uint8_t *model, uint32_t len);
 /* Run the self-test on the loaded model: 0 = the outputs match the expected ones. */
 int ek_model_selftest(void);
+/* One inference on the loaded model: in/out in the model's own dtypes (EDGEKIT_INPUT0_BYTES,
+ * EDGEKIT_OUTPUT0_BYTES from model_data.h). 0 = ok. */
+int ek_model_run(const void *input, uint32_t input_len, void *output, uint32_t output_len);
 
 #ifdef __cplusplus
 }

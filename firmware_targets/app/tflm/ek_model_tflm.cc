@@ -55,3 +55,14 @@ extern "C" int ek_model_selftest(void) {
   }
   return 0;
 }
+
+extern "C" int ek_model_run(const void* input, uint32_t input_len, void* output,
+                            uint32_t output_len) {
+  if (interpreter == nullptr || input_len != EDGEKIT_INPUT0_BYTES ||
+      output_len != EDGEKIT_OUTPUT0_BYTES)
+    return -1;
+  std::memcpy(interpreter->input(0)->data.raw, input, input_len);
+  if (interpreter->Invoke() != kTfLiteOk) return -1;
+  std::memcpy(output, interpreter->output(0)->data.raw, output_len);
+  return 0;
+}
