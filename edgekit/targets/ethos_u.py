@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from edgekit_agent.runtime import load_backend
+from edgekit_agent.validate import invalid
 
-from ..errors import ConfigError, ModelError
+from ..errors import ModelError
 from ..tflite import model as tfl
 from ..tflite import rewrite as rw
 from .base import Compiled, Profile, TargetFamily, TargetReport, size_violations
@@ -229,7 +230,6 @@ class EthosUFamily(TargetFamily):
 
 def _accelerator(profile: Profile) -> str:
     if profile.accelerator not in ACCELERATOR_CONFIGS:
-        raise ConfigError("not an Ethos-U accelerator config", source=profile.source,
-                          key="accelerator",
-                          value=profile.accelerator, allowed=list(ACCELERATOR_CONFIGS))
+        raise invalid(profile.source, "accelerator", profile.accelerator,
+                      "an Ethos-U accelerator config", list(ACCELERATOR_CONFIGS))
     return profile.accelerator
