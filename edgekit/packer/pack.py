@@ -50,7 +50,7 @@ class PackOptions:
     variants: int = 1
     sign_key: str | Path | None = None
     targets_dirs: tuple[str, ...] = ()
-    preprocess: str | None = None
+    preprocess: Preprocess | None = None  # how image folders become inputs (None: defaults)
     runtime: str = "auto"
     name: str | None = None
     version: str = "1"
@@ -203,7 +203,7 @@ def _doctor(model: bytes, fmt: str, opts: PackOptions, profile: Profile) -> tupl
 def _datasets(info: ModelInfo, calib_path: Any, eval_path: Any, opts: PackOptions,
               recipes: list[Recipe]) -> tuple[Dataset | None, Dataset, list[str]]:
     notes: list[str] = []
-    pre = Preprocess.parse(opts.preprocess) if opts.preprocess else None
+    pre = opts.preprocess
     calib = load_dataset(calib_path, info.inputs, pre) if calib_path else None
     if calib is None:
         if any(r.needs_calibration for r in recipes) and not opts.synthetic_calib:
