@@ -201,7 +201,7 @@ class EthosUFamily(TargetFamily):
                                             profile.options["memory_mode"])
         npu, cpu = split_ops(model, optimised)
         alignment = int(profile.options.get("arena_alignment", DEFAULT_ALIGNMENT))
-        arena = ethos_u_arena(optimised, model, alignment)
+        arena = ethos_u_arena(optimised, model, alignment, vela["sram_bytes"])
         host = load_backend(model, "tflite")
         runtime_code = int(profile.options.get("runtime_code_bytes", 0))
         flash = len(optimised) + runtime_code

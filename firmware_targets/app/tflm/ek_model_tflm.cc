@@ -11,6 +11,10 @@
 #include "tensorflow/lite/micro/micro_interpreter.h"
 #include "tensorflow/lite/schema/schema_generated.h"
 
+#ifndef TFLITE_SCHEMA_VERSION  // moved between headers across TFLM releases; the format is v3
+#define TFLITE_SCHEMA_VERSION 3
+#endif
+
 namespace {
 
 alignas(16) uint8_t tensor_arena[EDGEKIT_TENSOR_ARENA_SIZE];

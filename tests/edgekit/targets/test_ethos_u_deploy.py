@@ -61,6 +61,7 @@ def test_arena_is_vela_plan_plus_measured_tflm_overhead(packed):
     rep = packed.manifest.primary.target_report
     d = rep.details
     assert d["arena_scratch_bytes"] == offline_plan_bytes(packed.read_model()) == rep.sram_bytes
+    assert d["arena_basis"] == "Vela offline plan + TFLM persistent bytes of the host form"
     host = measure_arena(packed.read(rep.selftest_model))
     assert d["arena_persistent_bytes"] == host.recorded_tail_bytes > 0
     assert d["host_arena_bytes"] == host.with_margin(16)
