@@ -21,7 +21,7 @@ from edgekit_agent.validate import printable
 
 from . import __version__, ui
 from .defaults import RUNTIME_CHOICES
-from .errors import ConfigError
+from .errors import CalibrationError, ConfigError
 from .examples import EXAMPLES
 from .fleet import cli as fleet_cli
 from .report import render_manifest
@@ -100,7 +100,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
                        min_sqnr=args.min_sqnr, recipe=args.recipe,
                        input_shapes=parse_input_shapes(args.input_shape),
                        synthetic_calib=args.synthetic_calib,
-                       variants=args.variants, sign_key=args.sign, preprocess=args.preprocess,
+                       variants=args.variants, sign_key=args.sign,
+                       preprocess=parse_preprocess(args.preprocess),
                        name=args.name, version=args.bundle_version, runtime=args.runtime,
                        security_version=args.security_version,
                        targets_dirs=tuple(args.targets_dir), show_progress=not args.json)
@@ -122,6 +123,37 @@ def parse_input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
             raise ConfigError("expected NAME:D0,D1,...", key="--input-shape", value=item)
         shapes[m.group(1)] = tuple(int(d) for d in m.group(2).split(","))
     return shapes
+
+
+def parse_preprocess(text: str | None) -> Any:
+    """``--preprocess size=224x224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=nchw,gray``
+    as a :class:`edgekit.dataset.Preprocess` (None when not given)."""
+    from .dataset import Preprocess
+
+    if text is None:
+        return None
+    kwargs: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, value = part.partition("=")
+        try:
+            kwargs.update(_preprocess_item(key, value))
+        except ValueError:
+            raise CalibrationError(f"bad --preprocess item {part!r} (keys: size=HxW, "
+                                   "mean=a/b/c, std=a/b/c, layout=nhwc|nchw, gray)") from None
+    return Preprocess(**kwargs)
+
+
+def _preprocess_item(key: str, value: str) -> dict[str, Any]:
+    if key == "size":
+        h, w = value.lower().split("x")
+        return {"size": (int(h), int(w))}
+    if key in ("mean", "std"):
+        return {key: tuple(float(v) for v in value.split("/"))}
+    if key == "layout" and value in ("nhwc", "nchw"):
+        return {"layout": value}
+    if key == "gray" and not value:
+        return {"grayscale": True}
+    raise ValueError(key)
 
 
 def _recipes(sub: Any) -> None:

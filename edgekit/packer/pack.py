@@ -27,6 +27,7 @@ from ..errors import BudgetError, CalibrationError, ConfigError, ModelError
 from ..examples import get_example
 from ..report import render_candidates
 from ..targets import Profile, family_for, get_profile
+from ..targets.mcu.csource import selftest_header
 from . import doctor_onnx, doctor_tflite
 from .evaluate import accuracy, is_classifier, make_runner, run_all
 from .formats import choose_format
@@ -38,6 +39,8 @@ from .source import keep_source
 
 EVAL_FRACTION = 0.5  # without --eval, the second half of --calib is held out for evaluation
 SELFTEST_SAMPLES = 4
+FIRMWARE_HEADER, FIRMWARE_SELFTEST = "mcu/model_data.h", "mcu/selftest_data.h"
+HOST_FORM_SUFFIX = "selftest.tflite"  # model.selftest.tflite: what a host runs for model.tflite
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class PackOptions:
     variants: int = 1
     sign_key: str | Path | None = None
     targets_dirs: tuple[str, ...] = ()
-    preprocess: str | None = None
+    preprocess: Preprocess | None = None  # how image folders become inputs (None: defaults)
     runtime: str = "auto"
     name: str | None = None
     version: str = "1"
@@ -221,7 +224,7 @@ def _doctor(model: bytes, fmt: str, opts: PackOptions, profile: Profile) -> tupl
 def _datasets(info: ModelInfo, calib_path: Any, eval_path: Any, opts: PackOptions,
               recipes: list[Recipe]) -> tuple[Dataset | None, Dataset, list[str]]:
     notes: list[str] = []
-    pre = Preprocess.parse(opts.preprocess) if opts.preprocess else None
+    pre = opts.preprocess
     calib = load_dataset(calib_path, info.inputs, pre) if calib_path else None
     if calib is None:
         if any(r.needs_calibration for r in recipes) and not opts.synthetic_calib:
@@ -279,9 +282,16 @@ def _bundle_contents(opts: PackOptions, model_path: Path, original: bytes, sourc
         files.append(MemberFile(path, cand.shipped, "model" if i == 0 else "variant"))
         for extra, blob in (cand.compiled.extra_files if cand.compiled else {}).items():
             files.append(MemberFile(f"{stem}_files/{extra}" if i else extra, blob, "target"))
-        variants.append(_variant(cand, path, steps))
-    selftest = _selftest(chosen[0], ctx.eval)
+        host_path = None
+        if cand.compiled and cand.compiled.host_model is not None:
+            host_path = f"{stem}.{HOST_FORM_SUFFIX}"
+            files.append(MemberFile(host_path, cand.compiled.host_model, "selftest"))
+        variants.append(_variant(cand, path, steps, host_path))
+    selftest, arrays = _selftest(chosen[0], ctx.eval)
     files.append(MemberFile("selftest.npz", selftest, "selftest"))
+    if any(f.path == FIRMWARE_HEADER for f in files):  # the firmware self-tests a slot too
+        files.append(MemberFile(FIRMWARE_SELFTEST, _firmware_selftest(chosen[0], arrays),
+                                "target"))
     source_dict = {"path": model_path.name, "format": source.format, "sha256": sha256_hex(original),
                    "size_bytes": len(original), "params": source.params, "macs": source.macs,
                    "op_count": len(source.ops), "latency_ms": chosen[0].latency.ref_p50_ms
@@ -300,7 +310,8 @@ def _bundle_contents(opts: PackOptions, model_path: Path, original: bytes, sourc
     return manifest, files
 
 
-def _variant(cand: Candidate, path: str, doctor_steps: list[str]) -> Variant:
+def _variant(cand: Candidate, path: str, doctor_steps: list[str],
+             host_path: str | None = None) -> Variant:
     runner = cand.runner
     recipe = [RecipeStep("doctor", s) for s in doctor_steps]
     recipe.append(RecipeStep("recipe", params={**cand.recipe.to_dict(), **cand.stats}))
@@ -312,10 +323,18 @@ def _variant(cand: Candidate, path: str, doctor_steps: list[str]) -> Variant:
                                   size_bytes=len(shipped), compressed_bytes=cand.compressed_bytes),
                    inputs=runner.inputs, outputs=runner.outputs, recipe=tuple(recipe),
                    fidelity=replace(cand.fidelity, latency_ratio=round(cand.latency.ratio, 3)),
-                   latency_ms=round(cand.latency.p50_ms, 4), target_report=cand.compiled.report)
+                   latency_ms=round(cand.latency.p50_ms, 4),
+                   target_report=replace(cand.compiled.report, selftest_model=host_path))
 
 
-def _selftest(cand: Candidate, data: Dataset) -> bytes:
+def _firmware_selftest(cand: Candidate, arrays: dict[str, np.ndarray]) -> bytes:
+    ins, outs = cand.runner.inputs, cand.runner.outputs
+    return selftest_header([arrays[f"input_{i}"][:1] for i in range(len(ins))],
+                           [arrays[f"output_{j}"][:1] for j in range(len(outs))], ins, outs,
+                           float(arrays["atol"]))
+
+
+def _selftest(cand: Candidate, data: Dataset) -> tuple[bytes, dict[str, np.ndarray]]:
     """Inputs and the chosen model's own outputs: a device re-runs them before activation."""
     arrays: dict[str, np.ndarray] = {}
     samples = list(data.samples(SELFTEST_SAMPLES))
@@ -330,4 +349,4 @@ def _selftest(cand: Candidate, data: Dataset) -> bytes:
     arrays["atol"] = np.float32(max([3 * max(scales, default=0.0), 1e-3 * spread, 1e-5]))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    return buf.getvalue()
+    return buf.getvalue(), arrays

@@ -143,7 +143,8 @@ def evaluate(ctx: Context, recipe: Recipe, exclude: Sequence[Any] = ()) -> Candi
     try:
         cand.model, cand.stats = produce(ctx, recipe, exclude)
         cand.compiled = ctx.family.compile(cand.model, ctx.format, ctx.profile, calib=ctx.calib)
-        runnable = cand.compiled.model if ctx.family.HOST_RUNNABLE else cand.model
+        runnable = (cand.compiled.model if ctx.family.HOST_RUNNABLE
+                    else cand.compiled.host_model or cand.model)
         cand.runner = make_runner(runnable, ctx.format)
         outputs = run_all(cand.runner, ctx.eval)
     except EdgekitError as exc:

@@ -330,7 +330,10 @@ class Fidelity:
 @dataclass(frozen=True)
 class TargetReport:
     """Per-target evidence with the common keys of DESIGN.md; ``details`` holds family extras
-    (written beside the common keys). ``fits`` is derived: no violations."""
+    (written beside the common keys). ``fits`` is derived: no violations. ``selftest_model``
+    names the member a host runs in the model's place (written only when set): the shipped
+    model needs hardware a host lacks (Vela's ``ethos-u`` op), this is the same int8 network
+    before compilation, which the self-test runs."""
 
     family: str
     ops_on_accelerator: tuple[str, ...] = ()
@@ -340,9 +343,10 @@ class TargetReport:
     flash_bytes: int | None = None
     violations: tuple[str, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
+    selftest_model: str | None = None
 
     _KEYS = ("family", "ops_on_accelerator", "ops_on_cpu", "arena_bytes", "sram_bytes",
-             "flash_bytes", "fits", "violations")
+             "flash_bytes", "fits", "violations", "selftest_model")
 
     @property
     def fits(self) -> bool:
@@ -359,13 +363,15 @@ class TargetReport:
                    sram_bytes=t.get("sram_bytes", int, None),
                    flash_bytes=t.get("flash_bytes", int, None),
                    violations=t.items("violations", str, ()),
-                   details={k: v for k, v in t.data.items() if k not in cls._KEYS})
+                   details={k: v for k, v in t.data.items() if k not in cls._KEYS},
+                   selftest_model=t.get("selftest_model", str, None))
 
     def to_dict(self) -> dict[str, Any]:
+        host = {} if self.selftest_model is None else {"selftest_model": self.selftest_model}
         return {"family": self.family, "ops_on_accelerator": list(self.ops_on_accelerator),
                 "ops_on_cpu": list(self.ops_on_cpu), "arena_bytes": self.arena_bytes,
                 "sram_bytes": self.sram_bytes, "flash_bytes": self.flash_bytes, "fits": self.fits,
-                "violations": list(self.violations), **self.details}
+                "violations": list(self.violations), **self.details, **host}
 
 def canonical_json(obj: Any) -> bytes:
     """The exact bytes that are signed: sorted keys, no spaces, UTF-8, NaN forbidden."""
