@@ -6,7 +6,8 @@ Layout (every section optional except the top-level ``device_id`` and ``[store] 
     device_id = "pi-01"          fleet = "lab"
     [store]      root, public_key, max_failures, failure_window_s
     [runtime]    threads, variant
-    [http]       enabled, host, port, max_body_bytes
+    [http]       enabled, host, port, max_body_bytes, token_file, header_timeout_s,
+                 body_timeout_s, max_connections
     [mqtt]       enabled, host, port, tls, ca_file, username, password_file, keepalive, client_id
     [queue]      path, max_messages
     [policy]     file
@@ -20,6 +21,7 @@ key, the bad value and the allowed values (``ConfigError``).
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from .defaults import (
     MQTT_PROTOCOLS,
     SENSOR_KINDS,
 )
+from .errors import ConfigError
 from .tomlfile import read_toml
 from .validate import REQUIRED, Table, invalid
 
@@ -59,6 +62,24 @@ class HttpConfig:
     host: str = HTTP_HOST
     port: int = HTTP_PORT
     max_body_bytes: int = HTTP_MAX_BODY_BYTES
+    token_file: Path | None = None  # bearer token (first line); required beyond loopback
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 128
+
+    def read_token(self) -> str | None:
+        """The bearer token (first line of ``token_file``), read at start so it is never logged."""
+        if self.token_file is None:
+            return None
+        try:
+            token = self.token_file.read_text(encoding="utf-8").splitlines()[0].strip()
+        except (OSError, UnicodeDecodeError, IndexError) as exc:
+            raise invalid("", "http.token_file", str(self.token_file),
+                          f"a readable token file ({exc})") from None
+        if len(token) < 16:
+            raise invalid("", "http.token_file", str(self.token_file),
+                          "a token of at least 16 characters")
+        return token
 
 
 @dataclass(frozen=True)
@@ -191,12 +212,31 @@ def _runtime(t: Table) -> RuntimeConfig:
 
 
 def _http(t: Table) -> HttpConfig:
-    t.only(("enabled", "host", "port", "max_body_bytes"))
-    return HttpConfig(enabled=t.boolean("enabled", True),
-                      host=t.string("host", HTTP_HOST, nonempty=True),
-                      port=t.integer("port", HTTP_PORT, lo=0, hi=65535),
-                      max_body_bytes=t.integer("max_body_bytes", HTTP_MAX_BODY_BYTES, lo=1024,
-                                               hi=1 << 30))
+    t.only(("enabled", "host", "port", "max_body_bytes", "token_file", "header_timeout_s",
+            "body_timeout_s", "max_connections"))
+    cfg = HttpConfig(enabled=t.boolean("enabled", True),
+                     host=t.string("host", HTTP_HOST, nonempty=True),
+                     port=t.integer("port", HTTP_PORT, lo=0, hi=65535),
+                     max_body_bytes=t.integer("max_body_bytes", HTTP_MAX_BODY_BYTES, lo=1024,
+                                              hi=1 << 30),
+                     token_file=t.path("token_file", None),
+                     header_timeout_s=t.number("header_timeout_s", 10.0, lo=0.1, hi=3600.0),
+                     body_timeout_s=t.number("body_timeout_s", 30.0, lo=0.1, hi=3600.0),
+                     max_connections=t.integer("max_connections", 128, lo=1, hi=65536))
+    if cfg.enabled and cfg.token_file is None and not is_loopback(cfg.host):
+        raise ConfigError(f"a bearer token is required when http.host {cfg.host!r} is beyond "
+                          "loopback", source=t.source, key="http.token_file")
+    return cfg
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses; a host name may resolve anywhere."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _mqtt(t: Table) -> MqttConfig:
