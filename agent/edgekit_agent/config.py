@@ -8,7 +8,8 @@ Layout (every section optional except the top-level ``device_id`` and ``[store] 
     [runtime]    threads, variant
     [http]       enabled, host, port, max_body_bytes, token_file, header_timeout_s,
                  body_timeout_s, max_connections
-    [mqtt]       enabled, host, port, tls, ca_file, username, password_file, keepalive, client_id
+    [mqtt]       enabled, host, port, tls, ca_file, cert_file, key_file, username, password_file,
+                 keepalive, client_id, max_packet_bytes
     [queue]      path, max_messages
     [policy]     file
     [sensors]    kind ("sysfs" | "simulated" | "pi"), plus kind-specific keys kept in ``options``
@@ -33,6 +34,7 @@ from .defaults import (
     HTTP_MAX_BODY_BYTES,
     HTTP_PORT,
     MQTT_HOST,
+    MQTT_MAX_PACKET_BYTES,
     MQTT_PORT,
     MQTT_PROTOCOLS,
     SENSOR_KINDS,
@@ -100,6 +102,9 @@ class MqttConfig:
     reconnect_max_s: float = 30.0
     protocol: str = "5"  # "5" or "3.1.1"
     inflight: int = 20
+    cert_file: Path | None = None  # client certificate for mTLS (with key_file)
+    key_file: Path | None = None
+    max_packet_bytes: int = MQTT_MAX_PACKET_BYTES  # MQTT 5 Maximum-Packet-Size asked of the broker
     password: str | None = field(default=None, repr=False)
 
     def read_password(self) -> str | None:
@@ -241,7 +246,8 @@ def is_loopback(host: str) -> bool:
 
 def _mqtt(t: Table) -> MqttConfig:
     t.only(("enabled", "host", "port", "tls", "ca_file", "username", "password_file",
-            "keepalive", "client_id", "reconnect_min_s", "reconnect_max_s", "protocol", "inflight"))
+            "keepalive", "client_id", "reconnect_min_s", "reconnect_max_s", "protocol", "inflight",
+            "cert_file", "key_file", "max_packet_bytes"))
     cfg = MqttConfig(enabled=t.boolean("enabled", True),
                      host=t.string("host", MQTT_HOST, nonempty=True),
                      port=t.integer("port", MQTT_PORT, lo=1, hi=65535),
@@ -253,11 +259,17 @@ def _mqtt(t: Table) -> MqttConfig:
                      reconnect_min_s=t.number("reconnect_min_s", 0.5, lo=0.01, hi=3600.0),
                      reconnect_max_s=t.number("reconnect_max_s", 30.0, lo=0.01, hi=86400.0),
                      protocol=t.choice("protocol", MQTT_PROTOCOLS, "5"),
-                     inflight=t.integer("inflight", 20, lo=1, hi=65535))
+                     inflight=t.integer("inflight", 20, lo=1, hi=65535),
+                     cert_file=t.path("cert_file", None), key_file=t.path("key_file", None),
+                     max_packet_bytes=t.integer("max_packet_bytes", MQTT_MAX_PACKET_BYTES,
+                                                lo=1024, hi=268_435_455))
     if cfg.password_file is not None and cfg.username is None:
         raise t.fail("username", None, "optional when a password_file is set", missing=True)
-    if cfg.ca_file is not None and not cfg.tls:
-        raise t.fail("tls", False, "false when ca_file is set", [True])
+    if (cfg.ca_file or cfg.cert_file or cfg.key_file) is not None and not cfg.tls:
+        raise t.fail("tls", False, "false when ca_file/cert_file/key_file is set", [True])
+    if (cfg.cert_file is None) != (cfg.key_file is None):
+        missing = "key_file" if cfg.key_file is None else "cert_file"
+        raise t.fail(missing, None, "set together with cert_file/key_file", missing=True)
     return cfg
 
 

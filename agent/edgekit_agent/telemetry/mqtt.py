@@ -46,6 +46,22 @@ class Backoff:
         self.attempt = 0
 
 
+def _str(path: Any) -> str | None:
+    return None if path is None else str(path)
+
+
+def _connect_properties(opts: MqttConfig) -> Any:
+    """MQTT 5 CONNECT properties: the broker must not send us a packet over the limit (it drops
+    such a message for this client instead), so a 200 MB publish on ``cmd`` never reaches our
+    memory. MQTT 3.1.1 has no such property: there only the broker's max_packet_size protects."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(PacketTypes.CONNECT)
+    props.MaximumPacketSize = opts.max_packet_bytes
+    return props
+
+
 class Telemetry:
     """Publishes ``status``/``telemetry``/``event`` through the outbox; receives ``cmd`` payloads."""
 
@@ -130,7 +146,8 @@ class Telemetry:
         client.max_inflight_messages_set(max(opts.inflight, 1))
         if opts.tls:
             try:
-                client.tls_set(ca_certs=str(opts.ca_file) if opts.ca_file else None)
+                client.tls_set(ca_certs=_str(opts.ca_file), certfile=_str(opts.cert_file),
+                               keyfile=_str(opts.key_file))
             except (OSError, ValueError) as exc:
                 raise TransportError(f"cannot set up TLS: {exc}") from None
         if opts.username:
@@ -138,7 +155,8 @@ class Telemetry:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.connect_async(opts.host, opts.port, keepalive=opts.keepalive)
+        client.connect_async(opts.host, opts.port, keepalive=opts.keepalive,
+                             properties=_connect_properties(opts) if protocol == mqtt.MQTTv5 else None)
         return client
 
     def _set_will(self) -> None:
