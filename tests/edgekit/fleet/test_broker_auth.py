@@ -180,3 +180,69 @@ def test_an_agent_with_its_snippet_credentials_reports_through_the_acl(
     assert status.payload["device"] == "a"
     admin.wait_for(lambda m: m.topic == _topic("a", "telemetry"), 30, "a's telemetry")
     assert agent.alive()
+
+
+@pytest.fixture
+def mtls_broker(tmp_path, edgekit_cli, broker_class, free_tcp_port):
+    port = free_tcp_port()
+    summary = _config(edgekit_cli, tmp_path / "conf", "--tls", "--tls-port", str(port),
+                      "--bind", "127.0.0.1")
+    work = tmp_path / "run"
+    work.mkdir()
+    b = broker_class(work, port, config=tmp_path / "conf" / "mosquitto.conf")
+    b.start()
+    b.summary = summary
+    yield b
+    b.stop()
+
+
+def _certs(broker, user: str) -> dict:
+    d = Path(broker.summary["users"][user])
+    return {"ca_certs": str(d / "ca.pem"), "certfile": str(d / "client.pem"),
+            "keyfile": str(d / "client.key")}
+
+
+def test_mtls_identity_is_the_certificate_and_the_acl_applies(mtls_broker, tmp_path):
+    conf = (tmp_path / "conf" / "mosquitto.conf").read_text().splitlines()
+    assert "require_certificate true" in conf and "use_identity_as_username true" in conf
+    assert not (tmp_path / "conf" / "passwords").exists()
+    admin = Client(mtls_broker, None, tls=_certs(mtls_broker, "admin"))
+    b = Client(mtls_broker, "a", "claims-to-be-a", tls=_certs(mtls_broker, "b"))  # cert says b
+    for c in (admin, b):
+        assert c.connected.wait(10)
+    admin.subscribe(f"edgekit/v1/{FLEET}/#")
+    b.publish(_topic("a", "telemetry"), b'{"forged": true}')
+    b.publish(_topic("b", "telemetry"), b'{"own": true}')
+    deadline = time.monotonic() + 10
+    while not admin.messages and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert [m.topic for m in admin.messages] == [_topic("b", "telemetry")]
+    try:
+        no_cert = Client(mtls_broker, "a", "x", tls={"ca_certs": _certs(mtls_broker, "a")["ca_certs"]})
+    except OSError:
+        pass  # the handshake failed: no client certificate
+    else:  # or the broker dropped it right after
+        assert no_cert.disconnected.wait(10) and not no_cert.connected.is_set()
+        no_cert.close()
+    for c in (admin, b):
+        c.close()
+
+
+def test_an_agent_connects_with_its_client_certificate(mtls_broker, collect, agent_config,
+                                                      start_agent):
+    device = Path(mtls_broker.summary["users"]["a"])
+    admin = Client(mtls_broker, None, tls=_certs(mtls_broker, "admin"))
+    assert admin.connected.wait(10)
+    admin.subscribe(_topic("a", "status"))
+    config = agent_config(mtls_broker, mqtt={"tls": True, "ca_file": str(device / "ca.pem"),
+                                             "cert_file": str(device / "client.pem"),
+                                             "key_file": str(device / "client.key")})
+    config.write_text(config.read_text().replace('device_id = "dev1"', 'device_id = "a"'))
+    start_agent(config)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(
+            json.loads(m.payload).get("state") == "online" for m in admin.messages):
+        time.sleep(0.1)
+    assert any(json.loads(m.payload).get("state") == "online" for m in admin.messages)
+    admin.close()
