@@ -25,6 +25,7 @@ from typing import Any
 from ..config import MqttConfig
 from ..errors import TransportError
 from .outbox import QOS, Outbox
+from .receiver import STATUS_REFRESH_S
 from .schema import Topics, encode, event_payload, status_payload, telemetry_payload
 
 log = logging.getLogger("edgekit_agent.telemetry")
@@ -75,6 +76,7 @@ class Telemetry:
         self._stop = threading.Event()
         self._flush_deadline = 0.0
         self._connected = False
+        self._status_state, self._status_at = "", 0.0  # for the periodic refresh
         self._inflight: dict[int, Any] = {}
         self._cursor = 0
         self._backoff = Backoff(options.reconnect_min_s, options.reconnect_max_s)
@@ -109,6 +111,7 @@ class Telemetry:
             return {}
 
     def publish_status(self, state: str, **body: Any) -> int:
+        self._status_state, self._status_at = state, time.monotonic()
         current = self._current_status()
         return self.outbox.put(self.topics.status, lambda seq: status_payload(
             self.device, seq, state, **{**current, **body}), retain=True)
@@ -199,6 +202,7 @@ class Telemetry:
                     socket_open = True
                 ok = self._client.loop(timeout=0.05) == mqtt.MQTT_ERR_SUCCESS
                 if ok and self._connected:
+                    self._refresh_status()
                     self._pump()
             except (OSError, ValueError) as exc:  # refused, unreachable, DNS, TLS handshake
                 self.last_error = f"cannot reach {self.options.host}:{self.options.port}: {exc}"
@@ -211,6 +215,12 @@ class Telemetry:
                 socket_open, self._connected = False, False
                 self._stop.wait(self._backoff.next())
         self._finish(socket_open)
+
+    def _refresh_status(self) -> None:
+        """Republish the retained ``online`` now and then: receivers treat a retained online that
+        nothing confirms for a few refresh periods as stale (a ghost), see :mod:`.receiver`."""
+        if self._status_state == "online" and time.monotonic() - self._status_at > STATUS_REFRESH_S:
+            self.publish_status("online")
 
     def _pump(self) -> None:
         done = [seq for seq, info in self._inflight.items() if info.is_published()]
