@@ -136,6 +136,9 @@ def _status(args: argparse.Namespace) -> int:
         client.disconnect()
     if view.ignored and not args.json:
         print(f"({view.ignored} malformed message(s) ignored)", file=sys.stderr)
+    if view.rejected and not args.json:
+        print(f"({view.rejected} message(s) with an implausible ts/seq or device refused)",
+              file=sys.stderr)
     return 0
 
 

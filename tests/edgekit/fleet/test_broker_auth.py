@@ -166,7 +166,7 @@ def test_a_device_reads_only_its_own_cmd_and_cannot_be_kicked(acl_broker, collec
 
 
 def test_an_agent_with_its_snippet_credentials_reports_through_the_acl(
-        acl_broker, collect, agent_config, start_agent, tmp_path):
+        acl_broker, collect, agent_config, start_agent, edgekit_cli, cli_error):
     device = Path(acl_broker.summary["users"]["a"])
     admin = collect(acl_broker, f"edgekit/v1/{FLEET}/#", username="admin",
                     password=_password(acl_broker, "admin"))
@@ -180,6 +180,13 @@ def test_an_agent_with_its_snippet_credentials_reports_through_the_acl(
     assert status.payload["device"] == "a"
     admin.wait_for(lambda m: m.topic == _topic("a", "telemetry"), 30, "a's telemetry")
     assert agent.alive()
+    password_file = Path(acl_broker.summary["users"]["admin"]) / "mqtt.password"
+    proc = edgekit_cli("fleet", "status", "--broker", acl_broker.url, "--fleet", FLEET, "--json",
+                       "--wait", "1", "--username", "admin", "--password-file", password_file)
+    assert proc.returncode == 0, proc.stderr
+    assert [(r["device"], r["state"]) for r in json.loads(proc.stdout)] == [("a", "online")]
+    cli_error(edgekit_cli("fleet", "status", "--broker", acl_broker.url, "--username", "a",
+                          "--password-file", password_file, "--wait", "0"), "refused the connection")
 
 
 @pytest.fixture
@@ -230,7 +237,7 @@ def test_mtls_identity_is_the_certificate_and_the_acl_applies(mtls_broker, tmp_p
 
 
 def test_an_agent_connects_with_its_client_certificate(mtls_broker, collect, agent_config,
-                                                      start_agent):
+                                                      start_agent, edgekit_cli):
     device = Path(mtls_broker.summary["users"]["a"])
     admin = Client(mtls_broker, None, tls=_certs(mtls_broker, "admin"))
     assert admin.connected.wait(10)
@@ -246,3 +253,9 @@ def test_an_agent_connects_with_its_client_certificate(mtls_broker, collect, age
         time.sleep(0.1)
     assert any(json.loads(m.payload).get("state") == "online" for m in admin.messages)
     admin.close()
+    certs = _certs(mtls_broker, "admin")
+    proc = edgekit_cli("fleet", "status", "--broker", mtls_broker.url, "--fleet", FLEET, "--json",
+                       "--wait", "1", "--tls", "--ca-file", certs["ca_certs"], "--cert-file",
+                       certs["certfile"], "--key-file", certs["keyfile"])
+    assert proc.returncode == 0, proc.stderr
+    assert [(r["device"], r["state"]) for r in json.loads(proc.stdout)] == [("a", "online")]
