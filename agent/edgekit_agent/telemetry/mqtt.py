@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import random
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -142,7 +143,12 @@ class Telemetry:
 
         opts = self.options
         protocol = mqtt.MQTTv5 if opts.protocol == "5" else mqtt.MQTTv311
-        client_id = opts.client_id or f"edgekit-{self.topics.fleet}-{self.topics.device}"
+        # A random part per process: another client cannot take over (kick) the device's session
+        # by guessing its id. Durability is the outbox's, not the broker session's, so nothing
+        # needs the id to be stable across restarts. (Brokers from `fleet broker-config` also
+        # set use_username_as_clientid.)
+        client_id = opts.client_id or (f"edgekit-{self.topics.fleet}-{self.topics.device}-"
+                                       f"{secrets.token_hex(6)}")
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
                              reconnect_on_failure=False)
         client.enable_logger(logging.getLogger("edgekit_agent.paho"))
