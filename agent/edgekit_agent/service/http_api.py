@@ -119,9 +119,10 @@ class _Handler(GuardedHandler):
     def api(self) -> HttpApi:
         return self.server.api  # type: ignore[attr-defined]
 
-    def _authorized(self) -> bool:
+    def _authorized(self, body_unread: bool = False) -> bool:
         if self.api.authorized(self.headers.get("Authorization")):
             return True
+        self.close_connection = self.close_connection or body_unread
         self.respond_json(401, {"error": "missing or wrong bearer token"},
                           (("WWW-Authenticate", 'Bearer realm="edgekit-agent"'),))
         return False
@@ -139,8 +140,7 @@ class _Handler(GuardedHandler):
         route()
 
     def do_POST(self) -> None:  # noqa: N802
-        if not self._authorized():
-            self.close_connection = True  # the body was not read
+        if not self._authorized(body_unread=True):
             return
         if self.path.split("?", 1)[0] != "/v1/infer":
             self.close_connection = True  # the body stays unread

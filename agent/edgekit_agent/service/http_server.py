@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import socket
 import threading
 import time
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+log = logging.getLogger("edgekit_agent.http")
 MAX_HEADER_BYTES = 32 << 10  # request line + headers (plus at most one read-ahead buffer)
 REFUSED_KEPT = 256  # refused sockets waiting to be closed
 
@@ -202,6 +204,9 @@ class GuardedHandler(BaseHTTPRequestHandler):
                             f"{MAX_HEADER_BYTES} bytes")
         except OSError:
             pass  # reset, evicted or gone: nothing to answer
+        except Exception as exc:  # a bug behind a route: say so, keep serving others
+            log.exception("HTTP request failed")
+            self.send_error(500, f"internal error: {type(exc).__name__}")
 
     def _serve_one(self) -> None:
         self.request_version, self.requestline, self.command = "HTTP/1.1", "", ""  # for early refusals

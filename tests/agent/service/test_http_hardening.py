@@ -188,3 +188,18 @@ def test_cap_evicts_the_longest_idle_connection_and_refuses_when_all_are_busy(ag
     finally:
         release.set()
         api.stop()
+
+
+def test_a_bug_behind_a_route_is_a_json_500_and_the_server_keeps_serving(agent, images):
+    def broken(inputs):
+        raise ValueError("a bug")
+
+    api = HttpApi(agent, port=0, infer=broken).start()
+    try:
+        body = json.dumps({"inputs": {"image": images[0].tolist()}}).encode()
+        status, reply, _ = _exchange(api, _post(body))
+        assert status == 500 and reply == {"error": "internal error: ValueError"}
+        raw = b"GET /v1/mode HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        assert _exchange(api, raw)[:2] == (200, {"mode": "default"})
+    finally:
+        api.stop()
