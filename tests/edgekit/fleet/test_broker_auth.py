@@ -8,9 +8,11 @@ client id taken by another user cannot kick a device off the broker.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -111,9 +113,13 @@ def test_broker_config_writes_the_fleet_files(tmp_path, edgekit_cli, cli_error):
     assert 'username = "a"' in snippet and "max_packet_bytes = 1052672" in snippet
     password = (out / "devices" / "a" / "mqtt.password").read_text().strip()
     assert len(password) >= 32 and password not in edgekit_cli("fleet", "--help").stdout
-    # exactly mosquitto_passwd's format: $7$101$<salt>$<PBKDF2-SHA512>
-    line = password_line("a", "pw", salt=bytes(12))
-    assert line == ("a:$7$101$AAAAAAAAAAAAAAAA$" + line.rsplit("$", 1)[1]) and len(line.rsplit("$", 1)[1]) == 88
+    # byte for byte what mosquitto_passwd writes for the same salt: $7$101$<salt>$<PBKDF2-SHA512>
+    reference = tmp_path / "reference"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(reference), "u", "pw"], check=True,
+                   capture_output=True)
+    theirs = reference.read_text().strip()
+    salt = base64.b64decode(theirs.split("$")[3])
+    assert password_line("u", "pw", salt=salt) == theirs
     before = sorted(p.name for p in out.iterdir())
     cli_error(edgekit_cli("fleet", "broker-config", "--fleet", FLEET, "--devices", "a", "--out", out),
               "would overwrite existing files")
