@@ -14,15 +14,21 @@ from edgekit_agent.errors import ConfigError, TransportError
 
 def connect(broker: str, filters: list[str], on_message: Callable[[Any], None], *,
             tls: bool = False, ca_file: Path | None = None, username: str | None = None,
-            password_file: Path | None = None) -> Any:
+            password_file: Path | None = None, cert_file: Path | None = None,
+            key_file: Path | None = None) -> Any:
     """A started paho client subscribed to ``filters`` (QoS 1), or TransportError."""
     import paho.mqtt.client as mqtt
 
     host, port = parse_broker(broker)
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                          client_id=f"edgekit-fleet-{uuid.uuid4().hex[:12]}", protocol=mqtt.MQTTv5)
-    if tls:
-        client.tls_set(ca_certs=str(ca_file) if ca_file else None)
+    if tls or cert_file:
+        try:
+            client.tls_set(ca_certs=str(ca_file) if ca_file else None,
+                           certfile=str(cert_file) if cert_file else None,
+                           keyfile=str(key_file) if key_file else None)
+        except (OSError, ValueError) as exc:
+            raise TransportError(f"cannot set up TLS: {exc}") from None
     if username:
         client.username_pw_set(username, _read_password(password_file))
     subscribed, refused = threading.Event(), []
