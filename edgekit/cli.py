@@ -72,6 +72,11 @@ def _pack(sub: Any) -> None:
     p.add_argument("--recipe", help="force one recipe (see `edgekit recipes`)")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
                    help="freeze a dynamic input shape (repeatable)")
+    p.add_argument("--input-value", action="append", default=[], metavar="NAME=VALUE",
+                   help="freeze an input to a constant, e.g. a sample rate sr=16000 (repeatable)")
+    p.add_argument("--state", action="append", default=[], metavar="IN=OUT",
+                   help="recurrent state: output OUT is fed back as input IN across samples "
+                        "(default: obvious pairs such as state/stateN)")
     p.add_argument("--synthetic-calib", action="store_true",
                    help="allow calibration on generated data (flagged in the report)")
     p.add_argument("--preprocess", metavar="SPEC", help="for image folders: "
@@ -95,6 +100,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
                        eval_data=args.eval_data, labels=args.labels, max_drop=args.max_drop,
                        min_sqnr=args.min_sqnr, recipe=args.recipe,
                        input_shapes=parse_input_shapes(args.input_shape),
+                       input_values=parse_input_values(args.input_value),
+                       states=parse_states(args.state),
                        synthetic_calib=args.synthetic_calib,
                        variants=args.variants, sign_key=args.sign, preprocess=args.preprocess,
                        name=args.name, version=args.bundle_version, runtime=args.runtime,
@@ -117,6 +124,32 @@ def parse_input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
             raise ConfigError("expected NAME:D0,D1,...", key="--input-shape", value=item)
         shapes[m.group(1)] = tuple(int(d) for d in m.group(2).split(","))
     return shapes
+
+
+def parse_input_values(items: list[str]) -> dict[str, int | float]:
+    """``--input-value`` values, ``["sr=16000", "gain=0.5"]``, as ``{"sr": 16000, "gain": 0.5}``."""
+    values: dict[str, int | float] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        try:
+            if not (sep and name.strip()):
+                raise ValueError
+            number = float(text)
+        except ValueError:
+            raise ConfigError("expected NAME=NUMBER", key="--input-value", value=item) from None
+        values[name.strip()] = int(number) if number.is_integer() and "." not in text else number
+    return values
+
+
+def parse_states(items: list[str]) -> tuple[tuple[str, str], ...]:
+    """``--state`` values, ``["state=stateN"]``, as ``(("state", "stateN"),)``."""
+    pairs = []
+    for item in items:
+        src, sep, dst = (part.strip() for part in item.partition("="))
+        if not (sep and src and dst):
+            raise ConfigError("expected INPUT=OUTPUT", key="--state", value=item)
+        pairs.append((src, dst))
+    return tuple(pairs)
 
 
 def _recipes(sub: Any) -> None:

@@ -23,6 +23,8 @@ from . import doctor_onnx, doctor_tflite
 from .evaluate import accuracy, is_classifier, make_runner, run_all
 from .formats import choose_format
 from .ingest import ModelInfo, describe, read_model
+from .inputs import (InputValue, check_control_flow, check_generated_inputs,
+                     freeze_input_values, state_pairs, with_fed_back_state)
 from .recipes import LADDER, Recipe, recipe_by_name
 from .search import Candidate, Context, Criteria, choose, format_supports, run_search
 
@@ -43,6 +45,10 @@ class PackOptions:
     recipe: str | None = None
     # input name -> the static shape to freeze it to (a dynamic input needs one)
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    # input name -> a constant it is frozen to (e.g. a sample rate); the input disappears
+    input_values: Mapping[str, InputValue] = field(default_factory=dict)
+    # (input, output) recurrent-state pairs; empty: the obvious ones (state/stateN) by name
+    states: tuple[tuple[str, str], ...] = ()
     synthetic_calib: bool = False
     variants: int = 1
     sign_key: str | Path | None = None
@@ -90,11 +96,14 @@ def pack(opts: PackOptions) -> PackResult:
     source = describe(original, fmt)
     model, steps = _doctor(original, fmt, opts, profile)
     info = describe(model, fmt)
+    flow = check_control_flow(model, fmt, family, profile.name)
+    steps += flow
     calib_path = opts.calib or defaults.get("calib")
     eval_path = opts.eval_data or (defaults.get("eval") if not opts.calib else None)
     labels_path = opts.labels or (defaults.get("labels") if not opts.calib else None)
-    calib, evald, notes = _datasets(info, calib_path, eval_path, opts, recipes)
-    choice = choose_format(model, fmt, family, profile.family, opts.runtime, calib or evald)
+    calib, evald, notes = _datasets(info, (model, fmt), calib_path, eval_path, opts, recipes)
+    runtime = "onnxruntime" if flow else opts.runtime
+    choice = choose_format(model, fmt, family, profile.family, runtime, calib or evald)
     steps += choice.steps
     if choice.format != fmt:
         model, fmt = choice.model, choice.format
@@ -183,8 +192,12 @@ def _inapplicable(recipe: Recipe, family: Any, profile: Profile) -> str:
 def _doctor(model: bytes, fmt: str, opts: PackOptions, profile: Profile) -> tuple[bytes, list[str]]:
     shapes = dict(opts.input_shapes)
     steps: list[str] = []
+    if opts.input_values and fmt != "onnx":
+        raise ConfigError("freezes inputs of ONNX models only", key="--input-value",
+                          value=",".join(opts.input_values))
     if fmt == "onnx":
-        chain = [lambda m: doctor_onnx.freeze_input_shapes(m, shapes, profile.default_input_batch),
+        chain = [lambda m: freeze_input_values(m, opts.input_values),
+                 lambda m: doctor_onnx.freeze_input_shapes(m, shapes, profile.default_input_batch),
                  doctor_onnx.decompose_fp16_weights, doctor_onnx.simplify,
                  doctor_onnx.sanitize_names]
     else:
@@ -197,22 +210,28 @@ def _doctor(model: bytes, fmt: str, opts: PackOptions, profile: Profile) -> tupl
     return model, steps
 
 
-def _datasets(info: ModelInfo, calib_path: Any, eval_path: Any, opts: PackOptions,
-              recipes: list[Recipe]) -> tuple[Dataset | None, Dataset, list[str]]:
+def _datasets(info: ModelInfo, model: tuple[bytes, str], calib_path: Any, eval_path: Any,
+              opts: PackOptions, recipes: list[Recipe]
+              ) -> tuple[Dataset | None, Dataset, list[str]]:
     notes: list[str] = []
+    pairs = state_pairs(info.inputs, info.outputs, opts.states)
+    states = [p[0] for p in pairs]
+    data_inputs = tuple(s for s in info.inputs if s.name not in states)
+    complete = _state_feeder(info, model, pairs, notes)
     pre = Preprocess.parse(opts.preprocess) if opts.preprocess else None
-    calib = load_dataset(calib_path, info.inputs, pre) if calib_path else None
+    calib = complete(load_dataset(calib_path, data_inputs, pre)) if calib_path else None
     if calib is None:
         if any(r.needs_calibration for r in recipes) and not opts.synthetic_calib:
             if opts.recipe or all(r.needs_calibration for r in recipes):
                 raise CalibrationError("static int8 needs calibration data: give --calib PATH "
                                        "(or --synthetic-calib to accept generated data)")
         if opts.synthetic_calib:
-            calib = synthetic_dataset(info.inputs, n=128)
+            check_generated_inputs(data_inputs)
+            calib = complete(synthetic_dataset(data_inputs, n=128))
             notes.append("calibration and fidelity were measured on SYNTHETIC data "
                          "(uniform [0,1)); real data may differ")
     if eval_path:
-        evald = load_dataset(eval_path, info.inputs, pre)
+        evald = complete(load_dataset(eval_path, data_inputs, pre))
     elif calib is not None and len(calib) >= 4:
         n = int(len(calib) * (1 - EVAL_FRACTION))
         calib, evald = calib.split(n)
@@ -222,9 +241,21 @@ def _datasets(info: ModelInfo, calib_path: Any, eval_path: Any, opts: PackOption
     elif calib is not None:
         evald = calib
     else:
-        evald = synthetic_dataset(info.inputs, n=32, seed=1)
+        check_generated_inputs(data_inputs)
+        evald = complete(synthetic_dataset(data_inputs, n=32, seed=1))
         notes.append("no data given: fidelity measured on synthetic inputs")
     return calib, evald, notes
+
+
+def _state_feeder(info: ModelInfo, model: tuple[bytes, str], pairs: tuple[tuple[str, str], ...],
+                  notes: list[str]) -> Any:
+    """Dataset of the non-state inputs -> the full Dataset, state fed back by the float model."""
+    if not pairs:
+        return lambda data: data
+    runner = make_runner(*model)
+    notes.append("recurrent state fed back across calibration/evaluation steps (float model): "
+                 + ", ".join(f"{o} -> {i}" for i, o in pairs))
+    return lambda data: with_fed_back_state(data, info.inputs, info.outputs, pairs, runner)
 
 
 def _context(model: bytes, fmt: str, family: Any, profile: Profile, calib: Dataset | None,
@@ -292,15 +323,20 @@ def _variant(cand: Candidate, path: str, doctor_steps: list[str]) -> Variant:
                    latency_ms=round(cand.latency.p50_ms, 4), target_report=cand.compiled.report)
 
 
+def _cases(arrays: list[np.ndarray]) -> np.ndarray:
+    """K cases along the batch axis; scalars (rank 0) on a new leading axis."""
+    return np.stack(arrays) if arrays and np.ndim(arrays[0]) == 0 else np.concatenate(arrays)
+
+
 def _selftest(cand: Candidate, data: Dataset) -> bytes:
     """Inputs and the chosen model's own outputs: a device re-runs them before activation."""
     arrays: dict[str, np.ndarray] = {}
     samples = list(data.samples(SELFTEST_SAMPLES))
     outputs = [cand.runner(s) for s in samples]
     for i in range(len(data.inputs)):
-        arrays[f"input_{i}"] = np.concatenate([s[i] for s in samples])
+        arrays[f"input_{i}"] = _cases([s[i] for s in samples])
     for j in range(len(cand.runner.outputs)):
-        arrays[f"output_{j}"] = np.concatenate([o[j] for o in outputs])
+        arrays[f"output_{j}"] = _cases([o[j] for o in outputs])
     spread = max(float(np.ptp(arrays[f"output_{j}"])) for j in range(len(cand.runner.outputs)))
     # Another CPU's kernels may round differently: allow a few quantization steps.
     scales = [s.scale for s in cand.runner.outputs if s.scale]
