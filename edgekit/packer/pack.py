@@ -23,8 +23,14 @@ from . import doctor_onnx, doctor_tflite
 from .evaluate import accuracy, is_classifier, make_runner, run_all
 from .formats import choose_format
 from .ingest import ModelInfo, describe, read_model
-from .inputs import (InputValue, check_control_flow, check_generated_inputs,
-                     freeze_input_values, state_pairs, with_fed_back_state)
+from .inputs import (
+    InputValue,
+    check_control_flow,
+    check_generated_inputs,
+    freeze_input_values,
+    state_pairs,
+    with_fed_back_state,
+)
 from .recipes import LADDER, Recipe, recipe_by_name
 from .search import Candidate, Context, Criteria, choose, format_supports, run_search
 

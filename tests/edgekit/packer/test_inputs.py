@@ -17,8 +17,12 @@ from edgekit.dataset import load_dataset
 from edgekit.errors import CalibrationError, ConfigError
 from edgekit.packer.evaluate import make_runner
 from edgekit.packer.ingest import describe
-from edgekit.packer.inputs import (control_flow_nodes, freeze_input_values, state_pairs,
-                                   with_fed_back_state)
+from edgekit.packer.inputs import (
+    control_flow_nodes,
+    freeze_input_values,
+    state_pairs,
+    with_fed_back_state,
+)
 from edgekit_agent.bundle.reader import open_bundle
 from edgekit_agent.store.slots import BundleStore
 
