@@ -9,6 +9,8 @@ from edgekit_agent.bundle.reader import Bundle
 
 from . import ui
 
+_SOURCE_MARK = {"estimated": " est", "measured-device": " dev"}
+
 
 def render_candidates(candidates: Sequence[Any], float_size: int) -> str:
     rows = []
@@ -22,7 +24,8 @@ def render_candidates(candidates: Sequence[Any], float_size: int) -> str:
             f"{f.min_sqnr_db:.1f}" if f else None,
             f"{f.top1_agreement:.3f}" if f and f.top1_agreement is not None else None,
             f"{f.accuracy_drop * 100:+.2f}" if f and f.accuracy_drop is not None else None,
-            f"{c.latency.ratio:.2f}x" if c.latency else None,
+            f"{c.latency.ratio:.2f}x{_SOURCE_MARK.get(c.latency.source, '')}" if c.latency
+            else None,
             "yes" if c.fits else "no",
             c.rejected[:90] or None))
     return ui.table(["recipe", "format", "size", "vs float", "zipped", "SQNR dB", "top1 agree",

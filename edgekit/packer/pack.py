@@ -31,11 +31,15 @@ from .inputs import (
     state_pairs,
     with_fed_back_state,
 )
+from .latency_model import target_timing
+from .preact import PreActivation, saturated_outputs
 from .recipes import LADDER, Recipe, recipe_by_name
 from .search import Candidate, Context, Criteria, choose, format_supports, run_search
 
 EVAL_FRACTION = 0.5  # without --eval, the second half of --calib is held out for evaluation
 SELFTEST_SAMPLES = 4
+NO_CALIB_HINT = ("no calibration data was given; give --calib DIR (representative inputs), "
+                 "or --synthetic-calib to accept generated data")
 
 
 @dataclass(frozen=True)
@@ -74,9 +78,12 @@ class PackResult:
     chosen: list[Candidate]
     source: ModelInfo
     notes: list[str] = field(default_factory=list)
+    # the target takes (full) int8, but no calibration data was given: int8 was never built
+    uncalibrated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"bundle": str(self.bundle), "bundle_bytes": self.bundle.stat().st_size,
+                "uncalibrated": self.uncalibrated,
                 "chosen": [c.recipe.name for c in self.chosen],
                 "candidates": [c.to_dict() for c in self.candidates],
                 "manifest": self.manifest.to_dict()}
@@ -87,7 +94,7 @@ class PackResult:
             f"packed {self.bundle} ({ui.human_bytes(size)}, "
             f"{size / self.source.size_bytes:.2f}x the float model) for {self.manifest.target}: "
             f"{', '.join(c.recipe.name for c in self.chosen)}"
-        )
+        ) + (f"; no int8: {NO_CALIB_HINT}" if self.uncalibrated else "")
         return "\n".join([render_candidates(self.candidates, self.source.size_bytes), "", head,
                           *(f"note: {n}" for n in self.notes)])
 
@@ -120,7 +127,7 @@ def pack(opts: PackOptions) -> PackResult:
         raise ConfigError(f"recipe {recipes[0].name} is not available for {fmt} models",
                           key="--recipe", value=opts.recipe)
     labels = load_labels(labels_path, len(evald)) if labels_path else None
-    ctx = _context(model, fmt, family, profile, calib, evald, labels, opts)
+    ctx = _context(model, fmt, family, profile, calib, evald, labels, opts, notes)
     with ui.progress(len(recipes), f"pack {profile.name}", opts.show_progress) as bar:
         tried = run_search(ctx, recipes, opts.variants, bar)
     chosen = choose(tried, opts.variants) or _forced(opts, tried, notes)
@@ -130,7 +137,8 @@ def pack(opts: PackOptions) -> PackResult:
     manifest, files = _bundle_contents(opts, model_path, original, source, profile, ctx, steps,
                                        chosen, notes)
     write_bundle(opts.out, manifest, files, opts.sign_key)
-    return PackResult(Path(opts.out), manifest, tried, chosen, source, notes)
+    uncalibrated = ctx.calib is None and any(r.needs_calibration for r in recipes)
+    return PackResult(Path(opts.out), manifest, tried, chosen, source, notes, uncalibrated)
 
 
 def _forced(opts: PackOptions, tried: list[Candidate], notes: list[str]) -> list[Candidate]:
@@ -265,9 +273,15 @@ def _state_feeder(info: ModelInfo, model: tuple[bytes, str], pairs: tuple[tuple[
 
 
 def _context(model: bytes, fmt: str, family: Any, profile: Profile, calib: Dataset | None,
-             evald: Dataset, labels: np.ndarray | None, opts: PackOptions) -> Context:
+             evald: Dataset, labels: np.ndarray | None, opts: PackOptions,
+             notes: list[str]) -> Context:
     reference = make_runner(model, fmt)
     ref_out = run_all(reference, evald)
+    names = [s.name for s in reference.outputs]
+    pre = PreActivation.of(model, fmt, names, evald)
+    if pre is not None:
+        shown = run_all(reference, calib) if calib is not None else ref_out
+        notes += saturated_outputs(names, shown, pre.activations)
     ref_acc = (
         accuracy(ref_out[0], labels) if labels is not None and is_classifier(ref_out[0]) else None
     )
@@ -279,7 +293,8 @@ def _context(model: bytes, fmt: str, family: Any, profile: Profile, calib: Datas
     return Context(model=model, format=fmt, family=family, profile=profile, calib=calib, eval=evald,
                    labels=labels, reference=reference, reference_outputs=ref_out,
                    reference_accuracy=ref_acc, criteria=criteria,
-                   int8_io=family.FULL_INT8 or profile.family == "mcu")
+                   int8_io=family.FULL_INT8 or profile.family == "mcu",
+                   timing=target_timing(profile, model, fmt), pre_activation=pre)
 
 
 # --- bundle contents -------------------------------------------------------------------------
@@ -301,7 +316,9 @@ def _bundle_contents(opts: PackOptions, model_path: Path, original: bytes, sourc
     source_dict = {"path": model_path.name, "format": source.format, "sha256": sha256_hex(original),
                    "size_bytes": len(original), "params": source.params, "macs": source.macs,
                    "op_count": len(source.ops), "latency_ms": chosen[0].latency.ref_p50_ms
-                   if chosen[0].latency else None, "accuracy": ctx.reference_accuracy,
+                   if chosen[0].latency else None,
+                   "latency_source": chosen[0].latency.source if chosen[0].latency else None,
+                   "accuracy": ctx.reference_accuracy,
                    "eval_samples": len(ctx.eval),
                    "calib_samples": len(ctx.calib) if ctx.calib else 0,
                    "synthetic_data": bool(ctx.calib and ctx.calib.synthetic) or ctx.eval.synthetic}
@@ -326,7 +343,8 @@ def _variant(cand: Candidate, path: str, doctor_steps: list[str]) -> Variant:
                                   size_bytes=len(shipped), compressed_bytes=cand.compressed_bytes),
                    inputs=runner.inputs, outputs=runner.outputs, recipe=tuple(recipe),
                    fidelity=replace(cand.fidelity, latency_ratio=round(cand.latency.ratio, 3)),
-                   latency_ms=round(cand.latency.p50_ms, 4), target_report=cand.compiled.report)
+                   latency_ms=round(cand.latency.p50_ms, 4), target_report=cand.compiled.report,
+                   latency_source=cand.latency.source)
 
 
 def _cases(arrays: list[np.ndarray]) -> np.ndarray:

@@ -28,7 +28,12 @@ ENV_VAR = "EDGEKIT_TARGETS_DIR"
 _REQUIRED = {"family": str, "description": str, "runtime": str, "arch": str,
              "flash_bytes": int, "ram_bytes": int, "dtypes": list}
 _OPTIONAL = {"cpu": str, "clock_mhz": int, "cores": int, "accelerator": str,
-             "default_input_batch": int, "power": dict, "options": dict, "inherit": str}
+             "default_input_batch": int, "power": dict, "options": dict, "inherit": str,
+             "latency": dict}
+# the cost model's throughput figures (edgekit.packer.latency_model documents them)
+LATENCY_KEYS = ("fp32_gmacs", "fp16_gmacs", "int8_gmacs", "fp32_cycles_per_mac",
+                "int8_cycles_per_mac", "op_overhead_cycles", "mem_gbps", "op_overhead_us",
+                "accelerator_int8_gmacs", "link_gbps")
 _POWER_KEYS = ("idle_w", "active_w", "accelerator_w")
 
 
@@ -83,7 +88,7 @@ def _merged(name: str, raw: dict[str, tuple[Path, dict[str, Any]]],
         raise ConfigError("inheritance loop", source=str(path), key="inherit", value=parent)
     base, base_path = _merged(parent, raw, (*chain, name))
     _validate(parent, base, base_path)  # a broken parent is reported against its own file
-    for table in ("power", "options"):  # tables merge key by key; scalars replace
+    for table in ("power", "options", "latency"):  # tables merge key by key; scalars replace
         if table in data and isinstance(base.get(table), dict) and isinstance(data[table], dict):
             data = {**data, table: {**base[table], **data[table]}}
     merged = {**base, **data}
@@ -119,7 +124,8 @@ def _validate(name: str, d: dict[str, Any], path: Path) -> Profile:
                    ram_bytes=d["ram_bytes"], dtypes=tuple(d["dtypes"]), power=power,
                    cpu=d.get("cpu", ""), clock_mhz=d.get("clock_mhz", 0), cores=d.get("cores", 1),
                    accelerator=d.get("accelerator", ""),
-                   default_input_batch=d.get("default_input_batch", 1), options=options, source=src)
+                   default_input_batch=d.get("default_input_batch", 1), options=options, source=src,
+                   latency=_latency(src, d.get("latency", {})))
 
 
 def _choice(src: str, key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -140,6 +146,17 @@ def _power(src: str, d: dict[str, Any]) -> Power:
         if key not in d:
             raise ConfigError("missing required key", source=src, key=f"power.{key}")
     return Power(**{k: float(v) for k, v in d.items()})
+
+
+def _latency(src: str, table: dict[str, Any]) -> dict[str, float]:
+    for key, value in table.items():
+        if key not in LATENCY_KEYS:
+            raise ConfigError("unknown key", source=src, key=f"latency.{key}", value=value,
+                              allowed=list(LATENCY_KEYS))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError("must be a positive number", source=src, key=f"latency.{key}",
+                              value=value)
+    return {k: float(v) for k, v in table.items()}
 
 
 def _family_options(src: str, family: str, d: dict[str, Any]) -> dict[str, Any]:

@@ -105,6 +105,8 @@ class Variant:
     fidelity: Fidelity | None = None  # None: not measured (written as {})
     latency_ms: float | None = None
     target_report: TargetReport | None = None  # None: no target checks (written as {})
+    # where latency_ms came from: measured-host | measured-device | estimated (None: not said)
+    latency_source: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], key: str = "") -> Variant:
@@ -118,7 +120,8 @@ class Variant:
                    fidelity=Fidelity.from_dict(fidelity.data, fidelity.key) if fidelity.data else None,
                    latency_ms=t.get("latency_ms", NUMBER, None),
                    target_report=(TargetReport.from_dict(report.data, report.key)
-                                  if report.data else None))
+                                  if report.data else None),
+                   latency_source=t.get("latency_source", str, None))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "model": self.model.to_dict(),
@@ -127,7 +130,8 @@ class Variant:
                 "recipe": [s.to_dict() for s in self.recipe],
                 "fidelity": self.fidelity.to_dict() if self.fidelity else {},
                 "latency_ms": self.latency_ms,
-                "target_report": self.target_report.to_dict() if self.target_report else {}}
+                "target_report": self.target_report.to_dict() if self.target_report else {},
+                **({"latency_source": self.latency_source} if self.latency_source else {})}
 
 
 @dataclass(frozen=True)
@@ -245,19 +249,38 @@ def _figure(t: Table, key: str) -> float:
 
 @dataclass(frozen=True)
 class OutputFidelity:
-    """One output against the float model: signal-to-quantization-noise ratio and cosine."""
+    """One output against the float model: signal-to-quantization-noise ratio and cosine; for an
+    output behind a final sigmoid/softmax (``activation``) also both before that activation."""
 
     sqnr_db: float
     cosine: float
+    pre_activation_sqnr_db: float | None = None
+    pre_activation_cosine: float | None = None
+    activation: str | None = None
+
+    _PRE = ("pre_activation_sqnr_db", "pre_activation_cosine")
+
+    @property
+    def decision_sqnr_db(self) -> float:
+        """What the packer judges: the SQNR before the activation when it was measured."""
+        return self.sqnr_db if self.pre_activation_sqnr_db is None else self.pre_activation_sqnr_db
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], key: str = "") -> OutputFidelity:
         t = _table(d, key)
-        t.only(("sqnr_db", "cosine"))
-        return cls(sqnr_db=_figure(t, "sqnr_db"), cosine=_figure(t, "cosine"))
+        t.only(("sqnr_db", "cosine", *cls._PRE, "activation"))
+        pre = {k: _figure(t, k) for k in cls._PRE if t.data.get(k) is not None}
+        return cls(sqnr_db=_figure(t, "sqnr_db"), cosine=_figure(t, "cosine"), **pre,
+                   activation=t.get("activation", str, None))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sqnr_db": json_float(self.sqnr_db), "cosine": json_float(self.cosine)}
+        d: dict[str, Any] = {"sqnr_db": json_float(self.sqnr_db), "cosine": json_float(self.cosine)}
+        for k in self._PRE:
+            if getattr(self, k) is not None:
+                d[k] = json_float(getattr(self, k))
+        if self.activation is not None:
+            d["activation"] = self.activation
+        return d
 
 
 @dataclass(frozen=True)
@@ -278,11 +301,21 @@ class Fidelity:
     extra: dict[str, Any] = field(default_factory=dict)
 
     _KEYS = ("outputs", "min_sqnr_db", "top1_agreement", "accuracy", "accuracy_drop", "samples",
-             "synthetic_data", "latency_ratio")
+             "synthetic_data", "latency_ratio", "pre_activation_sqnr_db")
 
     @property
     def min_sqnr_db(self) -> float | None:
         return min((o.sqnr_db for o in self.outputs.values()), default=None)
+
+    @property
+    def pre_activation_sqnr_db(self) -> float | None:
+        return min((o.pre_activation_sqnr_db for o in self.outputs.values()
+                    if o.pre_activation_sqnr_db is not None), default=None)
+
+    @property
+    def decision_sqnr_db(self) -> float | None:
+        """The lowest SQNR the packer judges (before final activations where measured)."""
+        return min((o.decision_sqnr_db for o in self.outputs.values()), default=None)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], key: str = "") -> Fidelity:
@@ -307,6 +340,8 @@ class Fidelity:
              "synthetic_data": self.synthetic}
         if self.latency_ratio is not None:
             d["latency_ratio"] = self.latency_ratio
+        if self.pre_activation_sqnr_db is not None:
+            d["pre_activation_sqnr_db"] = json_float(self.pre_activation_sqnr_db)
         return {**d, **self.extra}
 
 
