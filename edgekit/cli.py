@@ -77,6 +77,12 @@ def _pack(sub: Any) -> None:
     p.add_argument("--state", action="append", default=[], metavar="IN=OUT",
                    help="recurrent state: output OUT is fed back as input IN across samples "
                         "(default: obvious pairs such as state/stateN)")
+    p.add_argument("--profile-on", metavar="ssh://[user@]host[:port]",
+                   help="time the candidates on that board with its edgekit-agent")
+    p.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
+                   help="extra ssh -o option for --profile-on (repeatable)")
+    p.add_argument("--agent-cmd", default="edgekit-agent",
+                   help="the agent command on the --profile-on board")
     p.add_argument("--synthetic-calib", action="store_true",
                    help="allow calibration on generated data (flagged in the report)")
     p.add_argument("--preprocess", metavar="SPEC", help="for image folders: "
@@ -101,7 +107,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
                        min_sqnr=args.min_sqnr, recipe=args.recipe,
                        input_shapes=parse_input_shapes(args.input_shape),
                        input_values=parse_input_values(args.input_value),
-                       states=parse_states(args.state),
+                       states=parse_states(args.state), profile_on=args.profile_on,
+                       ssh_options=tuple(args.ssh_option), agent_cmd=args.agent_cmd,
                        synthetic_calib=args.synthetic_calib,
                        variants=args.variants, sign_key=args.sign, preprocess=args.preprocess,
                        name=args.name, version=args.bundle_version, runtime=args.runtime,

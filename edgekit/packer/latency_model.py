@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from .evaluate import Latency, interleaved_latency
 
 SOURCES = ("measured-host", "measured-device", "estimated")
@@ -255,6 +256,36 @@ class HostTiming(Timing):
         return interleaved_latency(cand.runner, ctx.reference, ctx.eval.sample(0))
 
 
-def target_timing(profile: Any, model: bytes, fmt: str) -> Timing:
+def target_timing(profile: Any, model: bytes, fmt: str, profile_on: str | None = None,
+                  ssh: tuple[tuple[str, ...], str] = ((), "edgekit-agent")) -> Timing:
+    """Device timing when asked for (``ssh``: ssh -o options, agent command), host timing on
+    the host's ISA, the cost model otherwise."""
+    if profile_on:
+        return DeviceTiming(profile, model, fmt, profile_on, *ssh)
     cls = HostTiming if host_timing_applies(profile) else EstimatedTiming
     return cls(profile, model, fmt)
+
+
+class DeviceTiming(Timing):
+    """Each candidate (as shipped) and the float model timed on the real board over ssh."""
+
+    source = "measured-device"
+
+    def __init__(self, profile: Any, model: bytes, fmt: str, uri: str,
+                 ssh_options: tuple[str, ...] = (), agent_cmd: str = "edgekit-agent") -> None:
+        from ..flash.bench_ssh import bench_on_device, parse_profile_uri
+
+        super().__init__(profile, model, fmt)
+        if profile.family != "cpu":
+            raise ConfigError(f"measures on Linux boards running edgekit-agent (CPU targets); "
+                              f"{profile.name} is {profile.family}", key="--profile-on",
+                              value=uri)
+        self._bench = bench_on_device
+        self._target = parse_profile_uri(uri, ssh_options, agent_cmd)
+        self.reference = bench_on_device(self._target, model)
+
+    def latency(self, cand: Any, ctx: Any) -> Latency:
+        got = self._bench(self._target, cand.shipped)
+        ref = self.reference.p50_ms
+        return Latency(got.p50_ms, got.p95_ms, ref, got.p50_ms / max(ref, 1e-9),
+                       source=self.source)

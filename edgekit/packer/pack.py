@@ -59,6 +59,10 @@ class PackOptions:
     input_values: Mapping[str, InputValue] = field(default_factory=dict)
     # (input, output) recurrent-state pairs; empty: the obvious ones (state/stateN) by name
     states: tuple[tuple[str, str], ...] = ()
+    # ssh://[user@]host[:port]: time candidates on that board with its edgekit-agent
+    profile_on: str | None = None
+    ssh_options: tuple[str, ...] = ()
+    agent_cmd: str = "edgekit-agent"  # the agent command on that board
     synthetic_calib: bool = False
     variants: int = 1
     sign_key: str | Path | None = None
@@ -158,6 +162,10 @@ def _check_options(opts: PackOptions) -> None:
                           value=opts.max_drop, allowed="[0, 1)")
     if opts.variants < 1:
         raise ConfigError("need at least one variant", key="--variants", value=opts.variants)
+    if opts.profile_on:
+        from ..flash.bench_ssh import parse_profile_uri
+
+        parse_profile_uri(opts.profile_on)  # a bad URI fails before any work
     out = Path(opts.out)
     if out.is_dir():
         raise ConfigError(f"{out} is a folder; give a bundle file name", key="-o", value=str(out))
@@ -294,7 +302,9 @@ def _context(model: bytes, fmt: str, family: Any, profile: Profile, calib: Datas
                    labels=labels, reference=reference, reference_outputs=ref_out,
                    reference_accuracy=ref_acc, criteria=criteria,
                    int8_io=family.FULL_INT8 or profile.family == "mcu",
-                   timing=target_timing(profile, model, fmt), pre_activation=pre)
+                   timing=target_timing(profile, model, fmt, opts.profile_on,
+                                        (opts.ssh_options, opts.agent_cmd)),
+                   pre_activation=pre)
 
 
 # --- bundle contents -------------------------------------------------------------------------
