@@ -218,7 +218,10 @@ def _doctor(model: bytes, fmt: str, opts: PackOptions, profile: Profile) -> tupl
         raise ConfigError("freezes inputs of ONNX models only", key="--input-value",
                           value=",".join(opts.input_values))
     if fmt == "onnx":
+        # Fold the branches a frozen value selects before shapes are frozen: ONNX Runtime
+        # type-checks every If branch against static shapes, also the ones never taken.
         chain = [lambda m: freeze_input_values(m, opts.input_values),
+                 lambda m: doctor_onnx.simplify(m) if opts.input_values else (m, []),
                  lambda m: doctor_onnx.freeze_input_shapes(m, shapes, profile.default_input_batch),
                  doctor_onnx.decompose_fp16_weights, doctor_onnx.simplify,
                  doctor_onnx.sanitize_names]

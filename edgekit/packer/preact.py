@@ -2,7 +2,7 @@
 
 A sigmoid output that sits at 0 … 1e-5 makes SQNR meaningless: float runtimes disagree at
 ~21 dB in that tail and an int8 output rounds it all to 0. So for each output produced by a final
-Sigmoid/Softmax (through Q/DQ, Cast, Identity), an evaluation copy of the model also returns the
+Sigmoid/Softmax (through Q/DQ, casts, shape ops and a mean), an evaluation copy of the model also returns the
 activation's input; its SQNR is reported beside the output's and the packer decides on it. An
 output the calibration data leaves saturated is reported as such.
 """
@@ -23,8 +23,11 @@ from .evaluate import cosine, make_runner, run_all, sqnr_db
 
 ONNX_ACTIVATIONS = {"Sigmoid": "sigmoid", "Softmax": "softmax"}
 TFLITE_ACTIVATIONS = {"LOGISTIC": "sigmoid", "SOFTMAX": "softmax"}
-_ONNX_PASS = ("QuantizeLinear", "DequantizeLinear", "Cast", "Identity")
-_TFLITE_PASS = ("QUANTIZE", "DEQUANTIZE")
+# what may sit between the activation and the output: Q/DQ, casts, shape ops, an average
+_ONNX_PASS = ("QuantizeLinear", "DequantizeLinear", "Cast", "Identity", "Reshape", "Squeeze",
+              "Unsqueeze", "Flatten", "Transpose", "ReduceMean")
+_TFLITE_PASS = ("QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "TRANSPOSE",
+                "MEAN")
 SATURATED_FRACTION = 0.95  # this share of values pinned at the rails: the output is saturated
 RAIL = 1e-3
 
