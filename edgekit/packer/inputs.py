@@ -182,4 +182,18 @@ def check_control_flow(data: bytes, fmt: str, family: Any, target: str) -> list[
                          f"ONNX→TFLite conversion cannot take {op}. Pack it for a CPU target "
                          f"(e.g. rpi4, x86-64), where it runs in ONNX Runtime, or freeze the "
                          f"input that selects the branch with --input-value NAME=VALUE")
+    _check_loads(data, op)
     return [f"kept ONNX for ONNX Runtime: the model uses control flow ({what})"]
+
+
+def _check_loads(data: bytes, op: str) -> None:
+    """ONNX Runtime type-checks every branch against the frozen input shapes, also branches a
+    given input never takes (e.g. the 8 kHz path of a 16 kHz model): say what fixes that."""
+    from .evaluate import make_runner
+
+    try:
+        make_runner(data, "onnx")
+    except ModelError as exc:
+        raise ModelError(f"{exc}; with frozen input shapes every {op} branch must fit them: "
+                         f"freeze the input that selects the branch with --input-value "
+                         f"NAME=VALUE (e.g. sr=16000)") from None
