@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from edgekit_agent.bundle.manifest import Fidelity
+from edgekit_agent.bundle.manifest import Fidelity, OutputFidelity
 
 from ..dataset import Dataset
 from ..errors import EdgekitError
@@ -120,15 +120,11 @@ class PreActivation:
 
     def add_to(self, fid: Fidelity, model: bytes, fmt: str, data: Dataset) -> Fidelity:
         got = pre_activation_outputs(model, fmt, self.names, data) or {}
-        outputs = dict(fid.outputs)
-        for name, ref in self.reference.items():
-            if name in got:
-                test = got[name].reshape(ref.shape)
-                outputs[name] = replace(outputs[name], pre_activation_sqnr_db=sqnr_db(ref, test),
-                                        pre_activation_cosine=cosine(ref, test),
-                                        activation=self.activations[name])
-        return replace(fid, outputs=outputs)
-
+        pre = {name: OutputFidelity(sqnr_db=sqnr_db(ref, got[name].reshape(ref.shape)),
+                                    cosine=cosine(ref, got[name].reshape(ref.shape)))
+               for name, ref in self.reference.items() if name in got}
+        return replace(fid, pre_activation=pre,
+                       final_activation={n: self.activations[n] for n in pre})
 
 def saturated_outputs(names: Sequence[str], outputs: Sequence[np.ndarray],
                       activations: dict[str, str]) -> list[str]:

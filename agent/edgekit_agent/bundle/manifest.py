@@ -249,38 +249,19 @@ def _figure(t: Table, key: str) -> float:
 
 @dataclass(frozen=True)
 class OutputFidelity:
-    """One output against the float model: signal-to-quantization-noise ratio and cosine; for an
-    output behind a final sigmoid/softmax (``activation``) also both before that activation."""
+    """One output against the float model: signal-to-quantization-noise ratio and cosine."""
 
     sqnr_db: float
     cosine: float
-    pre_activation_sqnr_db: float | None = None
-    pre_activation_cosine: float | None = None
-    activation: str | None = None
-
-    _PRE = ("pre_activation_sqnr_db", "pre_activation_cosine")
-
-    @property
-    def decision_sqnr_db(self) -> float:
-        """What the packer judges: the SQNR before the activation when it was measured."""
-        return self.sqnr_db if self.pre_activation_sqnr_db is None else self.pre_activation_sqnr_db
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], key: str = "") -> OutputFidelity:
         t = _table(d, key)
-        t.only(("sqnr_db", "cosine", *cls._PRE, "activation"))
-        pre = {k: _figure(t, k) for k in cls._PRE if t.data.get(k) is not None}
-        return cls(sqnr_db=_figure(t, "sqnr_db"), cosine=_figure(t, "cosine"), **pre,
-                   activation=t.get("activation", str, None))
+        t.only(("sqnr_db", "cosine"))
+        return cls(sqnr_db=_figure(t, "sqnr_db"), cosine=_figure(t, "cosine"))
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"sqnr_db": json_float(self.sqnr_db), "cosine": json_float(self.cosine)}
-        for k in self._PRE:
-            if getattr(self, k) is not None:
-                d[k] = json_float(getattr(self, k))
-        if self.activation is not None:
-            d["activation"] = self.activation
-        return d
+        return {"sqnr_db": json_float(self.sqnr_db), "cosine": json_float(self.cosine)}
 
 
 @dataclass(frozen=True)
@@ -289,6 +270,10 @@ class Fidelity:
 
     ``accuracy``/``accuracy_drop`` are fractions 0-1 (when labels were given); ``synthetic`` is
     written as ``synthetic_data``; ``latency_ratio`` (p50 against float) only when measured.
+    ``pre_activation`` holds, for outputs behind a final sigmoid/softmax (named in
+    ``final_activation``), the same figures measured before that activation; the packer judges
+    those. They sit beside ``outputs`` (not inside), so agents that predate them keep them as
+    extras and read the manifest unchanged.
     """
 
     outputs: dict[str, OutputFidelity]
@@ -299,9 +284,12 @@ class Fidelity:
     synthetic: bool | None = None
     latency_ratio: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    pre_activation: dict[str, OutputFidelity] = field(default_factory=dict)
+    final_activation: dict[str, str] = field(default_factory=dict)  # output -> sigmoid | softmax
 
     _KEYS = ("outputs", "min_sqnr_db", "top1_agreement", "accuracy", "accuracy_drop", "samples",
-             "synthetic_data", "latency_ratio", "pre_activation_sqnr_db")
+             "synthetic_data", "latency_ratio", "pre_activation", "pre_activation_sqnr_db",
+             "final_activation")
 
     @property
     def min_sqnr_db(self) -> float | None:
@@ -309,27 +297,26 @@ class Fidelity:
 
     @property
     def pre_activation_sqnr_db(self) -> float | None:
-        return min((o.pre_activation_sqnr_db for o in self.outputs.values()
-                    if o.pre_activation_sqnr_db is not None), default=None)
+        return min((o.sqnr_db for o in self.pre_activation.values()), default=None)
 
     @property
     def decision_sqnr_db(self) -> float | None:
         """The lowest SQNR the packer judges (before final activations where measured)."""
-        return min((o.decision_sqnr_db for o in self.outputs.values()), default=None)
+        return min(((self.pre_activation.get(n) or o).sqnr_db for n, o in self.outputs.items()),
+                   default=None)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], key: str = "") -> Fidelity:
         t = _table(d, key)
-        outputs = t.table("outputs")
-        return cls(outputs={name: OutputFidelity.from_dict(outputs.table(name).data,
-                                                            outputs.dotted(name))
-                            for name in outputs.data},
+        return cls(outputs=_output_table(t.table("outputs")),
                    top1_agreement=t.get("top1_agreement", NUMBER, None),
                    accuracy=t.get("accuracy", NUMBER, None),
                    accuracy_drop=t.get("accuracy_drop", NUMBER, None),
                    samples=t.get("samples", int, None), synthetic=t.get("synthetic_data", bool, None),
                    latency_ratio=t.get("latency_ratio", NUMBER, None),
-                   extra={k: v for k, v in t.data.items() if k not in cls._KEYS})
+                   extra={k: v for k, v in t.data.items() if k not in cls._KEYS},
+                   pre_activation=_output_table(t.table("pre_activation")),
+                   final_activation=t.mapping("final_activation", str, {}))
 
     def to_dict(self) -> dict[str, Any]:
         low = self.min_sqnr_db
@@ -340,9 +327,15 @@ class Fidelity:
              "synthetic_data": self.synthetic}
         if self.latency_ratio is not None:
             d["latency_ratio"] = self.latency_ratio
-        if self.pre_activation_sqnr_db is not None:
+        if self.pre_activation:
+            d["pre_activation"] = {k: o.to_dict() for k, o in self.pre_activation.items()}
             d["pre_activation_sqnr_db"] = json_float(self.pre_activation_sqnr_db)
+            d["final_activation"] = dict(self.final_activation)
         return {**d, **self.extra}
+
+
+def _output_table(t: Table) -> dict[str, OutputFidelity]:
+    return {name: OutputFidelity.from_dict(t.table(name).data, t.dotted(name)) for name in t.data}
 
 
 @dataclass(frozen=True)

@@ -52,19 +52,21 @@ def test_saturated_sigmoid_is_judged_before_the_activation(tmp_path, data):
                           calib=str(data / "calib.npy"))
     m = open_bundle(out).manifest
     fid = m.primary.fidelity
-    prob = fid.outputs["prob"]
+    prob, pre = fid.outputs["prob"], fid.pre_activation["prob"]
     assert result.chosen[0].recipe.name == "static_int8"
-    assert prob.activation == "sigmoid"
+    assert fid.final_activation == {"prob": "sigmoid"}
     assert prob.sqnr_db < 10.0  # int8 rounds a ~1e-6 sigmoid to 0: noise, not a model error
-    assert prob.pre_activation_sqnr_db > 25.0 and prob.pre_activation_cosine > 0.99
-    assert fid.decision_sqnr_db == prob.pre_activation_sqnr_db
+    assert pre.sqnr_db > 25.0 and pre.cosine > 0.99
+    assert fid.decision_sqnr_db == pre.sqnr_db == fid.pre_activation_sqnr_db
     saturation = [n for n in m.notes if "stays saturated" in n]
     assert len(saturation) == 1 and "'prob'" in saturation[0] and "99." in saturation[0]
     d = m.primary.to_dict()["fidelity"]
-    assert d["pre_activation_sqnr_db"] == pytest.approx(prob.pre_activation_sqnr_db, abs=1e-3)
+    assert d["pre_activation_sqnr_db"] == pytest.approx(pre.sqnr_db, abs=1e-3)
+    assert d["pre_activation"]["prob"]["sqnr_db"] == d["pre_activation_sqnr_db"]
+    assert set(d["outputs"]["prob"]) == {"sqnr_db", "cosine"}  # what older agents accept
     assert Fidelity.from_dict(d).to_dict() == d
     # judged after the sigmoid, as before, the same candidate misses the 15 dB floor
-    post_only = Fidelity({"prob": type(prob)(prob.sqnr_db, prob.cosine)})
+    post_only = Fidelity({"prob": prob})
     assert Criteria(max_drop=None).misses(post_only) and not Criteria(max_drop=None).misses(fid)
 
 
@@ -73,9 +75,9 @@ def test_live_sigmoid_on_cpu_reports_both_and_warns_nothing(tmp_path, data):
     edgekit.pack(str(data / "live.onnx"), "rpi4", out, calib=str(data / "calib.npy"),
                  recipe="static_int8", runtime="onnxruntime")
     m = open_bundle(out).manifest
-    prob = m.primary.fidelity.outputs["prob"]
-    assert prob.activation == "sigmoid" and prob.pre_activation_sqnr_db > 25.0
-    assert prob.sqnr_db > 25.0  # a sigmoid away from its rails: both agree
+    fid = m.primary.fidelity
+    assert fid.final_activation == {"prob": "sigmoid"} and fid.pre_activation["prob"].sqnr_db > 25
+    assert fid.outputs["prob"].sqnr_db > 25.0  # a sigmoid away from its rails: both agree
     assert not any("saturated" in n for n in m.notes)
     # the QDQ model is probed through its Q/DQ pair back to the Sigmoid's input
     probe = probe_model(open_bundle(out).read(m.model.path), "onnx", ["prob"])
