@@ -73,6 +73,17 @@ def _pack(sub: Any) -> None:
     p.add_argument("--recipe", help="force one recipe (see `edgekit recipes`)")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
                    help="freeze a dynamic input shape (repeatable)")
+    p.add_argument("--input-value", action="append", default=[], metavar="NAME=VALUE",
+                   help="freeze an input to a constant, e.g. a sample rate sr=16000 (repeatable)")
+    p.add_argument("--state", action="append", default=[], metavar="IN=OUT",
+                   help="recurrent state: output OUT is fed back as input IN across samples "
+                        "(default: obvious pairs such as state/stateN)")
+    p.add_argument("--profile-on", metavar="ssh://[user@]host[:port]",
+                   help="time the candidates on that board with its edgekit-agent")
+    p.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
+                   help="extra ssh -o option for --profile-on (repeatable)")
+    p.add_argument("--agent-cmd", default="edgekit-agent",
+                   help="the agent command on the --profile-on board")
     p.add_argument("--synthetic-calib", action="store_true",
                    help="allow calibration on generated data (flagged in the report)")
     p.add_argument("--preprocess", metavar="SPEC", help="for image folders: "
@@ -99,6 +110,9 @@ def cmd_pack(args: argparse.Namespace) -> int:
                        eval_data=args.eval_data, labels=args.labels, max_drop=args.max_drop,
                        min_sqnr=args.min_sqnr, recipe=args.recipe,
                        input_shapes=parse_input_shapes(args.input_shape),
+                       input_values=parse_input_values(args.input_value),
+                       states=parse_states(args.state), profile_on=args.profile_on,
+                       ssh_options=tuple(args.ssh_option), agent_cmd=args.agent_cmd,
                        synthetic_calib=args.synthetic_calib,
                        variants=args.variants, sign_key=args.sign,
                        preprocess=parse_preprocess(args.preprocess),
@@ -154,6 +168,32 @@ def _preprocess_item(key: str, value: str) -> dict[str, Any]:
     if key == "gray" and not value:
         return {"grayscale": True}
     raise ValueError(key)
+
+
+def parse_input_values(items: list[str]) -> dict[str, int | float]:
+    """``--input-value`` values, ``["sr=16000", "gain=0.5"]``, as ``{"sr": 16000, "gain": 0.5}``."""
+    values: dict[str, int | float] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        try:
+            if not (sep and name.strip()):
+                raise ValueError
+            number = float(text)
+        except ValueError:
+            raise ConfigError("expected NAME=NUMBER", key="--input-value", value=item) from None
+        values[name.strip()] = int(number) if number.is_integer() and "." not in text else number
+    return values
+
+
+def parse_states(items: list[str]) -> tuple[tuple[str, str], ...]:
+    """``--state`` values, ``["state=stateN"]``, as ``(("state", "stateN"),)``."""
+    pairs = []
+    for item in items:
+        src, sep, dst = (part.strip() for part in item.partition("="))
+        if not (sep and src and dst):
+            raise ConfigError("expected INPUT=OUTPUT", key="--state", value=item)
+        pairs.append((src, dst))
+    return tuple(pairs)
 
 
 def _recipes(sub: Any) -> None:

@@ -5,6 +5,7 @@
     edgekit-agent rollback --store DIR [--json]
     edgekit-agent status --store DIR [--json]
     edgekit-agent infer --store DIR --input FILE.npy|NAME=FILE.npy|FILE.npz [--variant V] [--json]
+    edgekit-agent bench MODEL [--runs N] [--threads N] [--json]   (warm latency on this device)
     edgekit-agent serve --config FILE        (local HTTP API only)
     edgekit-agent run --config FILE          (the daemon: HTTP, power policy, MQTT telemetry)
 """
@@ -76,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=".npy (repeat in input order, or NAME=FILE) or one .npz keyed by input name")
     s.add_argument("--variant", help="model variant to run (default: the primary)")
     s.add_argument("--threads", type=int, help="interpreter threads")
+    s = sub.add_parser("bench", help="time a model file on this device (warm p50/p95)")
+    s.add_argument("model", type=Path, help=".tflite or .onnx file")
+    s.add_argument("--runs", type=int, default=50, help="timed runs after a warm-up")
+    s.add_argument("--threads", type=int, help="interpreter threads")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
     for name, text in (("serve", "serve the local HTTP inference API"),
                        ("run", "run the agent daemon (HTTP API, power policy, MQTT telemetry)")):
         s = sub.add_parser(name, help=text)
@@ -227,6 +233,19 @@ def _load_array_file(path: str, npz: bool = False) -> Any:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (ValueError, EOFError) as exc:
         raise InputError(f"{path}: not a numpy array file ({exc})") from None
+
+
+@command
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .runtime.bench import bench_file
+
+    result = bench_file(args.model, args.runs, args.threads)
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        print(f"{args.model}: {result.format} on {result.runtime} ({result.machine}), "
+              f"{result.runs} runs: p50 {result.p50_ms:.3f} ms, p95 {result.p95_ms:.3f} ms")
+    return 0
 
 
 @command

@@ -127,7 +127,7 @@ def _static_io(onnx_bytes: bytes) -> tuple[list[TensorSpec], list[TensorSpec]]:
     inputs = [onnx_value_spec(v) for v in graph.input if v.name not in init_names]
     outputs = [onnx_value_spec(v) for v in graph.output]
     for spec in inputs:
-        if not spec.shape or any(d <= 0 for d in spec.shape):
+        if any(d <= 0 for d in spec.shape):  # rank 0 ([]) is a static scalar
             raise ModelError(
                 f"input {spec.name!r} has a dynamic shape "
                 f"{['?' if d <= 0 else d for d in spec.shape]}; ONNX→TFLite needs static "

@@ -31,6 +31,7 @@ from .tuned import quantize_tuned
 SPEED_TOLERANCE = 1.10  # p50 within 10 % of float counts as "not slower" on a shared, noisy host
 DEFAULT_MIN_SQNR_DB = 15.0  # used when no labels give an accuracy to hold
 MIXED_STEPS = (1, 2, 4, 8, 16)
+FASTER_CHOICE = 0.80  # a later fitting candidate replaces the first one at <= 0.8x its latency
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,10 @@ class Criteria:
         floor = self.min_sqnr_db
         if floor is None and fid.accuracy_drop is None:
             floor = DEFAULT_MIN_SQNR_DB
-        if floor is not None and fid.min_sqnr_db < floor:
-            out.append(f"SQNR {fid.min_sqnr_db:.1f} dB < {floor:.1f} dB")
+        low = fid.decision_sqnr_db
+        if floor is not None and low < floor:
+            where = " before the final activation" if low != fid.min_sqnr_db else ""
+            out.append(f"SQNR{where} {low:.1f} dB < {floor:.1f} dB")
         return out
 
 
@@ -73,6 +76,8 @@ class Context:
     # size of the model file as the user gave it (an fp16-stored source is smaller than
     # ``model``, its float32 decomposition); nothing larger than it is ever shipped
     source_bytes: int = 0
+    timing: Any = None  # latency_model.Timing; None: host timing, no speed hints
+    pre_activation: Any = None  # preact.PreActivation: fidelity before final sigmoid/softmax
 
 
 @dataclass
@@ -153,7 +158,10 @@ def evaluate(ctx: Context, recipe: Recipe, exclude: Sequence[Any] = ()) -> Candi
     names = [s.name for s in ctx.reference.outputs]
     cand.fidelity = compare(names, ctx.reference_outputs, outputs, ctx.eval, ctx.labels,
                             ctx.reference_accuracy)
-    cand.latency = interleaved_latency(cand.runner, ctx.reference, ctx.eval.sample(0))
+    if ctx.pre_activation is not None:
+        cand.fidelity = ctx.pre_activation.add_to(cand.fidelity, runnable, ctx.format, ctx.eval)
+    cand.latency = (ctx.timing.latency(cand, ctx) if ctx.timing is not None
+                    else interleaved_latency(cand.runner, ctx.reference, ctx.eval.sample(0)))
     cand.rejected = "; ".join(_misses(ctx, cand))
     return cand
 
@@ -211,9 +219,15 @@ def format_supports(recipe: Recipe, fmt: str) -> bool:
 
 
 def run_search(ctx: Context, recipes: Sequence[Recipe], variants: int, bar: Any) -> list[Candidate]:
-    """Every candidate tried, in ladder order; stops once ``variants`` compressing ones fit."""
+    """Every candidate tried, in ladder order; stops once ``variants`` compressing ones fit,
+    except for one recipe the target's cost model predicts clearly faster (int8 on Arm)."""
     tried: list[Candidate] = []
+    hint = ctx.timing.worth_trying if ctx.timing is not None else (lambda _r: False)
     for recipe in recipes:
+        enough = sum(c.fits and c.recipe.quantization != "none" for c in tried) >= variants
+        if enough and not hint(recipe):
+            bar.update(1)
+            continue
         if not format_supports(recipe, ctx.format):
             bar.update(1)
             continue
@@ -225,7 +239,7 @@ def run_search(ctx: Context, recipes: Sequence[Recipe], variants: int, bar: Any)
             cand = evaluate(ctx, recipe)
         tried.append(cand)
         bar.update(1)
-        if sum(c.fits and c.recipe.quantization != "none" for c in tried) >= variants:
+        if enough:
             break
     return tried
 
@@ -234,5 +248,8 @@ def choose(tried: Sequence[Candidate], variants: int) -> list[Candidate]:
     """The first fitting compressing candidates; float32 only when nothing else fits."""
     fits = [c for c in tried if c.fits and c.recipe.quantization != "none"]
     if fits:
+        fast = min(fits, key=lambda c: c.latency.ratio)
+        if fast is not fits[0] and fast.latency.ratio <= FASTER_CHOICE * fits[0].latency.ratio:
+            fits = [fast, *(c for c in fits if c is not fast)]
         return fits[:variants]
     return [c for c in tried if c.fits][:1]

@@ -28,6 +28,7 @@ class Profile:
     default_input_batch: int = 1
     options: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    latency: dict[str, float] = field(default_factory=dict)  # cost-model throughput figures
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "family": self.family, "description": self.description,
@@ -36,7 +37,7 @@ class Profile:
                 "flash_bytes": self.flash_bytes, "ram_bytes": self.ram_bytes,
                 "dtypes": list(self.dtypes), "default_input_batch": self.default_input_batch,
                 "power": self.power.to_dict(), "options": dict(self.options),
-                "source": self.source}
+                "latency": dict(self.latency), "source": self.source}
 
 __all__ = ["Compiled", "TargetFamily", "TargetReport"]
 

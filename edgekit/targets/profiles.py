@@ -27,7 +27,12 @@ DTYPES = ("float32", "float16", "int16", "int8", "uint8", "int4")
 ENV_VAR = "EDGEKIT_TARGETS_DIR"
 
 _KEYS = ("family", "description", "runtime", "arch", "flash_bytes", "ram_bytes", "dtypes", "cpu",
-         "clock_mhz", "cores", "accelerator", "default_input_batch", "power", "options")
+         "clock_mhz", "cores", "accelerator", "default_input_batch", "power", "options",
+         "latency")
+# the cost model's throughput figures (edgekit.packer.latency_model documents them)
+LATENCY_KEYS = ("fp32_gmacs", "fp16_gmacs", "int8_gmacs", "fp32_cycles_per_mac",
+                "int8_cycles_per_mac", "op_overhead_cycles", "mem_gbps", "op_overhead_us",
+                "accelerator_int8_gmacs", "link_gbps")
 _POWER_KEYS = ("idle_w", "active_w", "accelerator_w")
 
 
@@ -81,7 +86,7 @@ def _merged(name: str, raw: dict[str, tuple[Path, dict[str, Any]]],
         raise invalid(str(path), "inherit", parent, "a profile outside an inheritance loop")
     base, base_path = _merged(parent, raw, (*chain, name))
     _validate(parent, base, base_path)  # a broken parent is reported against its own file
-    for table in ("power", "options"):  # tables merge key by key; scalars replace
+    for table in ("power", "options", "latency"):  # tables merge key by key; scalars replace
         if table in data and isinstance(base.get(table), dict) and isinstance(data[table], dict):
             data = {**data, table: {**base[table], **data[table]}}
     merged = {**base, **data}
@@ -103,13 +108,19 @@ def _validate(name: str, d: dict[str, Any], path: Path) -> Profile:
                    cpu=t.get("cpu", str, ""), clock_mhz=t.integer("clock_mhz", 0, lo=0),
                    cores=t.integer("cores", 1, lo=1), accelerator=accelerator,
                    default_input_batch=t.integer("default_input_batch", 1, lo=1),
-                   options=_family_options(t.table("options"), family), source=str(path))
+                   options=_family_options(t.table("options"), family), source=str(path),
+                   latency=_latency(t.table("latency")))
 
 
 def _power(t: Table) -> PowerFigures:
     t.only(_POWER_KEYS)
     return PowerFigures(idle_w=t.number("idle_w", lo=0.0), active_w=t.number("active_w", lo=0.0),
                         accelerator_w=t.number("accelerator_w", 0.0, lo=0.0))
+
+
+def _latency(t: Table) -> dict[str, float]:
+    t.only(LATENCY_KEYS)
+    return {key: t.number(key, lo=1e-12) for key in t.data}
 
 
 def _family_options(t: Table, family: str) -> dict[str, Any]:

@@ -48,7 +48,7 @@ def resolved_raw(name: str) -> dict:
     if parent is None:
         return data
     base = resolved_raw(parent)
-    for table in ("power", "options"):
+    for table in ("power", "options", "latency"):
         if table in data:
             data[table] = {**base.get(table, {}), **data[table]}
     return {**base, **data}
