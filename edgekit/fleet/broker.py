@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit_agent.errors import ConfigError, TransportError
+from edgekit_agent.service.offload import no_delay
 
 from ..defaults import MQTT_PORT
 
@@ -49,6 +50,7 @@ def connect(broker: str, filters: list[str], on_message: Callable[[Any], None], 
         c.subscribe([(f, 1) for f in filters])
 
     client.on_connect = on_connect
+    client.on_socket_open = no_delay
     client.on_subscribe = lambda *a: subscribed.set()
     client.on_message = lambda c, u, msg: on_message(msg)
     try:

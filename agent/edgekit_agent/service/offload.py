@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import threading
 import time
 import uuid
@@ -36,6 +37,14 @@ from ..telemetry.schema import SCHEMAS, Topics
 log = logging.getLogger("edgekit_agent.offload")
 InferFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 QOS = 1
+
+
+def no_delay(client: Any, userdata: Any, sock: Any) -> None:
+    """paho leaves Nagle on: a small QoS 1 answer then waits for a delayed ACK (~40 ms a hop)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass  # not a TCP socket (e.g. a websocket wrapper): nothing to tune
 
 
 class Served(dict):
@@ -130,6 +139,7 @@ class OffloadLink:
                 raise TransportError(f"cannot set up TLS: {exc}") from None
         if opts.username:
             client.username_pw_set(opts.username, opts.password or opts.read_password())
+        client.on_socket_open = no_delay
         client.on_connect = self._on_connect
         client.on_disconnect = lambda *a: self._connected.clear()
         client.on_message = self._on_message
