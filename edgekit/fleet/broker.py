@@ -39,7 +39,7 @@ def connect(broker: str, filters: list[str], on_message: Callable[[Any], None], 
     if tls:
         client.tls_set(ca_certs=str(ca_file) if ca_file else None)
     if username:
-        client.username_pw_set(username, _read_password(password_file))
+        client.username_pw_set(username, read_password(password_file))
     subscribed, refused = threading.Event(), []
 
     def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -65,7 +65,7 @@ def connect(broker: str, filters: list[str], on_message: Callable[[Any], None], 
     return client
 
 
-def _read_password(path: Path | None) -> str | None:
+def read_password(path: Path | None) -> str | None:
     if path is None:
         return None
     try:

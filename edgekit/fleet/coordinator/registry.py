@@ -155,6 +155,10 @@ class Registry:
 
     # -- queries --
 
+    def lag(self) -> dict[str, float | None]:
+        """Publish-to-registry delay of recent live messages (ms, from the payloads' ``ts``)."""
+        return percentiles(self.lag_ms, "lag_ms")
+
     def get(self, device: str) -> DeviceRecord | None:
         return self.devices.get(device)
 
@@ -230,3 +234,12 @@ def _prepare_state(state_dir: Path) -> Path:
         raise ConfigError(f"cannot use the state folder: {exc.strerror or exc}", key="--state",
                           value=str(state_dir)) from None
     return state_dir / "registry.sqlite"
+
+
+def percentiles(values: deque[float], prefix: str) -> dict[str, float | None]:
+    data = sorted(values.copy())  # copy() is atomic; iterating a deque being appended is not
+    if not data:
+        return {f"{prefix}_p50": None, f"{prefix}_p99": None, f"{prefix}_n": 0}
+    return {f"{prefix}_p50": round(data[len(data) // 2], 3),
+            f"{prefix}_p99": round(data[min(len(data) - 1, int(len(data) * 0.99))], 3),
+            f"{prefix}_n": len(data)}

@@ -2,7 +2,8 @@
 
     GET /              a small HTML table of the devices (the dashboard builds on the API)
     GET /api/devices   JSON list, one object per device (see ``registry.DeviceRecord``)
-    GET /api/stats     routing and ingest counters
+    GET /api/stats     routing and ingest counters, lag and overhead percentiles
+                       (``?reset=1``: and start a new window for the percentiles)
     GET /metrics       Prometheus text: edgekit_devices_online, _total, ingest and offload counters
 
 Metrics are produced when scraped, from the counters the ingest path already keeps: the hot
@@ -121,7 +122,12 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/api/devices":
             self._send(200, json.dumps(_api_rows(c)).encode(), "application/json")
         elif path == "/api/stats":
-            body = {"coordinator": c.stats(), "registry": dict(c.registry.counts)}
+            body = {"coordinator": c.stats(),
+                    "registry": {**c.registry.counts, **c.registry.lag(),
+                                 "devices": len(c.registry.devices)}}
+            if self.path.endswith("?reset=1"):  # start a new measurement window (benchmarks)
+                c.registry.lag_ms.clear()
+                c.overhead_ms.clear()
             self._send(200, json.dumps(body).encode(), "application/json")
         elif path == "/metrics":
             self._send(200, generate_latest(self.app.metrics), PROMETHEUS_TEXT)

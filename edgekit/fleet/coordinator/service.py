@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 import time
 from collections import OrderedDict, deque
@@ -32,8 +33,9 @@ from edgekit_agent.errors import TransportError
 from edgekit_agent.telemetry import offload_schema, tensorwire
 from edgekit_agent.telemetry.schema import SCHEMAS, check_name
 
-from ..broker import connect
-from .registry import DeviceRecord, Registry
+from ..broker import connect, parse_broker, read_password
+from .ingest import IngestLink
+from .registry import DeviceRecord, Registry, percentiles
 from .routing import Choice, CostModel, Link, WorkerView, choose
 
 log = logging.getLogger("edgekit.coordinator")
@@ -87,25 +89,36 @@ class Coordinator:
         self._stop = threading.Event()
         self._seq = 0
         self._client: Any = None
+        self._ingest: IngestLink | None = None
         self._sweeper = threading.Thread(target=self._sweep_loop, name="coordinator-sweep",
                                          daemon=True)
 
     # -- lifecycle --
 
     def filters(self) -> list[str]:
+        """The offload filters (paho); the registry's go through :mod:`.ingest`."""
         base = self.prefix
-        return [f"{base}+/status", f"{base}+/telemetry",
-                f"$share/{self.group}/{base}+/offload/req", f"{base}+/offload/resp"]
+        return [f"$share/{self.group}/{base}+/offload/req", f"{base}+/offload/resp"]
 
     def start(self) -> None:
         self.registry.start()
         c = self.connection
         self._client = connect(c.broker, self.filters(), self.on_message, tls=c.tls,
                                ca_file=c.ca_file, username=c.username, password_file=c.password_file)
+        host, port = parse_broker(c.broker)
+        tls = ssl.create_default_context(cafile=str(c.ca_file) if c.ca_file else None) if c.tls else None
+        self._ingest = IngestLink(host, port, [(f"{self.prefix}+/status", 1),
+                                               (f"{self.prefix}+/telemetry", 0)],
+                                  self.on_registry_message, client_id=f"{self.name}-registry",
+                                  username=c.username, password=read_password(c.password_file),
+                                  tls=tls)
+        self._ingest.start()
         self._sweeper.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._ingest is not None:
+            self._ingest.stop()
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
@@ -122,11 +135,15 @@ class Coordinator:
                 self._request(topic, msg.payload)
             elif topic.endswith("/offload/resp"):
                 self._response(msg.payload)
-            else:
-                device = self.registry.feed(topic, msg.payload, msg.retain)
-                if device is not None and topic.endswith("/status"):
-                    self._on_status(device)
         except Exception:  # a bug on one message must not stop the coordinator
+            log.exception("message on %s failed", topic)
+
+    def on_registry_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        try:
+            device = self.registry.feed(topic, payload, retained)
+            if device is not None and topic.endswith("/status"):
+                self._on_status(device)
+        except Exception:
             log.exception("message on %s failed", topic)
 
     def _on_status(self, device: str) -> None:
@@ -287,7 +304,8 @@ class Coordinator:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             pending = len(self._pending)
-        return {**self.counts, "pending": pending, "rejected_by_reason": dict(self.rejected_by_reason)}
+        return {**self.counts, "pending": pending, "rejected_by_reason": dict(self.rejected_by_reason),
+                **percentiles(self.overhead_ms, "overhead_ms")}
 
 
 def _stale_after_s(expected_ms: float) -> float:
