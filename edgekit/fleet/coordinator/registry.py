@@ -193,28 +193,30 @@ def _telemetry(r: DeviceRecord, obj: dict[str, Any], counts: dict[str, int]) -> 
     if not isinstance(seq, int) or seq <= r.telemetry_seq:
         counts["duplicates"] += 1
         return False  # a QoS 1 repeat or a replayed backlog older than what we have
-    r.telemetry_seq, r.last_seen = seq, obj.get("ts")
+    # Read everything first: a field of the wrong type raises before the record is touched.
+    inference, sensors = obj.get("inference") or {}, obj.get("sensors") or {}
+    offload, link = obj.get("offload") or {}, obj.get("link") or {}
+    values = {"telemetry_seq": seq, "last_seen": obj.get("ts"), "mode": obj.get("mode"),
+              "latency_ms_p50": (inference.get("latency_ms") or {}).get("p50"),
+              "inferences_per_s": inference.get("per_s"),
+              "temperature_c": sensors.get("temperature_c"), "battery_pct": sensors.get("battery_pct"),
+              "offload_allowed": bool((obj.get("limits") or {}).get("offload_allowed")),
+              "energy_j": (obj.get("energy") or {}).get("per_inference_j")}
+    if offload:
+        values.update(worker=bool(offload.get("worker")), queue_depth=offload.get("queue_depth"),
+                      service_ms_p50=offload.get("service_ms_p50") or r.service_ms_p50,
+                      rtt_ms=offload.get("rtt_ms_p50") or r.rtt_ms)
+    if link:
+        values.update(rtt_ms=link.get("rtt_ms", r.rtt_ms),
+                      bandwidth_bps=link.get("bandwidth_bps", r.bandwidth_bps))
+    bundle = obj.get("bundle")
+    if bundle is not None and not isinstance(bundle, dict):
+        raise TypeError("bundle")
     if r.online is False and r.mode is None:
         r.online = True  # telemetry before any status (a coordinator started late)
-    r.mode = obj.get("mode")
-    inference = obj.get("inference") or {}
-    r.latency_ms_p50 = (inference.get("latency_ms") or {}).get("p50")
-    r.inferences_per_s = inference.get("per_s")
-    sensors = obj.get("sensors") or {}
-    r.temperature_c, r.battery_pct = sensors.get("temperature_c"), sensors.get("battery_pct")
-    r.offload_allowed = bool((obj.get("limits") or {}).get("offload_allowed"))
-    r.energy_j = (obj.get("energy") or {}).get("per_inference_j")
-    _bundle(r, obj.get("bundle"))
-    offload = obj.get("offload")
-    if isinstance(offload, dict):
-        r.worker = bool(offload.get("worker"))
-        r.queue_depth = offload.get("queue_depth")
-        r.service_ms_p50 = offload.get("service_ms_p50") or r.service_ms_p50
-        r.rtt_ms = offload.get("rtt_ms_p50") or r.rtt_ms
-    link = obj.get("link")
-    if isinstance(link, dict):
-        r.rtt_ms = link.get("rtt_ms", r.rtt_ms)
-        r.bandwidth_bps = link.get("bandwidth_bps", r.bandwidth_bps)
+    for name, value in values.items():
+        setattr(r, name, value)
+    _bundle(r, bundle)
     return True
 
 
