@@ -47,8 +47,9 @@ def test_bad_requests_are_answered_or_dropped_and_counted(broker, collect, start
     pub = sub.client
     for payload in list(answered.values()) + dropped:
         pub.publish(f"{base}/dev/offload/req", payload, qos=1)
-    pub.publish(f"{base}/dev/offload/req",  # still routes: no worker here, so run_local
-                frame(_req(fleet_name, "dev", "valid-one"), blob), qos=1)
+    valid = frame(_req(fleet_name, "dev", "valid-one"), blob)
+    for _ in range(2):  # still routes (no worker here, so run_local), and a repeat is dropped
+        pub.publish(f"{base}/dev/offload/req", valid, qos=1)
 
     def answers() -> dict[str, dict]:
         out = {}
@@ -67,6 +68,7 @@ def test_bad_requests_are_answered_or_dropped_and_counted(broker, collect, start
     stats = coordinator.get("/api/stats")["coordinator"]
     assert stats["rejected"] == len(answered) + len(dropped)
     assert stats["rejected_by_reason"] == {"forged": 2, "malformed": len(answered) + len(dropped) - 2}
-    assert stats["run_local"] == 1 and coordinator.proc.poll() is None
+    assert stats["run_local"] == 1 and stats["duplicates"] == 1 and coordinator.proc.poll() is None
+    assert len([m for m in sub.of("offload/resp") if b'"valid-one"' in m.raw]) == 1
     metrics = coordinator.get("/metrics")
     assert 'edgekit_offload_rejected_total{reason="forged"} 2.0' in metrics

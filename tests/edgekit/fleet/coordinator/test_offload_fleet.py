@@ -98,3 +98,24 @@ def test_hot_device_offloads_to_fastest_and_loses_nothing(fleet_agent, start_coo
                       "a registry rebuilt from retained status")
     assert {d: r["online"] for d, r in rows.items()} == {"pi4": True, "coral": False, "mcu": True}
     assert rows["pi4"]["bundle"] == "digits" and rows["mcu"]["worker"] is True
+
+
+def test_frozen_agent_shows_offline_within_its_keepalive(fleet_agent, start_coordinator):
+    """A device that stops answering (here: SIGSTOP, its socket left open) goes offline when the
+    broker's keepalive timer fires the last will, and comes back online when it resumes."""
+    coordinator = start_coordinator()
+    mcu = fleet_agent("mcu", "mcu")
+    wait_until(lambda: coordinator.devices().get("mcu", {}).get("online"), 30, "mcu online")
+    frozen = time.monotonic()
+    mcu.process.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: not coordinator.devices()["mcu"]["online"], 1.5 * KEEPALIVE_S + 3,
+                   "the last will of a frozen agent")
+        offline_after = time.monotonic() - frozen
+    finally:
+        mcu.process.proc.send_signal(signal.SIGCONT)
+    print(f"frozen agent offline after {offline_after:.2f} s (keepalive {KEEPALIVE_S} s)")
+    assert offline_after >= KEEPALIVE_S  # the broker waited for the keepalive, as it should
+    wait_until(lambda: coordinator.devices()["mcu"]["online"], 20, "mcu back online")
+    metrics = coordinator.get("/metrics")
+    assert "edgekit_devices_online 1.0" in metrics
