@@ -65,7 +65,8 @@ def test_bad_requests_are_answered_or_dropped_and_counted(broker, collect, start
     # A forged reply_to never receives anything.
     assert {m.topic for m in sub.of("offload/resp")} == {f"{base}/dev/offload/resp"}
     assert got["valid-one"]["status"] == "run_local"
-    stats = coordinator.get("/api/stats")["coordinator"]
+    stats = wait_until(lambda: s if (s := coordinator.get("/api/stats")["coordinator"])[
+        "duplicates"] else None, 5, "the repeat counted")
     assert stats["rejected"] == len(answered) + len(dropped)
     assert stats["rejected_by_reason"] == {"forged": 2, "malformed": len(answered) + len(dropped) - 2}
     assert stats["run_local"] == 1 and stats["duplicates"] == 1 and coordinator.proc.poll() is None
