@@ -1,5 +1,6 @@
 """`edgekit-agent` command line. Every EdgekitError becomes `error: …` and exit 1; usage errors exit 2.
 
+    edgekit-agent init --device NAME [--fleet F] [--store DIR] [--broker HOST:PORT] [--key PUB] [-o FILE]
     edgekit-agent install BUNDLE --store DIR [--key PUB] [--json]
     edgekit-agent rollback --store DIR [--json]
     edgekit-agent status --store DIR [--json]
@@ -21,9 +22,11 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .cliutil import Handler, dispatch
+from .cliutil import Handler, dispatch, parse_broker
 from .config import AgentConfig
+from .defaults import HTTP_PORT, SENSOR_KINDS
 from .errors import InputError
+from .init_config import InitOptions, write_config
 from .service import daemon
 from .service.agent import Agent
 from .service.http_api import HttpApi
@@ -42,6 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"edgekit-agent {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
+    s = sub.add_parser("init", help="write a first, working agent.toml for this device")
+    s.add_argument("--device", required=True, help="this device's name (one MQTT topic level)")
+    s.add_argument("--fleet", default="default", help="fleet name (default: default)")
+    s.add_argument("--store", type=Path, default=Path("/var/lib/edgekit/store"),
+                   help="bundle store folder, created (default /var/lib/edgekit/store)")
+    s.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker (default: MQTT off)")
+    s.add_argument("--key", type=Path, help="fleet ed25519 public key: only signed bundles run")
+    s.add_argument("--policy", type=Path, help="power policy TOML (default: none)")
+    s.add_argument("--sensors", choices=SENSOR_KINDS, help="sensor kind (default: detected)")
+    s.add_argument("--http-port", type=int, default=HTTP_PORT, help=f"default {HTTP_PORT}")
+    s.add_argument("-o", "--out", type=Path, default=Path("agent.toml"), help="default agent.toml")
+    s.add_argument("--force", action="store_true", help="replace an existing file")
     s = sub.add_parser("install", help="verify, self-test and activate a bundle (previous one kept)")
     s.add_argument("bundle", type=Path)
     _store_args(s, key=True)
@@ -77,6 +92,22 @@ def command(fn: Handler) -> Handler:
 def _print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
+
+
+@command
+def cmd_init(args: argparse.Namespace) -> int:
+    config = write_config(InitOptions(
+        device_id=args.device, fleet=args.fleet, out=args.out, store=args.store,
+        broker=parse_broker(args.broker) if args.broker else None, public_key=args.key,
+        sensors=args.sensors or "", policy=args.policy, http_port=args.http_port,
+        force=args.force))
+    mqtt = f"{config.mqtt.host}:{config.mqtt.port}" if config.mqtt.enabled else "off"
+    print(f"wrote {args.out}: device {config.device_id}, fleet {config.fleet}, store "
+          f"{config.store.root}, MQTT {mqtt}, sensors {config.sensors.kind}\n"
+          f"next: edgekit-agent install BUNDLE --store {config.store.root}"
+          f"{' --key ' + str(config.store.public_key) if config.store.public_key else ''}"
+          f" && edgekit-agent run --config {args.out}")
+    return 0
 
 
 @command

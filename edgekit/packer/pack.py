@@ -70,11 +70,15 @@ class PackResult:
                 "manifest": self.manifest.to_dict()}
 
     def render(self) -> str:
-        size = self.bundle.stat().st_size
+        # The bundle also carries variants, C sources and self-test data: the ratio a user asks
+        # about is the model that will run against the float model, so say both apart.
+        model = self.manifest.model.size_bytes
+        extra = f", {len(self.chosen)} variants" if len(self.chosen) > 1 else ""
         head = (
-            f"packed {self.bundle} ({ui.human_bytes(size)}, "
-            f"{size / self.source.size_bytes:.2f}x the float model) for {self.manifest.target}: "
-            f"{', '.join(c.recipe.name for c in self.chosen)}"
+            f"packed {self.bundle} for {self.manifest.target}: "
+            f"{', '.join(c.recipe.name for c in self.chosen)} — model {ui.human_bytes(model)}, "
+            f"{model / self.source.size_bytes:.2f}x the float model "
+            f"(bundle {ui.human_bytes(self.bundle.stat().st_size)}{extra})"
         )
         return "\n".join([render_candidates(self.candidates, self.source.size_bytes), "", head,
                           *(f"note: {n}" for n in self.notes)])
@@ -96,6 +100,7 @@ def pack(opts: PackOptions) -> PackResult:
     calib, evald, notes = _datasets(info, calib_path, eval_path, opts, recipes)
     choice = choose_format(model, fmt, family, profile.family, opts.runtime, calib or evald)
     steps += choice.steps
+    notes += [choice.note] if choice.note else []
     if choice.format != fmt:
         model, fmt = choice.model, choice.format
         info = describe(model, fmt)

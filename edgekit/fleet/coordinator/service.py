@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit_agent.cliutil import parse_broker
 from edgekit_agent.errors import TransportError
 from edgekit_agent.telemetry import offload_schema, tensorwire
 from edgekit_agent.telemetry.schema import SCHEMAS, check_name
 
-from ..broker import connect, parse_broker, read_password
+from ..broker import connect, read_password
 from .ingest import IngestLink
 from .registry import DeviceRecord, Registry, percentiles
 from .routing import Choice, CostModel, Link, WorkerView, choose
