@@ -1,7 +1,7 @@
 """Fleet scale: N simulated devices at 1 Hz through Mosquitto to one coordinator.
 
     python tools/bench/fleet_scale.py --devices 10000 --seconds 20 [--processes P]
-        [--connections C] [--offload-rate R] [--broker HOST:PORT]
+        [--connections C] [--offload-rate R] [--broker HOST:PORT] [--out FILE]
 
 Starts a Mosquitto of its own (unless ``--broker``), the coordinator as a subprocess
 (`edgekit coordinator run`), P simulator processes with C MQTT connections each (devices share
@@ -265,6 +265,7 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=2, help="MQTT connections per process")
     p.add_argument("--offload-rate", type=float, default=20.0, help="offload requests per second")
     p.add_argument("--broker", help="use this broker instead of starting one")
+    p.add_argument("--out", type=Path, help="also write the JSON result to this file")
     args = p.parse_args()
     if args.devices < 1 or args.seconds <= 0:
         print("error: --devices must be >= 1 and --seconds > 0", file=sys.stderr)
@@ -337,6 +338,8 @@ def run(args: argparse.Namespace, host: str, port: int, coordinator: subprocess.
               "published_per_s": round(sent.value / (warmup + args.seconds + 1.0), 1),
               "simulator_processes": processes, "connections": processes * args.connections,
               "seconds": round(elapsed, 2)}
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     return 0
 
