@@ -22,7 +22,8 @@ from typing import Any
 from edgekit_agent.defaults import DEVICE_NAME_RE
 from edgekit_agent.errors import ConfigError
 
-_FIELDS = ("device", "online", "mode", "bundle", "bundle_id", "bundle_version", "temperature_c",
+_FIELDS = ("device", "online", "mode", "bundle", "bundle_id", "bundle_version", "target",
+           "temperature_c",
            "battery_pct", "latency_ms_p50", "inferences_per_s", "queue_depth", "offload_allowed",
            "worker", "service_ms_p50", "rtt_ms", "bandwidth_bps", "energy_j", "last_seen",
            "telemetry_seq")
@@ -223,7 +224,7 @@ def _telemetry(r: DeviceRecord, obj: dict[str, Any], counts: dict[str, int]) -> 
 def _bundle(r: DeviceRecord, bundle: Any) -> None:
     if isinstance(bundle, dict):
         r.bundle, r.bundle_id = bundle.get("name"), bundle.get("id")
-        r.bundle_version = bundle.get("version")
+        r.bundle_version, r.target = bundle.get("version"), bundle.get("target")
 
 
 def _prepare_state(state_dir: Path) -> Path:

@@ -98,6 +98,7 @@ def test_hot_device_offloads_to_fastest_and_loses_nothing(fleet_agent, start_coo
                       "a registry rebuilt from retained status")
     assert {d: r["online"] for d, r in rows.items()} == {"pi4": True, "coral": False, "mcu": True}
     assert rows["pi4"]["bundle"] == "digits" and rows["mcu"]["worker"] is True
+    assert rows["pi4"]["target"] == "rpi4"  # the bundle's target profile
 
 
 def test_frozen_agent_shows_offline_within_its_keepalive(fleet_agent, start_coordinator):
