@@ -23,10 +23,9 @@ from edgekit_agent.defaults import DEVICE_NAME_RE
 from edgekit_agent.errors import ConfigError
 
 _FIELDS = ("device", "online", "mode", "bundle", "bundle_id", "bundle_version", "target",
-           "temperature_c",
-           "battery_pct", "latency_ms_p50", "inferences_per_s", "queue_depth", "offload_allowed",
-           "worker", "service_ms_p50", "rtt_ms", "bandwidth_bps", "energy_j", "last_seen",
-           "telemetry_seq")
+           "temperature_c", "battery_pct", "latency_ms_p50", "inferences_per_s", "queue_depth",
+           "offload_allowed", "worker", "service_ms_p50", "rtt_ms", "bandwidth_bps", "energy_j",
+           "last_seen", "telemetry_seq")
 
 
 class DeviceRecord:
