@@ -1,7 +1,8 @@
 """`edgekit coordinator run`: registry, routing and the HTTP API until SIGTERM/SIGINT.
 
     edgekit coordinator run --broker HOST:PORT --fleet NAME --http HOST:PORT [--state DIR]
-        [--name NAME] [--group NAME] [--tls] [--ca-file F] [--username U] [--password-file F]
+        [--name NAME] [--group NAME] [--energy-weight MS_PER_J] [--tls] [--ca-file F]
+        [--username U] [--password-file F]
 
 The first stdout line is ``coordinator NAME serving http://HOST:PORT`` (the real port when
 ``--http`` asks for port 0). Several coordinators of one ``--group`` share the offload
@@ -18,10 +19,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from edgekit_agent.errors import ConfigError
 from edgekit_agent.telemetry.schema import check_name
 
 from ...defaults import DEFAULT_BROKER
 from .registry import Registry
+from .routing import CostModel
 from .server import CoordinatorHttp, parse_listen
 from .service import Connection, Coordinator
 
@@ -38,6 +41,9 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--name", help="this coordinator's name (default: coordinator-<random>)")
     r.add_argument("--group", default="edgekit",
                    help="shared-subscription group of the coordinators that split requests")
+    r.add_argument("--energy-weight", type=float, default=0.0, metavar="MS_PER_J",
+                   help="add this many ms to a worker's cost per joule it spends an inference "
+                   "(from its telemetry); 0 = route by latency only")
     r.add_argument("--tls", action="store_true")
     r.add_argument("--ca-file", type=Path)
     r.add_argument("--username")
@@ -54,7 +60,8 @@ def main(args: argparse.Namespace) -> int:
     name = args.name or f"coordinator-{uuid.uuid4().hex[:8]}"
     coordinator = Coordinator(registry, Connection(args.broker, args.tls, args.ca_file,
                                                    args.username, args.password_file),
-                              name=name, group=args.group)
+                              name=name, group=args.group,
+                              model=CostModel(energy_weight_ms_per_j=_weight(args.energy_weight)))
     http = CoordinatorHttp(coordinator, host, port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -68,3 +75,10 @@ def main(args: argparse.Namespace) -> int:
         http.stop()
         coordinator.stop()
     return 0
+
+
+def _weight(value: float) -> float:
+    if not 0.0 <= value <= 1e6:
+        raise ConfigError("must be a number of ms per joule in 0..1e6", key="--energy-weight",
+                          value=value)
+    return value

@@ -21,6 +21,7 @@ def test_bad_arguments(edgekit_cli, cli_error, broker, tmp_path):
     cli_error(edgekit_cli(*run, "--fleet", "lab", "--http", "nowhere"), "--http", "nowhere")
     cli_error(edgekit_cli(*run, "--fleet", "lab", "--name", "x+y", "--http", "127.0.0.1:0"),
               "--name")
+    cli_error(edgekit_cli(*run, "--fleet", "lab", "--energy-weight", "-3"), "--energy-weight")
     blocker = tmp_path / "file"
     blocker.write_text("")
     cli_error(edgekit_cli(*run, "--fleet", "lab", "--http", "127.0.0.1:0", "--state",

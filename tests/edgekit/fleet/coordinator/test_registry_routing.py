@@ -73,6 +73,11 @@ def test_cost_model_prefers_fast_idle_unstressed_workers():
     assert routing.choose(m, [slow], 256, budget_ms=100).worker is None  # cannot make it in time
     assert routing.choose(m, [slow], 256, local_ms=10.0).worker is None  # local (stressed) wins
     assert routing.choose(m, [fast], 256, local_ms=10.0).worker == "coral"
+    thrifty = routing.WorkerView("thrifty", 4.0, energy_j=0.01)
+    hungry = routing.WorkerView("hungry", 2.0, energy_j=2.0)
+    assert routing.choose(m, [thrifty, hungry], 256).worker == "hungry"  # latency only
+    green = routing.CostModel(energy_weight_ms_per_j=10.0)
+    assert routing.choose(green, [thrifty, hungry], 256).worker == "thrifty"  # energy-weighted
 
 
 def test_lean_parser_handles_fragments_acks_and_bad_lengths():
