@@ -35,6 +35,8 @@ from ..telemetry import offload_schema, tensorwire
 from ..telemetry.schema import SCHEMAS, Topics
 
 log = logging.getLogger("edgekit_agent.offload")
+BREAKER_TIMEOUTS = 3    # unanswered requests in a row before offload pauses ...
+BREAKER_PAUSE_S = 10.0  # ... for this long (then one request probes again)
 InferFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 QOS = 1
 
@@ -106,7 +108,7 @@ class OffloadLink:
         self.mqtt_options, self.topics, self.options = mqtt_options, topics, options
         self.local, self.bundle = local, bundle
         self.counts = {"requests": 0, "remote": 0, "local_fallbacks": 0, "timeouts": 0, "late": 0,
-                       "rejected": 0, "served": 0, "work_errors": 0}
+                       "rejected": 0, "served": 0, "work_errors": 0, "paused": 0}
         self.service = Timings()
         self.rtt = Timings()
         self._pending: dict[str, _Pending] = {}
@@ -116,6 +118,8 @@ class OffloadLink:
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._seq = 0
+        self._silent = 0  # requests in a row nobody answered
+        self._paused_until = 0.0
         self._client = self._make_client()
         self._worker = threading.Thread(target=self._work_loop, name="edgekit-offload-worker",
                                         daemon=True)
@@ -196,12 +200,27 @@ class OffloadLink:
         """Outputs from a worker if one answers in time, else from the local model."""
         self._count("requests")
         deadline_s = (deadline_ms or self.options.deadline_ms) / 1e3
-        remote = self._ask(inputs, local_ms, deadline_s) if self._connected.is_set() else None
+        remote = self._ask(inputs, local_ms, deadline_s) if self._should_ask() else None
         if remote is not None:
             self._count("remote")
             return remote
         self._count("local_fallbacks")
         return Served(self.local(inputs), self.topics.device)
+
+    def _should_ask(self) -> bool:
+        """Not while the link is down, nor for a while after requests kept going unanswered (no
+        coordinator listening): each would wait for its whole deadline before running locally."""
+        return self._connected.is_set() and time.monotonic() >= self._paused_until
+
+    def _note_answer(self, answered: bool) -> None:
+        with self._lock:
+            self._silent = 0 if answered else self._silent + 1
+            if self._silent >= BREAKER_TIMEOUTS:
+                self._paused_until = time.monotonic() + BREAKER_PAUSE_S
+                self._silent = BREAKER_TIMEOUTS - 1  # after the pause, one more miss pauses again
+                self._count("paused")
+                log.warning("offload paused for %g s: %d requests unanswered", BREAKER_PAUSE_S,
+                            BREAKER_TIMEOUTS)
 
     def _ask(self, inputs: dict[str, np.ndarray], local_ms: float | None,
              deadline_s: float) -> Served | None:
@@ -226,6 +245,7 @@ class OffloadLink:
         finally:
             with self._lock:
                 self._pending.pop(cid, None)
+        self._note_answer(answered)
         if not answered:
             self._count("timeouts")
             return None

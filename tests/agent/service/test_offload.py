@@ -12,7 +12,7 @@ import pytest
 
 from edgekit_agent.config import MqttConfig, OffloadConfig
 from edgekit_agent.service.agent import Agent
-from edgekit_agent.service.offload import OffloadLink
+from edgekit_agent.service.offload import BREAKER_TIMEOUTS, OffloadLink
 from edgekit_agent.telemetry import offload_schema, tensorwire
 from edgekit_agent.telemetry.schema import SCHEMAS, Topics
 
@@ -57,9 +57,16 @@ def test_unanswered_request_runs_locally_at_the_deadline(broker, collect, agent)
     deadline = time.monotonic() + 5
     while link.counts["late"] == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
-    link.stop()
     assert link.counts["late"] == 1 and link.counts["timeouts"] == 1
     assert link.counts["local_fallbacks"] == 1 and link.counts["requests"] == 1
+    # Nobody is listening: after a few unanswered requests offload pauses, and requests stop
+    # paying the deadline before running locally.
+    for _ in range(BREAKER_TIMEOUTS - 1):
+        link.infer(IMAGE)
+    t0 = time.monotonic()
+    assert link.infer(IMAGE).served_by == "req1" and time.monotonic() - t0 < 0.1
+    assert link.counts["paused"] == 1 and link.counts["timeouts"] == BREAKER_TIMEOUTS
+    link.stop()
 
 
 def test_broker_unreachable_runs_locally_at_once(broker, agent):
