@@ -24,6 +24,7 @@ from .defaults import RUNTIME_CHOICES
 from .errors import CalibrationError, ConfigError
 from .examples import EXAMPLES
 from .fleet import cli as fleet_cli
+from .fleet.coordinator import cli as coordinator_cli
 from .report import render_manifest
 
 _SHAPE_ARG = re.compile(r"^([^:]+):(\d+(?:,\d+)*)$")
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"edgekit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for register in (_pack, _recipes, _inspect, _verify, _targets, _keygen, _examples, _fleet,
-                     _flash):
+                     _flash, coordinator_cli.add_parser):
         register(sub)
     return p
 
@@ -309,6 +310,11 @@ def _fleet(sub: Any) -> None:
 @command
 def cmd_fleet(args: argparse.Namespace) -> int:
     return fleet_cli.main(args)
+
+
+@command
+def cmd_coordinator(args: argparse.Namespace) -> int:
+    return coordinator_cli.main(args)
 
 
 # --- flash ----------------------------------------------------------------------------------------

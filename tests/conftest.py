@@ -202,7 +202,8 @@ class Broker:
         self.conf.write_text(
             f"listener {self.port} {self.host}\n{listener}{security}user root\n"
             f"persistence true\npersistence_location {self.dir}/\nautosave_interval 0\n"
-            f"max_queued_messages 100000\nlog_dest file {self.dir}/mosquitto.log\n"
+            f"max_queued_messages 100000\nset_tcp_nodelay true\n"
+            f"log_dest file {self.dir}/mosquitto.log\n"
             "log_type error\nlog_type warning\nlog_type notice\n")
 
     def start(self) -> None:

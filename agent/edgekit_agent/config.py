@@ -15,6 +15,8 @@ Layout (every section optional except the top-level ``device_id`` and ``[store] 
     [sensors]    kind ("sysfs" | "simulated" | "pi"), plus kind-specific keys kept in ``options``
     [telemetry]  interval_s
     [load]       rate (synthetic inferences/s for demos and tests; 0 = off), seed
+    [offload]    enabled, worker, deadline_ms, max_queue, simulated_latency_ms (see
+                 ``service/offload.py``)
 
 Relative paths are resolved against the folder of the config file. Errors name the file, the
 key, the bad value and the allowed values (``ConfigError``).
@@ -147,6 +149,19 @@ class LoadConfig:
 
 
 @dataclass(frozen=True)
+class OffloadConfig:
+    """``enabled``: send requests to a coordinator when the mode allows it; ``worker``: serve work
+    offloaded by others. ``simulated_latency_ms`` is added to every inference this agent runs,
+    to stand in for slower hardware in tests and demos (0 on real devices)."""
+
+    enabled: bool = False
+    worker: bool = False
+    deadline_ms: float = 1000.0
+    max_queue: int = 64
+    simulated_latency_ms: float = 0.0
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     device_id: str
     store: StoreConfig
@@ -159,6 +174,7 @@ class AgentConfig:
     sensors: SensorsConfig = SensorsConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     load: LoadConfig = LoadConfig()  # the [load] table; read a file with ``from_file``
+    offload: OffloadConfig = OffloadConfig()
     source: str = ""  # the file it was read from
 
     @classmethod
@@ -171,7 +187,7 @@ class AgentConfig:
     def from_dict(cls, d: dict[str, Any], *, source: str = "", base: Path | None = None) -> AgentConfig:
         t = Table(d, source, base=base or Path.cwd())
         t.only(("device_id", "fleet", "store", "runtime", "http", "mqtt", "queue", "policy",
-                "sensors", "telemetry", "load"))
+                "sensors", "telemetry", "load", "offload"))
         device_id = _name(t, "device_id")
         store = _store(t.table("store"))
         return cls(device_id=device_id, fleet=_name(t, "fleet", "default"), store=store,
@@ -179,7 +195,7 @@ class AgentConfig:
                    http=_http(t.table("http")), mqtt=_mqtt(t.table("mqtt")),
                    policy=_policy(t.table("policy")), sensors=_sensors(t.table("sensors")),
                    telemetry=_telemetry(t.table("telemetry")), load=_load(t.table("load")),
-                   source=source)
+                   offload=_offload(t.table("offload")), source=source)
 
     def to_dict(self) -> dict[str, Any]:
         """The TOML-shaped dict ``from_dict`` reads back (unset values left out, like in TOML)."""
@@ -298,3 +314,12 @@ def _load(t: Table) -> LoadConfig:
     t.only(("rate", "seed"))
     return LoadConfig(rate=t.number("rate", 0.0, lo=0.0, hi=1e6),
                       seed=t.integer("seed", 0, lo=0, hi=2**32 - 1))
+
+
+def _offload(t: Table) -> OffloadConfig:
+    t.only(("enabled", "worker", "deadline_ms", "max_queue", "simulated_latency_ms"))
+    return OffloadConfig(enabled=t.boolean("enabled", False), worker=t.boolean("worker", False),
+                         deadline_ms=t.number("deadline_ms", 1000.0, lo=10.0, hi=600_000.0),
+                         max_queue=t.integer("max_queue", 64, lo=1, hi=100_000),
+                         simulated_latency_ms=t.number("simulated_latency_ms", 0.0, lo=0.0,
+                                                       hi=60_000.0))

@@ -10,6 +10,7 @@ from typing import Any
 
 from edgekit_agent.cliutil import parse_broker
 from edgekit_agent.errors import ConfigError, TransportError
+from edgekit_agent.service.offload import no_delay
 
 
 def connect(broker: str, filters: list[str], on_message: Callable[[Any], None], *,
@@ -30,7 +31,7 @@ def connect(broker: str, filters: list[str], on_message: Callable[[Any], None], 
         except (OSError, ValueError) as exc:
             raise TransportError(f"cannot set up TLS: {exc}") from None
     if username:
-        client.username_pw_set(username, _read_password(password_file))
+        client.username_pw_set(username, read_password(password_file))
     subscribed, refused = threading.Event(), []
 
     def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -41,6 +42,7 @@ def connect(broker: str, filters: list[str], on_message: Callable[[Any], None], 
         c.subscribe([(f, 1) for f in filters])
 
     client.on_connect = on_connect
+    client.on_socket_open = no_delay
     client.on_subscribe = lambda *a: subscribed.set()
     client.on_message = lambda c, u, msg: on_message(msg)
     try:
@@ -55,7 +57,7 @@ def connect(broker: str, filters: list[str], on_message: Callable[[Any], None], 
     return client
 
 
-def _read_password(path: Path | None) -> str | None:
+def read_password(path: Path | None) -> str | None:
     if path is None:
         return None
     try:

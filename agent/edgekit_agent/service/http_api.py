@@ -161,7 +161,8 @@ class _Handler(GuardedHandler):
             return
         agent = self.api.agent
         self._send_json(200, {"outputs": {k: _jsonable(v) for k, v in outputs.items()},
-                              "bundle_id": agent.bundle_id, "variant": agent.variant})
+                              "bundle_id": agent.bundle_id, "variant": agent.variant,
+                              "served_by": getattr(outputs, "served_by", "local")})
 
     # --- GET handlers ---------------------------------------------------------------------
 

@@ -42,7 +42,8 @@ from ..store.replay import DEFAULT_CAPACITY, FRESHNESS_WINDOW_S, ReplayCache
 from ..validate import NUMBER, REQUIRED, Table, invalid
 
 ROOT = "edgekit/v1"
-KINDS = ("status", "telemetry", "event", "cmd", "ota", "offload/req", "offload/resp")
+KINDS = ("status", "telemetry", "event", "cmd", "ota", "offload/req", "offload/resp",
+         "offload/work")
 SCHEMAS = {kind: f"edgekit.{kind.replace('/', '_')}/1" for kind in KINDS}
 EVENT_KINDS = ("start", "stop", "mode_change", "install", "rollback", "reload", "cmd_result",
                "cmd_error", "error")
@@ -89,6 +90,7 @@ class Topics:
     ota = property(lambda self: self.topic("ota"))
     offload_req = property(lambda self: self.topic("offload/req"))
     offload_resp = property(lambda self: self.topic("offload/resp"))
+    offload_work = property(lambda self: self.topic("offload/work"))
 
 
 def subscription(fleet: str = "+", kind: str = "#", device: str = "+") -> str:
