@@ -36,6 +36,7 @@ from ..telemetry.schema import Command, CommandVerifier, Topics, command_id_of, 
 from .agent import Agent
 from .commands import execute
 from .http_api import HttpApi
+from .ota import OtaReceiver
 
 log = logging.getLogger("edgekit_agent.daemon")
 SAMPLE_S = 0.25  # sensor/policy tick; rule hold times are measured at this resolution
@@ -86,6 +87,7 @@ class Daemon:
             self.agent.close()  # a clean stop: a typo in the config is not a crash of the bundle
             raise
         self.verifier = CommandVerifier(config.device_id, config.store.public_key)
+        self.ota = OtaReceiver(self, self.telemetry.ota) if self.telemetry is not None else None
         self.readings = Readings(ts=time.time())
         self._busy_seen = self.agent.stats()["busy_s"]
         self._window = self._window_start()
@@ -130,6 +132,8 @@ class Daemon:
             now = time.monotonic()
             try:
                 self._drain_commands()
+                if self.ota is not None:
+                    self.ota.tick(now)
                 if now >= next_sample:
                     next_sample = now + SAMPLE_S
                     self._sample(now)
