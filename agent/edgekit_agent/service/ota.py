@@ -329,6 +329,7 @@ class OtaReceiver:
             staging.discard()
         self._emit("installed", offer, f"installed {result.name} {result.version} in slot "
                    f"{result.slot}", install=result.to_dict())
+        self._publish_status()
         self._start_watch(offer, before)
 
     # -- health window --
@@ -364,6 +365,13 @@ class OtaReceiver:
         self._emit("health_failed", w.offer, reason, level="error", final=True, health=figures)
         self._emit("rolled_back", w.offer, f"rolled back to {bundle_id}: {reason}", level="warning",
                    to_bundle_id=bundle_id)
+        self._publish_status()
+
+    def _publish_status(self) -> None:
+        """The retained status names the running bundle: say at once that it changed."""
+        telemetry = getattr(self.host, "telemetry", None)
+        if telemetry is not None:
+            telemetry.publish_status("online")
 
     # -- bookkeeping --
 

@@ -54,9 +54,6 @@ class Fleet:
     def online(self, device: str) -> bool:
         return (self.statuses.get(device) or {}).get("state") == "online"
 
-    def running(self, device: str) -> str | None:
-        return ((self.statuses.get(device) or {}).get("bundle") or {}).get("id")
-
 
 def gather(client_queue: queue.Queue, fleet: Fleet, seconds: float) -> None:
     """Collect the retained statuses that arrive after subscribing."""
@@ -126,11 +123,8 @@ class Deployer:
 
     def _start_wave(self, wave: list[Any]) -> None:
         self._say(f"wave {self.r.wave + 1}/{self.waves}: {', '.join(d.device for d in wave)}")
-        for d in wave:
+        for d in wave:  # also devices whose status says they run it: a status can be stale
             if d.state != PENDING:
-                continue
-            if self.fleet.running(d.device) == self.r.bundle_id:
-                self._set(d.device, SUCCEEDED, "already running this bundle")
                 continue
             self._offer(d.device)
             self._set(d.device, OFFERED if self.fleet.online(d.device) else DEFERRED,
