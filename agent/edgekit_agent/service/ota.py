@@ -351,6 +351,8 @@ class OtaReceiver:
         if agent.bundle_id != w.bundle_id:  # the store rolled back by itself (failure counting)
             reason = f"the store rolled back to {agent.bundle_id} during the health window"
             self._emit("health_failed", w.offer, reason, level="error", final=True, health=figures)
+            self._emit("rolled_back", w.offer, reason, level="warning", to_bundle_id=agent.bundle_id)
+            self._publish_status()
             return
         reason = judge(w.gate, w.before, after)
         if reason is None:

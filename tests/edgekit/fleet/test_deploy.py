@@ -9,7 +9,9 @@ order and each starts from what the previous one left, which it checks first:
    dev-c..e never receive it, and the report says which device failed and why;
 3. dev-a gets ONNX Runtime back: the same bundle reaches all five;
 4. version 3 while dev-e is offline, `edgekit deploy` killed mid-rollout and started again: it
-   resumes (nobody installs twice) and dev-e installs when it returns.
+   resumes (nobody installs twice) and dev-e installs when it returns;
+5. version 4 passes its self-test but fails on live inputs: the canary's health window sees the
+   error rate, the device rolls itself back to version 3, the rollout halts.
 
 Older-version refusal (anti-rollback) belongs to the security-device branch and is not tested
 here: see ``test_older_version_halts_after_first_wave`` (skipped until that lands).
@@ -61,6 +63,7 @@ class Device:
         cfg.write_text(
             f'device_id = "{self.name}"\nfleet = "{FLEET}"\n'
             f'[store]\nroot = "{self.root / "store"}"\npublic_key = "{self.public_key}"\n'
+            'max_failures = 1000\n'  # the OTA health gate judges a new bundle, not crash counting
             '[http]\nenabled = false\n'
             f'[mqtt]\nhost = "{self.broker.host}"\nport = {self.broker.port}\n'
             'reconnect_min_s = 0.2\nreconnect_max_s = 1.0\nkeepalive = 5\n'
@@ -278,6 +281,54 @@ def test_offline_device_and_killed_deploy_resume(devices, broker, keypair, state
     assert progress, "16 KiB chunks in windows of 4: progress events in between"
     print(f"\nresume: killed with {len(killed_at['succeeded'])} done; dev-e installed on return; "
           f"installs per device {dict(installs)}")
+
+
+def _gather_bundle(out, write_bundle_file, sign_key):
+    """y = table[int(10 x)]: fine on zeros (the self-test), out of range for most live x in [0, 1)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgekit_agent.bundle.manifest import Manifest, ModelRef, Variant, sha256_hex
+    from edgekit_agent.runtime import load_backend
+
+    table = helper.make_tensor("table", TensorProto.FLOAT, [4, 3], list(range(12)))
+    ten = helper.make_tensor("ten", TensorProto.FLOAT, [], [10.0])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "ten"], ["scaled"]),
+         helper.make_node("Cast", ["scaled"], ["idx"], to=TensorProto.INT64),
+         helper.make_node("Gather", ["table", "idx"], ["y"], axis=0)], "gather",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [table, ten])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    data = model.SerializeToString()
+    backend = load_backend(data, "onnx")
+    primary = Variant(name="primary", model=ModelRef("model.onnx", "onnx", sha256_hex(data), len(data)),
+                      inputs=backend.inputs, outputs=backend.outputs)
+    manifest = Manifest(name="digits", version="4", target="x86-64", family="cpu", primary=primary,
+                        members=())
+    return write_bundle_file(out, manifest, [("model.onnx", data, "model")], sign_key)
+
+
+def test_health_regression_rolls_the_canary_back(devices, broker, keypair, state_dir, collect,
+                                                 tmp_path, write_bundle_file):
+    sub = collect(broker, schema.subscription(FLEET, "#"))
+    assert {d.version() for d in devices.values()} == {"3"}
+    v4 = _gather_bundle(tmp_path / "v4.ekb", write_bundle_file, keypair[0])
+    proc, out = _deploy(*_deploy_args(broker, state_dir, keypair, v4, "--waves", "20,100"))
+    assert proc.returncode == 1 and out["halted"], (proc.stderr, out)
+    (failure,) = out["failed"]
+    assert failure["device"] == "dev-a" and failure["reason"].startswith(
+        "health_failed: inference error rate"), failure
+    assert out["rolled_back"] == ["dev-a"] and sorted(out["skipped"]) == list(NAMES[1:])
+    assert {n: devices[n].version() for n in NAMES} == dict.fromkeys(NAMES, "3")
+    assert devices["dev-a"].store.status().previous.version == "4"
+    (failed,) = _events(sub, "health_failed", out["rollout"])
+    after = failed.payload["data"]["health"]["after"]
+    assert after["errors"] >= 3 and after["errors"] / (after["errors"] + after["count"]) > 0.3
+    assert [m.topic.split("/")[3] for m in _events(sub, "rolled_back", out["rollout"])] == ["dev-a"]
+    assert [m.topic.split("/")[3] for m in _events(sub, "installed", out["rollout"])] == ["dev-a"]
+    print(f"\nhealth gate: {failure['reason']}")
 
 
 @pytest.mark.skip(reason="needs the store's anti-rollback (security-device branch); enable after "
