@@ -29,7 +29,7 @@ from ...defaults import DEFAULT_BROKER
 from ..broker import connect
 from . import engine, transfer
 from .rollout import RolloutOptions, parse_selectors, parse_waves, plan_waves, select
-from .state import RUNNING, StateDB, default_state_dir
+from .state import DB_FILE, RUNNING, StateDB, default_state_dir
 
 SUBCOMMANDS = ("status", "cancel")
 
@@ -105,7 +105,10 @@ def _deploy(args: argparse.Namespace) -> int:
     try:
         view = engine.Fleet()
         engine.gather(inbox, view, engine.SETTLE_S)
-        db = StateDB(args.state or default_state_dir())
+        folder = args.state or default_state_dir()
+        if not (folder / DB_FILE).exists() and not select(view.statuses, options.selectors):
+            raise _no_match(fleet, options, view)  # before anything is stored
+        db = StateDB(folder)
         try:
             rollout = _resume_or_create(db, fleet, bundle, options, view)
             deployer = engine.Deployer(db, rollout, bundle, key, client, inbox, view,
@@ -132,11 +135,15 @@ def _resume_or_create(db: StateDB, fleet: str, bundle: transfer.BundleFile,
                           f"`edgekit deploy cancel --fleet {fleet}` it first")
     devices = select(view.statuses, options.selectors)
     if not devices:
-        seen = ", ".join(sorted(view.statuses)) or "none"
-        raise ConfigError(f"no device of fleet {fleet} matches (devices seen: {seen})",
-                          key="--select", value=" ".join(f"{k}={v}" for k, v in options.selectors))
+        raise _no_match(fleet, options, view)
     return db.create(fleet, str(bundle.path), bundle.sha256, bundle.bundle_id, bundle.version,
                      options, plan_waves(devices, options.waves))
+
+
+def _no_match(fleet: str, options: RolloutOptions, view: engine.Fleet) -> ConfigError:
+    seen = ", ".join(sorted(view.statuses)) or "none"
+    return ConfigError(f"no device of fleet {fleet} matches (devices seen: {seen})",
+                       key="--select", value=" ".join(f"{k}={v}" for k, v in options.selectors))
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -42,6 +42,7 @@ log = logging.getLogger("edgekit.deploy")
 SETTLE_S = 1.0  # retained statuses arrive right after subscribing; collect them this long
 TICK_S = 0.05
 ROLLBACK_WAIT_S = 30.0
+CHECK_S = 1.0  # how often the loop re-reads its rollout's status from the state
 FAILURE_KINDS = ("ota_failed", "selftest_failed", "health_failed")
 
 
@@ -92,8 +93,15 @@ class Deployer:
 
     def run(self, wait: bool) -> None:
         self._reoffer()
+        checked = time.monotonic()
         while self.r.status == RUNNING:
             self._pump(TICK_S)
+            if time.monotonic() - checked > CHECK_S:  # `edgekit deploy cancel` from elsewhere
+                checked = time.monotonic()
+                self.r = self.db.get(self.r.id)
+                if self.r.status != RUNNING:
+                    self._say(f"rollout is {self.r.status} ({self.r.halt_reason})")
+                    break
             self._check_timeouts()
             if self.r.wave < self.waves:
                 self._advance()

@@ -285,7 +285,6 @@ def test_offline_device_and_killed_deploy_resume(devices, broker, keypair, state
 
 def _gather_bundle(out, write_bundle_file, sign_key):
     """y = table[int(10 x)]: fine on zeros (the self-test), out of range for most live x in [0, 1)."""
-    import onnx
     from onnx import TensorProto, helper
 
     from edgekit_agent.bundle.manifest import Manifest, ModelRef, Variant, sha256_hex
