@@ -220,9 +220,10 @@ class OtaReceiver:
         except TransportError as exc:
             self.refused += 1
             log.warning("ota message refused: %s", exc)
-            if self._transfer is None and b'"offer"' in raw[:4096]:
+            kind, rollout = _peek(raw)
+            if kind == "offer" and rollout is not None:  # the host waits for an answer: say why
                 self.host._event("ota_failed", f"ota offer refused: {exc}", level="error",
-                                 data={"rollout": _rollout_of(raw)})
+                                 data={"rollout": rollout})
             return
         try:
             getattr(self, f"_on_{msg['type']}")(msg, now)
@@ -420,9 +421,14 @@ def _dump(s: HealthSample | None) -> dict[str, Any] | None:
     return None if s is None else {"count": s.count, "errors": s.errors, "p95_ms": s.p95_ms}
 
 
-def _rollout_of(raw: bytes) -> str | None:
+def _peek(raw: bytes) -> tuple[str | None, str | None]:
+    """``(type, rollout)`` of a message that failed the checks, when it has them as strings."""
     try:
-        value = json.loads(raw).get("rollout")
-    except (ValueError, AttributeError):
-        return None
-    return value if isinstance(value, str) and len(value) <= 64 else None
+        obj = json.loads(raw) if len(raw) <= 1 << 20 else None
+    except (ValueError, RecursionError):
+        return None, None
+    if not isinstance(obj, dict):
+        return None, None
+    kind, rollout = obj.get("type"), obj.get("rollout")
+    ok = isinstance(rollout, str) and 0 < len(rollout) <= 64
+    return (kind if isinstance(kind, str) else None), (rollout if ok else None)

@@ -321,7 +321,7 @@ def report(db: StateDB, rollout: Rollout) -> dict[str, Any]:
     waves = []
     for i in sorted({d.wave for d in rows}):
         members = [d for d in rows if d.wave == i]
-        waves.append({"wave": i + 1, "percent": _percent(rollout, i, len(rows), rows),
+        waves.append({"wave": i + 1, "percent": _percent(i, rows),
                       "devices": [d.device for d in members], "reached": i <= rollout.wave,
                       "succeeded": sum(d.state == SUCCEEDED for d in members),
                       "failed": sum(d.state == FAILED for d in members),
@@ -339,6 +339,6 @@ def report(db: StateDB, rollout: Rollout) -> dict[str, Any]:
             "waves": waves}
 
 
-def _percent(rollout: Rollout, index: int, n: int, rows: list[Any]) -> float:
+def _percent(index: int, rows: list[Any]) -> float:
     """The share of the selected devices reached by the end of wave ``index`` (cumulative)."""
-    return round(100.0 * sum(d.wave <= index for d in rows) / max(n, 1), 1)
+    return round(100.0 * sum(d.wave <= index for d in rows) / max(len(rows), 1), 1)

@@ -13,8 +13,8 @@ order and each starts from what the previous one left, which it checks first:
 5. version 4 passes its self-test but fails on live inputs: the canary's health window sees the
    error rate, the device rolls itself back to version 3, the rollout halts.
 
-Older-version refusal (anti-rollback) belongs to the security-device branch and is not tested
-here: see ``test_older_version_halts_after_first_wave`` (skipped until that lands).
+Older-version refusal (anti-rollback, ``security_version``) comes from the security-device
+branch: ``test_older_security_version_halts_after_first_wave`` runs once that is merged.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekit_agent.bundle.manifest import bundle_id
+from edgekit_agent.bundle.manifest import Manifest, bundle_id
 from edgekit_agent.bundle.reader import open_bundle
 from edgekit_agent.bundle.signing import generate_keypair
 from edgekit_agent.store.slots import BundleStore
@@ -179,6 +179,14 @@ def test_wrong_signing_key_halts_after_first_wave(devices, broker, keypair, stat
     received = {m.topic.split("/")[3] for m in _events(sub, "ota_received", out["rollout"])}
     assert received == {"dev-a"}  # nobody else was offered anything
     print(f"\nwrong key: halted after wave 1 in {time.monotonic() - t0:.1f} s: {out['failed']}")
+
+    # The operator signs the offer with the wrong key: the canary refuses the offer itself.
+    proc, out = _deploy(*_deploy_args(broker, state_dir, (other[0],), power_bundle_v2))
+    assert proc.returncode == 1 and out["halted"], proc.stderr
+    (failure,) = out["failed"]
+    assert failure["device"] == "dev-a" and failure["reason"].startswith(
+        "ota_failed: ota offer refused: ota offer signature rejected"), failure
+    assert {d.version() for d in devices.values()} == {"1"} and len(out["skipped"]) == 4
 
 
 def test_canary_halts_when_a_selftest_fails(devices, broker, keypair, state_dir, collect, bundle_v2):
@@ -330,7 +338,24 @@ def test_health_regression_rolls_the_canary_back(devices, broker, keypair, state
     print(f"\nhealth gate: {failure['reason']}")
 
 
-@pytest.mark.skip(reason="needs the store's anti-rollback (security-device branch); enable after "
-                  "merge: deploy version 1 over version 3 and expect a halt after wave 1")
-def test_older_version_halts_after_first_wave():
-    pass
+ANTI_ROLLBACK = "security_version" in Manifest.__dataclass_fields__
+
+
+@pytest.mark.skipif(not ANTI_ROLLBACK, reason="enable after merging the security-device branch: "
+                    "the store's security_version anti-rollback is not on this branch yet")
+def test_older_security_version_halts_after_first_wave(devices, broker, keypair, state_dir,
+                                                       tmp_path, bundle_v2, write_bundle_file):
+    b = open_bundle(bundle_v2)
+    files = [(m.path, b.read(m.path), m.role) for m in b.manifest.members]
+    newer = write_bundle_file(tmp_path / "v5.ekb", b.manifest.replace(version="5", security_version=2),
+                              files, keypair[0])
+    older = write_bundle_file(tmp_path / "v6.ekb", b.manifest.replace(version="6", security_version=1),
+                              files, keypair[0])
+    proc, out = _deploy(*_deploy_args(broker, state_dir, keypair, newer, "--waves", "100"))
+    assert proc.returncode == 0 and sorted(out["succeeded"]) == list(NAMES), (proc.stderr, out)
+    proc, out = _deploy(*_deploy_args(broker, state_dir, keypair, older))  # waves 5,15,100
+    assert proc.returncode == 1 and out["halted"], proc.stderr
+    (failure,) = out["failed"]
+    assert failure["device"] == "dev-a" and "security_version 1 is below 2" in failure["reason"]
+    assert {n: devices[n].version() for n in NAMES} == dict.fromkeys(NAMES, "5")
+    assert len(out["skipped"]) == 4
