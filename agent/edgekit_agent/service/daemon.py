@@ -87,10 +87,10 @@ class Daemon:
             self.agent.close()  # a clean stop: a typo in the config is not a crash of the bundle
             raise
         self.verifier = CommandVerifier(config.device_id, config.store.public_key)
-        self.ota = OtaReceiver(self, self.telemetry.ota) if self.telemetry is not None else None
         self.readings = Readings(ts=time.time())
         self._busy_seen = self.agent.stats()["busy_s"]
         self._window = self._window_start()
+        self.ota = OtaReceiver(self, self.telemetry.ota) if self.telemetry is not None else None
 
     # -- set-up --
 
