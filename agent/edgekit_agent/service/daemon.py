@@ -108,7 +108,7 @@ class Daemon:
             self.telemetry.start()
         if self.config.http.enabled:
             self.http = HttpApi.from_config(self.agent, self.config, mode=lambda: self.engine.mode,
-                                            infer=self._gated_infer).start()
+                                            infer=self._gated_infer, health=self._health).start()
             log.info("HTTP API on %s", self.http.url)
         missing = self._missing_variants()
         self._event("start", f"agent {__version__} started in mode {self.engine.mode}", data={
@@ -241,6 +241,10 @@ class Daemon:
             "energy": energy.to_dict() if energy else None,
             "memory": {"rss_bytes": _rss_bytes()}, "uptime_s": round(stats["uptime_s"], 3)}
         return self.telemetry.publish_telemetry(body)
+
+    def _health(self) -> dict[str, Any]:
+        link = self.telemetry.link_state() if self.telemetry is not None else {"enabled": False}
+        return {"mqtt": link}
 
     def _bundle_info(self) -> dict[str, Any]:
         m = self.agent.manifest
