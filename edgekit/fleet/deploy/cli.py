@@ -60,7 +60,7 @@ def add_parser(sub: Any) -> None:
                    help="p95 latency allowed vs before, plus --latency-slack-ms (default 2)")
     p.add_argument("--latency-slack-ms", type=float, default=5.0)
     p.add_argument("--chunk-size", type=int, default=64 << 10, help="bytes per chunk (default 65536)")
-    p.add_argument("--window", type=int, default=8, help="chunks per request (default 8)")
+    p.add_argument("--window", type=int, default=16, help="chunks per request (default 16)")
     p.add_argument("--state", type=Path, metavar="DIR", help="rollout state folder")
     p.add_argument("--tls", action="store_true")
     p.add_argument("--ca-file", type=Path)

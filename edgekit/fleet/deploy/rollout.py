@@ -33,7 +33,7 @@ class RolloutOptions:
     min_devices: int = 1
     timeout_s: float = 600.0
     chunk_size: int = 64 << 10
-    window: int = 8
+    window: int = 16
     health_s: float = 10.0
     max_error_rate: float = 0.0
     max_latency_ratio: float = 2.0
