@@ -181,6 +181,7 @@ class OtaReceiver:
         self._key = load_public_key(cfg.store.public_key) if cfg.store.public_key else None
         self._transfer: _Transfer | None = None
         self._watch: _Watch | None = None
+        self._queued: dict[str, Any] | None = None  # an offer that came during a health window
         self.refused = 0
 
     def tick(self, now: float | None = None) -> None:
@@ -213,6 +214,9 @@ class OtaReceiver:
                        next_chunk=t.staging.next, total=t.staging.total, resumed=True)
         if self._watch is not None and now >= self._watch.deadline:
             self._finish_watch()
+            queued, self._queued = self._queued, None
+            if queued is not None:
+                self._on_offer(queued, now)
 
     def _handle(self, raw: bytes, now: float) -> None:
         try:
@@ -241,8 +245,7 @@ class OtaReceiver:
             return
         if self._watch is not None:
             if self._watch.offer["rollout"] != rollout:
-                self._emit("ota_failed", offer, f"busy watching rollout {self._watch.offer['rollout']}",
-                           level="warning", final=True)
+                self._queued = offer  # taken up when the health window ends
             return
         t = self._transfer
         if t is not None and t.offer["rollout"] == rollout:  # offered again: resume
@@ -250,6 +253,10 @@ class OtaReceiver:
             self._emit("ota_received", offer, "offer seen again", next_chunk=t.staging.next,
                        total=t.staging.total, resumed=True)
             return
+        if t is not None:  # a newer rollout replaces the one in progress
+            self._transfer = None
+            self._emit("ota_failed", t.offer, f"superseded by rollout {rollout}", level="warning",
+                       final=True)
         refusal = self._refusal(offer)
         if refusal:
             self._emit("ota_failed", offer, refusal, level="error", final=True)

@@ -338,6 +338,46 @@ def test_health_regression_rolls_the_canary_back(devices, broker, keypair, state
     print(f"\nhealth gate: {failure['reason']}")
 
 
+def test_agent_killed_mid_transfer_resumes_from_its_next_chunk(devices, broker, keypair, state_dir,
+                                                              collect, tmp_path, bundle_v2,
+                                                              write_bundle_file):
+    sub = collect(broker, schema.subscription(FLEET, "#"))
+    b = open_bundle(bundle_v2)
+    files = [(m.path, b.read(m.path), m.role) for m in b.manifest.members]
+    files.append(("payload.bin", os.urandom(6 << 20), "extra"))  # 6 MiB that deflate cannot shrink
+    big = write_bundle_file(tmp_path / "v7.ekb", b.manifest.replace(version="7"), files, keypair[0])
+    total = -(-big.stat().st_size // 16384)
+    dev = devices["dev-c"]
+    deploy = subprocess.Popen(_deploy_args(broker, state_dir, keypair, big, "--select", "device=dev-c",
+                                           "--waves", "100", "--chunk-size", "16384", "--window", "16",
+                                           "--wait"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    topic = schema.Topics(FLEET, "dev-c").event
+    sub.wait_for(lambda m: m.topic == topic and m.payload["kind"] == "ota_progress"
+                 and m.payload["data"]["next_chunk"] >= 64, 60, "64 chunks on dev-c")
+    dev.proc.kill()  # power cut in the middle of the transfer
+    dev.proc.wait(10)
+    part = next((dev.root / "store" / ".ota").glob("*.part"))
+    kept = part.stat().st_size
+    assert kept >= 64 * 16384
+    mark = sub.mark()
+    dev.start()
+    again = sub.wait_for(lambda m: m.topic == topic and m.payload["kind"] == "ota_received", 60,
+                         "the offer seen after the restart", since=mark)
+    assert again.payload["data"]["resumed"] is True
+    resumed_at = again.payload["data"]["next_chunk"]
+    assert 64 <= resumed_at <= kept // 16384 < total, (resumed_at, kept, total)
+    out_text, err = deploy.communicate(timeout=180)
+    out = json.loads(out_text)
+    assert deploy.returncode == 0 and out["succeeded"] == ["dev-c"], (err, out)
+    assert dev.version() == "7" and not list((dev.root / "store" / ".ota").glob("*.part"))
+    chunks = [json.loads(m.raw) for m in sub.of("ota") if m.topic.endswith("/dev-c/ota") and m.raw]
+    sent = [c["index"] for c in chunks if c["type"] == "chunk"]
+    assert len(set(sent)) == total and len(sent) < total + resumed_at // 2, (len(sent), total)
+    print(f"\nagent killed at chunk {resumed_at}/{total}: resumed there; {len(sent)} chunks sent "
+          f"for {total}")
+
+
 ANTI_ROLLBACK = "security_version" in Manifest.__dataclass_fields__
 
 
