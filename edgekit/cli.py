@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"edgekit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for register in (_pack, _recipes, _inspect, _verify, _targets, _keygen, _examples, _fleet,
-                     _flash, coordinator_cli.add_parser):
+                     _flash, _deploy, coordinator_cli.add_parser):
         register(sub)
     return p
 
@@ -330,6 +330,21 @@ def cmd_flash(args: argparse.Namespace) -> int:
     from .flash.cli import main as flash_main
 
     return flash_main(args)
+
+
+# --- deploy ---------------------------------------------------------------------------------------
+
+def _deploy(sub: Any) -> None:
+    from .fleet.deploy.cli import add_parser
+
+    add_parser(sub)
+
+
+@command
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from .fleet.deploy.cli import main as deploy_main
+
+    return deploy_main(args)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from .agent import Agent
 from .commands import execute
 from .http_api import HttpApi
 from .offload import OffloadLink, Served, with_simulated_latency
+from .ota import OtaReceiver
 
 log = logging.getLogger("edgekit_agent.daemon")
 SAMPLE_S = 0.25  # sensor/policy tick; rule hold times are measured at this resolution
@@ -96,6 +97,7 @@ class Daemon:
         self.readings = Readings(ts=time.time())
         self._busy_seen = self.agent.stats()["busy_s"]
         self._window = self._window_start()
+        self.ota = OtaReceiver(self, self.telemetry.ota) if self.telemetry is not None else None
 
     # -- set-up --
 
@@ -142,6 +144,8 @@ class Daemon:
             now = time.monotonic()
             try:
                 self._drain_commands()
+                if self.ota is not None:
+                    self.ota.tick(now)
                 if now >= next_sample:
                     next_sample = now + SAMPLE_S
                     self._sample(now)

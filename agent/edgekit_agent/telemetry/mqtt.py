@@ -71,6 +71,8 @@ class Telemetry:
                  status: Callable[[], dict[str, Any]] | None = None) -> None:
         self.options, self.topics, self.outbox = options, topics, outbox
         self.commands: queue.Queue[bytes] = queue.Queue(maxsize=256)
+        # OTA offers and chunks; bounded: a dropped chunk is asked for again (service/ota.py)
+        self.ota: queue.Queue[bytes] = queue.Queue(maxsize=64)
         self.connects = 0
         self.last_error = ""
         self._status = status or (lambda: {})
@@ -190,7 +192,7 @@ class Telemetry:
         self._backoff.reset()
         log.info("MQTT connected to %s:%d%s", self.options.host, self.options.port,
                  f" (reconnect {self.connects - 1})" if self.connects > 1 else "")
-        client.subscribe(self.topics.cmd, qos=QOS)
+        client.subscribe([(self.topics.cmd, QOS), (self.topics.ota, QOS)])
         self.publish_status("online")
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
@@ -200,6 +202,13 @@ class Telemetry:
         self._connected = False
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        if message.topic == self.topics.ota:
+            if message.payload:  # an empty retained message clears an offer
+                try:
+                    self.ota.put_nowait(bytes(message.payload))
+                except queue.Full:
+                    log.warning("OTA queue full: dropped a message (it will be asked for again)")
+            return
         if message.topic != self.topics.cmd:
             return
         try:
