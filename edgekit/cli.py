@@ -21,9 +21,10 @@ from edgekit_agent.validate import printable
 
 from . import __version__, ui
 from .defaults import RUNTIME_CHOICES
-from .errors import ConfigError
+from .errors import CalibrationError, ConfigError
 from .examples import EXAMPLES
 from .fleet import cli as fleet_cli
+from .fleet.coordinator import cli as coordinator_cli
 from .report import render_manifest
 
 _SHAPE_ARG = re.compile(r"^([^:]+):(\d+(?:,\d+)*)$")
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"edgekit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for register in (_pack, _recipes, _inspect, _verify, _targets, _keygen, _examples, _fleet,
-                     _flash):
+                     _flash, _deploy, coordinator_cli.add_parser):
         register(sub)
     return p
 
@@ -73,6 +74,17 @@ def _pack(sub: Any) -> None:
     p.add_argument("--recipe", help="force one recipe (see `edgekit recipes`)")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
                    help="freeze a dynamic input shape (repeatable)")
+    p.add_argument("--input-value", action="append", default=[], metavar="NAME=VALUE",
+                   help="freeze an input to a constant, e.g. a sample rate sr=16000 (repeatable)")
+    p.add_argument("--state", action="append", default=[], metavar="IN=OUT",
+                   help="recurrent state: output OUT is fed back as input IN across samples "
+                        "(default: obvious pairs such as state/stateN)")
+    p.add_argument("--profile-on", metavar="ssh://[user@]host[:port]",
+                   help="time the candidates on that board with its edgekit-agent")
+    p.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
+                   help="extra ssh -o option for --profile-on (repeatable)")
+    p.add_argument("--agent-cmd", default="edgekit-agent",
+                   help="the agent command on the --profile-on board")
     p.add_argument("--synthetic-calib", action="store_true",
                    help="allow calibration on generated data (flagged in the report)")
     p.add_argument("--preprocess", metavar="SPEC", help="for image folders: "
@@ -99,8 +111,12 @@ def cmd_pack(args: argparse.Namespace) -> int:
                        eval_data=args.eval_data, labels=args.labels, max_drop=args.max_drop,
                        min_sqnr=args.min_sqnr, recipe=args.recipe,
                        input_shapes=parse_input_shapes(args.input_shape),
+                       input_values=parse_input_values(args.input_value),
+                       states=parse_states(args.state), profile_on=args.profile_on,
+                       ssh_options=tuple(args.ssh_option), agent_cmd=args.agent_cmd,
                        synthetic_calib=args.synthetic_calib,
-                       variants=args.variants, sign_key=args.sign, preprocess=args.preprocess,
+                       variants=args.variants, sign_key=args.sign,
+                       preprocess=parse_preprocess(args.preprocess),
                        name=args.name, version=args.bundle_version, runtime=args.runtime,
                        security_version=args.security_version,
                        targets_dirs=tuple(args.targets_dir), show_progress=not args.json)
@@ -122,6 +138,63 @@ def parse_input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
             raise ConfigError("expected NAME:D0,D1,...", key="--input-shape", value=item)
         shapes[m.group(1)] = tuple(int(d) for d in m.group(2).split(","))
     return shapes
+
+
+def parse_preprocess(text: str | None) -> Any:
+    """``--preprocess size=224x224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=nchw,gray``
+    as a :class:`edgekit.dataset.Preprocess` (None when not given)."""
+    from .dataset import Preprocess
+
+    if text is None:
+        return None
+    kwargs: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, value = part.partition("=")
+        try:
+            kwargs.update(_preprocess_item(key, value))
+        except ValueError:
+            raise CalibrationError(f"bad --preprocess item {part!r} (keys: size=HxW, "
+                                   "mean=a/b/c, std=a/b/c, layout=nhwc|nchw, gray)") from None
+    return Preprocess(**kwargs)
+
+
+def _preprocess_item(key: str, value: str) -> dict[str, Any]:
+    if key == "size":
+        h, w = value.lower().split("x")
+        return {"size": (int(h), int(w))}
+    if key in ("mean", "std"):
+        return {key: tuple(float(v) for v in value.split("/"))}
+    if key == "layout" and value in ("nhwc", "nchw"):
+        return {"layout": value}
+    if key == "gray" and not value:
+        return {"grayscale": True}
+    raise ValueError(key)
+
+
+def parse_input_values(items: list[str]) -> dict[str, int | float]:
+    """``--input-value`` values, ``["sr=16000", "gain=0.5"]``, as ``{"sr": 16000, "gain": 0.5}``."""
+    values: dict[str, int | float] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        try:
+            if not (sep and name.strip()):
+                raise ValueError
+            number = float(text)
+        except ValueError:
+            raise ConfigError("expected NAME=NUMBER", key="--input-value", value=item) from None
+        values[name.strip()] = int(number) if number.is_integer() and "." not in text else number
+    return values
+
+
+def parse_states(items: list[str]) -> tuple[tuple[str, str], ...]:
+    """``--state`` values, ``["state=stateN"]``, as ``(("state", "stateN"),)``."""
+    pairs = []
+    for item in items:
+        src, sep, dst = (part.strip() for part in item.partition("="))
+        if not (sep and src and dst):
+            raise ConfigError("expected INPUT=OUTPUT", key="--state", value=item)
+        pairs.append((src, dst))
+    return tuple(pairs)
 
 
 def _recipes(sub: Any) -> None:
@@ -239,6 +312,11 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     return fleet_cli.main(args)
 
 
+@command
+def cmd_coordinator(args: argparse.Namespace) -> int:
+    return coordinator_cli.main(args)
+
+
 # --- flash ----------------------------------------------------------------------------------------
 
 def _flash(sub: Any) -> None:
@@ -252,6 +330,21 @@ def cmd_flash(args: argparse.Namespace) -> int:
     from .flash.cli import main as flash_main
 
     return flash_main(args)
+
+
+# --- deploy ---------------------------------------------------------------------------------------
+
+def _deploy(sub: Any) -> None:
+    from .fleet.deploy.cli import add_parser
+
+    add_parser(sub)
+
+
+@command
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from .fleet.deploy.cli import main as deploy_main
+
+    return deploy_main(args)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,14 @@ from edgekit_agent.bundle.reader import Bundle
 
 from . import ui
 
+_SOURCE_MARK = {"estimated": " est", "measured-device": " dev"}
+
+
+def _sqnr(f: Any) -> str:
+    """The lowest output SQNR, and the one judged before final activations when it differs."""
+    pre = f.decision_sqnr_db
+    return f"{f.min_sqnr_db:.1f}" + (f" (pre-act {pre:.1f})" if pre != f.min_sqnr_db else "")
+
 
 def render_candidates(candidates: Sequence[Any], float_size: int) -> str:
     rows = []
@@ -19,10 +27,11 @@ def render_candidates(candidates: Sequence[Any], float_size: int) -> str:
             c.recipe.name, c.format, ui.human_bytes(size),
             f"{size / float_size:.2f}x" if size else None,
             f"{c.compressed_bytes / float_size:.2f}x" if size else None,
-            f"{f.min_sqnr_db:.1f}" if f else None,
+            _sqnr(f) if f else None,
             f"{f.top1_agreement:.3f}" if f and f.top1_agreement is not None else None,
             f"{f.accuracy_drop * 100:+.2f}" if f and f.accuracy_drop is not None else None,
-            f"{c.latency.ratio:.2f}x" if c.latency else None,
+            f"{c.latency.ratio:.2f}x{_SOURCE_MARK.get(c.latency.source, '')}" if c.latency
+            else None,
             "yes" if c.fits else "no",
             c.rejected[:90] or None))
     return ui.table(["recipe", "format", "size", "vs float", "zipped", "SQNR dB", "top1 agree",

@@ -184,16 +184,26 @@ class Broker:
     """mosquitto on a loopback port with persistence, so sessions survive a restart."""
 
     def __init__(self, workdir: Path, port: int | None = None, *, listener: str = "",
-                 security: str = "allow_anonymous true\n") -> None:
-        """``listener``: lines for the listener (TLS files); ``security``: who may connect."""
+                 security: str = "allow_anonymous true\n", config: Path | None = None) -> None:
+        """``listener``: lines for the listener (TLS files); ``security``: who may connect.
+
+        ``config``: a complete mosquitto.conf (e.g. from ``edgekit fleet broker-config``, whose
+        listener must be on ``port``) used as it is, plus logging and ``user root``."""
         self.dir, self.port = workdir, port or free_port()
         self.host = "127.0.0.1"
         self.proc: subprocess.Popen | None = None
         self.conf = self.dir / "mosquitto.conf"
+        if config is not None:
+            self.conf = self.dir / "mosquitto-run.conf"
+            self.conf.write_text(f"user root\nlog_dest file {self.dir}/mosquitto.log\n"
+                                 "log_type error\nlog_type warning\nlog_type notice\n"
+                                 "log_type information\n" + config.read_text())
+            return
         self.conf.write_text(
             f"listener {self.port} {self.host}\n{listener}{security}user root\n"
             f"persistence true\npersistence_location {self.dir}/\nautosave_interval 0\n"
-            f"max_queued_messages 100000\nlog_dest file {self.dir}/mosquitto.log\n"
+            f"max_queued_messages 100000\nset_tcp_nodelay true\n"
+            f"log_dest file {self.dir}/mosquitto.log\n"
             "log_type error\nlog_type warning\nlog_type notice\n")
 
     def start(self) -> None:
@@ -263,6 +273,8 @@ class Collector:
     username: str | None = None
     password: str | None = None
     ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
     messages: list[Message] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -278,7 +290,9 @@ class Collector:
         if self.username:
             self.client.username_pw_set(self.username, self.password)
         if self.ca_file:
-            self.client.tls_set(ca_certs=str(self.ca_file))
+            self.client.tls_set(ca_certs=str(self.ca_file),
+                                certfile=str(self.cert_file) if self.cert_file else None,
+                                keyfile=str(self.key_file) if self.key_file else None)
         self.client.connect(self.broker.host, self.broker.port, keepalive=10)
         self.client.loop_start()
         assert self.subscribed.wait(10), "collector could not subscribe"
@@ -479,6 +493,12 @@ def agent_config(tmp_path, keypair, power_bundle):
         return write_toml(tmp_path / "agent.toml", config)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def free_tcp_port() -> Callable[[], int]:
+    """free_tcp_port() -> a loopback port nobody listens on now."""
+    return free_port
 
 
 @pytest.fixture(scope="session")

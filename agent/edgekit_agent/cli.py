@@ -1,9 +1,11 @@
 """`edgekit-agent` command line. Every EdgekitError becomes `error: …` and exit 1; usage errors exit 2.
 
+    edgekit-agent init --device NAME [--fleet F] [--store DIR] [--broker HOST:PORT] [--key PUB] [-o FILE]
     edgekit-agent install BUNDLE (--store DIR | --config FILE) [--key PUB] [--allow-downgrade] [--json]
     edgekit-agent rollback --store DIR [--json]
     edgekit-agent status --store DIR [--json]
     edgekit-agent infer --store DIR --input FILE.npy|NAME=FILE.npy|FILE.npz [--variant V] [--json]
+    edgekit-agent bench MODEL [--runs N] [--threads N] [--json]   (warm latency on this device)
     edgekit-agent serve --config FILE        (local HTTP API only)
     edgekit-agent run --config FILE          (the daemon: HTTP, power policy, MQTT telemetry)
 """
@@ -21,9 +23,11 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .cliutil import Handler, dispatch
+from .cliutil import Handler, dispatch, parse_broker
 from .config import AgentConfig
+from .defaults import HTTP_PORT, SENSOR_KINDS
 from .errors import ConfigError, InputError
+from .init_config import InitOptions, write_config
 from .service import daemon
 from .service.agent import Agent
 from .service.http_api import HttpApi
@@ -45,6 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"edgekit-agent {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
+    s = sub.add_parser("init", help="write a first, working agent.toml for this device")
+    s.add_argument("--device", required=True, help="this device's name (one MQTT topic level)")
+    s.add_argument("--fleet", default="default", help="fleet name (default: default)")
+    s.add_argument("--store", type=Path, default=Path("/var/lib/edgekit/store"),
+                   help="bundle store folder, created (default /var/lib/edgekit/store)")
+    s.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker (default: MQTT off)")
+    s.add_argument("--key", type=Path, help="fleet ed25519 public key: only signed bundles run")
+    s.add_argument("--policy", type=Path, help="power policy TOML (default: none)")
+    s.add_argument("--sensors", choices=SENSOR_KINDS, help="sensor kind (default: detected)")
+    s.add_argument("--http-port", type=int, default=HTTP_PORT, help=f"default {HTTP_PORT}")
+    s.add_argument("-o", "--out", type=Path, default=Path("agent.toml"), help="default agent.toml")
+    s.add_argument("--force", action="store_true", help="replace an existing file")
     s = sub.add_parser("install", help="verify, self-test and activate a bundle (previous one kept)")
     s.add_argument("bundle", type=Path)
     _store_args(s, key=True, config=True)
@@ -61,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=".npy (repeat in input order, or NAME=FILE) or one .npz keyed by input name")
     s.add_argument("--variant", help="model variant to run (default: the primary)")
     s.add_argument("--threads", type=int, help="interpreter threads")
+    s = sub.add_parser("bench", help="time a model file on this device (warm p50/p95)")
+    s.add_argument("model", type=Path, help=".tflite or .onnx file")
+    s.add_argument("--runs", type=int, default=50, help="timed runs after a warm-up")
+    s.add_argument("--threads", type=int, help="interpreter threads")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
     for name, text in (("serve", "serve the local HTTP inference API"),
                        ("run", "run the agent daemon (HTTP API, power policy, MQTT telemetry)")):
         s = sub.add_parser(name, help=text)
@@ -101,6 +122,21 @@ def _store_and_key(args: argparse.Namespace) -> tuple[Path, Path | None]:
     if args.store is not None and args.config is None and args.store.resolve() != store.root.resolve():
         return args.store, args.key  # the default config describes another store
     return args.store or store.root, args.key or store.public_key
+
+
+@command
+def cmd_init(args: argparse.Namespace) -> int:
+    config = write_config(InitOptions(
+        device_id=args.device, fleet=args.fleet, out=args.out, store=args.store,
+        broker=parse_broker(args.broker) if args.broker else None, public_key=args.key,
+        sensors=args.sensors or "", policy=args.policy, http_port=args.http_port,
+        force=args.force))
+    mqtt = f"{config.mqtt.host}:{config.mqtt.port}" if config.mqtt.enabled else "off"
+    print(f"wrote {args.out}: device {config.device_id}, fleet {config.fleet}, store "
+          f"{config.store.root}, MQTT {mqtt}, sensors {config.sensors.kind}\n"
+          f"next: edgekit-agent install BUNDLE --config {args.out} && "
+          f"edgekit-agent run --config {args.out}")
+    return 0
 
 
 @command
@@ -197,6 +233,19 @@ def _load_array_file(path: str, npz: bool = False) -> Any:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (ValueError, EOFError) as exc:
         raise InputError(f"{path}: not a numpy array file ({exc})") from None
+
+
+@command
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .runtime.bench import bench_file
+
+    result = bench_file(args.model, args.runs, args.threads)
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        print(f"{args.model}: {result.format} on {result.runtime} ({result.machine}), "
+              f"{result.runs} runs: p50 {result.p50_ms:.3f} ms, p95 {result.p95_ms:.3f} ms")
+    return 0
 
 
 @command

@@ -6,13 +6,17 @@ Layout (every section optional except the top-level ``device_id`` and ``[store] 
     device_id = "pi-01"          fleet = "lab"
     [store]      root, public_key, max_failures, failure_window_s
     [runtime]    threads, variant
-    [http]       enabled, host, port, max_body_bytes
-    [mqtt]       enabled, host, port, tls, ca_file, username, password_file, keepalive, client_id
+    [http]       enabled, host, port, max_body_bytes, token_file, header_timeout_s,
+                 body_timeout_s, max_connections
+    [mqtt]       enabled, host, port, tls, ca_file, cert_file, key_file, username, password_file,
+                 keepalive, client_id, max_packet_bytes
     [queue]      path, max_messages
     [policy]     file
     [sensors]    kind ("sysfs" | "simulated" | "pi"), plus kind-specific keys kept in ``options``
     [telemetry]  interval_s
     [load]       rate (synthetic inferences/s for demos and tests; 0 = off), seed
+    [offload]    enabled, worker, deadline_ms, max_queue, simulated_latency_ms (see
+                 ``service/offload.py``)
 
 Relative paths are resolved against the folder of the config file. Errors name the file, the
 key, the bad value and the allowed values (``ConfigError``).
@@ -20,6 +24,7 @@ key, the bad value and the allowed values (``ConfigError``).
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -31,10 +36,12 @@ from .defaults import (
     HTTP_MAX_BODY_BYTES,
     HTTP_PORT,
     MQTT_HOST,
+    MQTT_MAX_PACKET_BYTES,
     MQTT_PORT,
     MQTT_PROTOCOLS,
     SENSOR_KINDS,
 )
+from .errors import ConfigError
 from .tomlfile import read_toml
 from .validate import REQUIRED, Table, invalid
 
@@ -59,6 +66,24 @@ class HttpConfig:
     host: str = HTTP_HOST
     port: int = HTTP_PORT
     max_body_bytes: int = HTTP_MAX_BODY_BYTES
+    token_file: Path | None = None  # bearer token (first line); required beyond loopback
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 128
+
+    def read_token(self) -> str | None:
+        """The bearer token (first line of ``token_file``), read at start so it is never logged."""
+        if self.token_file is None:
+            return None
+        try:
+            token = self.token_file.read_text(encoding="utf-8").splitlines()[0].strip()
+        except (OSError, UnicodeDecodeError, IndexError) as exc:
+            raise invalid("", "http.token_file", str(self.token_file),
+                          f"a readable token file ({exc})") from None
+        if len(token) < 16:
+            raise invalid("", "http.token_file", str(self.token_file),
+                          "a token of at least 16 characters")
+        return token
 
 
 @dataclass(frozen=True)
@@ -79,6 +104,9 @@ class MqttConfig:
     reconnect_max_s: float = 30.0
     protocol: str = "5"  # "5" or "3.1.1"
     inflight: int = 20
+    cert_file: Path | None = None  # client certificate for mTLS (with key_file)
+    key_file: Path | None = None
+    max_packet_bytes: int = MQTT_MAX_PACKET_BYTES  # MQTT 5 Maximum-Packet-Size asked of the broker
     password: str | None = field(default=None, repr=False)
 
     def read_password(self) -> str | None:
@@ -121,6 +149,19 @@ class LoadConfig:
 
 
 @dataclass(frozen=True)
+class OffloadConfig:
+    """``enabled``: send requests to a coordinator when the mode allows it; ``worker``: serve work
+    offloaded by others. ``simulated_latency_ms`` is added to every inference this agent runs,
+    to stand in for slower hardware in tests and demos (0 on real devices)."""
+
+    enabled: bool = False
+    worker: bool = False
+    deadline_ms: float = 1000.0
+    max_queue: int = 64
+    simulated_latency_ms: float = 0.0
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     device_id: str
     store: StoreConfig
@@ -133,6 +174,7 @@ class AgentConfig:
     sensors: SensorsConfig = SensorsConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     load: LoadConfig = LoadConfig()  # the [load] table; read a file with ``from_file``
+    offload: OffloadConfig = OffloadConfig()
     source: str = ""  # the file it was read from
 
     @classmethod
@@ -145,7 +187,7 @@ class AgentConfig:
     def from_dict(cls, d: dict[str, Any], *, source: str = "", base: Path | None = None) -> AgentConfig:
         t = Table(d, source, base=base or Path.cwd())
         t.only(("device_id", "fleet", "store", "runtime", "http", "mqtt", "queue", "policy",
-                "sensors", "telemetry", "load"))
+                "sensors", "telemetry", "load", "offload"))
         device_id = _name(t, "device_id")
         store = _store(t.table("store"))
         return cls(device_id=device_id, fleet=_name(t, "fleet", "default"), store=store,
@@ -153,7 +195,7 @@ class AgentConfig:
                    http=_http(t.table("http")), mqtt=_mqtt(t.table("mqtt")),
                    policy=_policy(t.table("policy")), sensors=_sensors(t.table("sensors")),
                    telemetry=_telemetry(t.table("telemetry")), load=_load(t.table("load")),
-                   source=source)
+                   offload=_offload(t.table("offload")), source=source)
 
     def to_dict(self) -> dict[str, Any]:
         """The TOML-shaped dict ``from_dict`` reads back (unset values left out, like in TOML)."""
@@ -191,17 +233,37 @@ def _runtime(t: Table) -> RuntimeConfig:
 
 
 def _http(t: Table) -> HttpConfig:
-    t.only(("enabled", "host", "port", "max_body_bytes"))
-    return HttpConfig(enabled=t.boolean("enabled", True),
-                      host=t.string("host", HTTP_HOST, nonempty=True),
-                      port=t.integer("port", HTTP_PORT, lo=0, hi=65535),
-                      max_body_bytes=t.integer("max_body_bytes", HTTP_MAX_BODY_BYTES, lo=1024,
-                                               hi=1 << 30))
+    t.only(("enabled", "host", "port", "max_body_bytes", "token_file", "header_timeout_s",
+            "body_timeout_s", "max_connections"))
+    cfg = HttpConfig(enabled=t.boolean("enabled", True),
+                     host=t.string("host", HTTP_HOST, nonempty=True),
+                     port=t.integer("port", HTTP_PORT, lo=0, hi=65535),
+                     max_body_bytes=t.integer("max_body_bytes", HTTP_MAX_BODY_BYTES, lo=1024,
+                                              hi=1 << 30),
+                     token_file=t.path("token_file", None),
+                     header_timeout_s=t.number("header_timeout_s", 10.0, lo=0.1, hi=3600.0),
+                     body_timeout_s=t.number("body_timeout_s", 30.0, lo=0.1, hi=3600.0),
+                     max_connections=t.integer("max_connections", 128, lo=1, hi=65536))
+    if cfg.enabled and cfg.token_file is None and not is_loopback(cfg.host):
+        raise ConfigError(f"a bearer token is required when http.host {cfg.host!r} is beyond "
+                          "loopback", source=t.source, key="http.token_file")
+    return cfg
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses; a host name may resolve anywhere."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _mqtt(t: Table) -> MqttConfig:
     t.only(("enabled", "host", "port", "tls", "ca_file", "username", "password_file",
-            "keepalive", "client_id", "reconnect_min_s", "reconnect_max_s", "protocol", "inflight"))
+            "keepalive", "client_id", "reconnect_min_s", "reconnect_max_s", "protocol", "inflight",
+            "cert_file", "key_file", "max_packet_bytes"))
     cfg = MqttConfig(enabled=t.boolean("enabled", True),
                      host=t.string("host", MQTT_HOST, nonempty=True),
                      port=t.integer("port", MQTT_PORT, lo=1, hi=65535),
@@ -213,11 +275,17 @@ def _mqtt(t: Table) -> MqttConfig:
                      reconnect_min_s=t.number("reconnect_min_s", 0.5, lo=0.01, hi=3600.0),
                      reconnect_max_s=t.number("reconnect_max_s", 30.0, lo=0.01, hi=86400.0),
                      protocol=t.choice("protocol", MQTT_PROTOCOLS, "5"),
-                     inflight=t.integer("inflight", 20, lo=1, hi=65535))
+                     inflight=t.integer("inflight", 20, lo=1, hi=65535),
+                     cert_file=t.path("cert_file", None), key_file=t.path("key_file", None),
+                     max_packet_bytes=t.integer("max_packet_bytes", MQTT_MAX_PACKET_BYTES,
+                                                lo=1024, hi=268_435_455))
     if cfg.password_file is not None and cfg.username is None:
         raise t.fail("username", None, "optional when a password_file is set", missing=True)
-    if cfg.ca_file is not None and not cfg.tls:
-        raise t.fail("tls", False, "false when ca_file is set", [True])
+    if (cfg.ca_file or cfg.cert_file or cfg.key_file) is not None and not cfg.tls:
+        raise t.fail("tls", False, "false when ca_file/cert_file/key_file is set", [True])
+    if (cfg.cert_file is None) != (cfg.key_file is None):
+        missing = "key_file" if cfg.key_file is None else "cert_file"
+        raise t.fail(missing, None, "set together with cert_file/key_file", missing=True)
     return cfg
 
 
@@ -246,3 +314,12 @@ def _load(t: Table) -> LoadConfig:
     t.only(("rate", "seed"))
     return LoadConfig(rate=t.number("rate", 0.0, lo=0.0, hi=1e6),
                       seed=t.integer("seed", 0, lo=0, hi=2**32 - 1))
+
+
+def _offload(t: Table) -> OffloadConfig:
+    t.only(("enabled", "worker", "deadline_ms", "max_queue", "simulated_latency_ms"))
+    return OffloadConfig(enabled=t.boolean("enabled", False), worker=t.boolean("worker", False),
+                         deadline_ms=t.number("deadline_ms", 1000.0, lo=10.0, hi=600_000.0),
+                         max_queue=t.integer("max_queue", 64, lo=1, hi=100_000),
+                         simulated_latency_ms=t.number("simulated_latency_ms", 0.0, lo=0.0,
+                                                       hi=60_000.0))

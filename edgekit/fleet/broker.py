@@ -8,37 +8,30 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgekit_agent.cliutil import parse_broker
 from edgekit_agent.errors import ConfigError, TransportError
-
-from ..defaults import MQTT_PORT
-
-
-def parse_broker(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = text, str(MQTT_PORT)
-    try:
-        number = int(port)
-    except ValueError:
-        number = -1
-    if not host or not 0 < number < 65536:
-        raise ConfigError("must be HOST:PORT", key="--broker", value=text)
-    return host.strip("[]"), number
+from edgekit_agent.service.offload import no_delay
 
 
 def connect(broker: str, filters: list[str], on_message: Callable[[Any], None], *,
             tls: bool = False, ca_file: Path | None = None, username: str | None = None,
-            password_file: Path | None = None) -> Any:
+            password_file: Path | None = None, cert_file: Path | None = None,
+            key_file: Path | None = None) -> Any:
     """A started paho client subscribed to ``filters`` (QoS 1), or TransportError."""
     import paho.mqtt.client as mqtt
 
     host, port = parse_broker(broker)
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                          client_id=f"edgekit-fleet-{uuid.uuid4().hex[:12]}", protocol=mqtt.MQTTv5)
-    if tls:
-        client.tls_set(ca_certs=str(ca_file) if ca_file else None)
+    if tls or cert_file:
+        try:
+            client.tls_set(ca_certs=str(ca_file) if ca_file else None,
+                           certfile=str(cert_file) if cert_file else None,
+                           keyfile=str(key_file) if key_file else None)
+        except (OSError, ValueError) as exc:
+            raise TransportError(f"cannot set up TLS: {exc}") from None
     if username:
-        client.username_pw_set(username, _read_password(password_file))
+        client.username_pw_set(username, read_password(password_file))
     subscribed, refused = threading.Event(), []
 
     def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -49,6 +42,7 @@ def connect(broker: str, filters: list[str], on_message: Callable[[Any], None], 
         c.subscribe([(f, 1) for f in filters])
 
     client.on_connect = on_connect
+    client.on_socket_open = no_delay
     client.on_subscribe = lambda *a: subscribed.set()
     client.on_message = lambda c, u, msg: on_message(msg)
     try:
@@ -63,7 +57,7 @@ def connect(broker: str, filters: list[str], on_message: Callable[[Any], None], 
     return client
 
 
-def _read_password(path: Path | None) -> str | None:
+def read_password(path: Path | None) -> str | None:
     if path is None:
         return None
     try:

@@ -2,12 +2,14 @@
 
     edgekit fleet status [--broker HOST:PORT] [--fleet NAME] [--wait S] [--watch] [--json]
     edgekit fleet cmd DEVICE ACTION [--arg KEY=VALUE ...] --key FLEET.key [--fleet NAME] [--json]
+    edgekit fleet broker-config --fleet NAME --devices a,b,c --out DIR [--tls] [--json]
 
 ``status`` subscribes to every device's retained ``status`` and live ``telemetry`` (topics and
 payloads from :mod:`edgekit_agent.schema`), collects for ``--wait`` seconds and prints one table;
 ``--watch`` keeps printing (a JSON line per refresh with ``--json``). ``cmd`` signs a command
 with the fleet's ed25519 key (the key that signs bundles), publishes it and waits for the
-device's ``cmd_result``/``cmd_error`` event with the same correlation id.
+device's ``cmd_result``/``cmd_error`` event with the same correlation id. ``broker-config``
+writes an authenticating Mosquitto configuration for a fleet (:mod:`.broker_config`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from edgekit_agent.errors import ConfigError, TransportError
 from edgekit_agent.telemetry import schema
 
 from .. import ui
-from ..defaults import DEFAULT_BROKER
+from ..defaults import DEFAULT_BROKER, MQTT_PORT
+from . import broker_config
 from .broker import connect
 from .status import FleetView, render
 
@@ -54,6 +57,28 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
     _connection_args(c)
     c.add_argument("--json", action="store_true")
+    _broker_config_parser(fleet_sub)
+
+
+def _broker_config_parser(fleet_sub: Any) -> None:
+    b = fleet_sub.add_parser("broker-config", help="write a Mosquitto config with per-device "
+                             "credentials and ACLs (mosquitto.conf, acl, passwords)")
+    b.add_argument("--fleet", required=True)
+    b.add_argument("--devices", required=True, help="comma-separated device names (= usernames)")
+    b.add_argument("--out", required=True, type=Path, help="folder to write (must be empty)")
+    b.add_argument("--conf-dir", type=Path, help="where the files will live on the broker host "
+                   "(default: --out)")
+    b.add_argument("--port", type=int, default=MQTT_PORT, help=f"plain listener (default {MQTT_PORT})")
+    b.add_argument("--bind", default="0.0.0.0", help="listener address (default 0.0.0.0)")
+    b.add_argument("--admin", default="admin", help="operator/coordinator user (default admin)")
+    b.add_argument("--tls", action="store_true", help="mTLS listener instead: a fleet CA, a broker "
+                   "certificate and one client certificate per device (CN = device)")
+    b.add_argument("--tls-port", type=int, default=8883)
+    b.add_argument("--host", action="append", dest="hosts", metavar="NAME",
+                   help="broker host name/IP for the certificate and the snippets (repeatable; "
+                   "default localhost, 127.0.0.1)")
+    b.add_argument("--max-packet-bytes", type=int, default=broker_config.MQTT_MAX_PACKET_BYTES)
+    b.add_argument("--json", action="store_true")
 
 
 def _connection_args(p: argparse.ArgumentParser) -> None:
@@ -62,6 +87,8 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fleet", default="+", help="fleet name (default: every fleet)")
     p.add_argument("--tls", action="store_true", help="connect with TLS")
     p.add_argument("--ca-file", type=Path, help="CA certificate for --tls")
+    p.add_argument("--cert-file", type=Path, help="client certificate for mTLS (with --key-file)")
+    p.add_argument("--key-file", type=Path, help="client private key for mTLS")
     p.add_argument("--username")
     p.add_argument("--password-file", type=Path, help="file whose first line is the password")
 
@@ -69,7 +96,22 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.fleet_command == "status":
         return _status(args)
+    if args.fleet_command == "broker-config":
+        return _broker_config(args)
     return _cmd(args)
+
+
+def _broker_config(args: argparse.Namespace) -> int:
+    out = args.out.resolve()
+    plan = broker_config.BrokerPlan(
+        fleet=args.fleet, devices=tuple(d.strip() for d in args.devices.split(",") if d.strip()),
+        out=out, conf_dir=(args.conf_dir or out), port=args.port, bind=args.bind,
+        admin=args.admin, tls=args.tls, tls_port=args.tls_port,
+        hosts=tuple(args.hosts or ("localhost", "127.0.0.1")),
+        max_packet_bytes=args.max_packet_bytes)
+    summary = broker_config.write(plan)
+    print(broker_config.to_json(summary) if args.json else broker_config.render(summary))
+    return 0
 
 
 
@@ -94,6 +136,9 @@ def _status(args: argparse.Namespace) -> int:
         client.disconnect()
     if view.ignored and not args.json:
         print(f"({view.ignored} malformed message(s) ignored)", file=sys.stderr)
+    if view.rejected and not args.json:
+        print(f"({view.rejected} message(s) with an implausible ts/seq or device refused)",
+              file=sys.stderr)
     return 0
 
 
@@ -161,4 +206,5 @@ def _parse_args(items: list[str]) -> dict[str, Any]:
 
 def _connect(args: argparse.Namespace, filters: list[str], on_message: Any) -> Any:
     return connect(args.broker, filters, on_message, tls=args.tls, ca_file=args.ca_file,
-                   username=args.username, password_file=args.password_file)
+                   username=args.username, password_file=args.password_file,
+                   cert_file=args.cert_file, key_file=args.key_file)

@@ -81,6 +81,7 @@ class Latency:
     p95_ms: float
     ref_p50_ms: float
     ratio: float  # median over adjacent (candidate, reference) call pairs of their time ratio
+    source: str = "measured-host"  # or measured-device, estimated (edgekit.packer.latency_model)
 
 
 def interleaved_latency(candidate: Runner, reference: Runner, sample: list[np.ndarray],

@@ -35,6 +35,7 @@ class FormatChoice:
     model: bytes
     format: str
     steps: tuple[str, ...]
+    note: str = ""  # also said in the pack summary, not only in the recipe steps
 
 
 def choose_format(model: bytes, fmt: str, family: Any, profile_family: str, runtime: str,
@@ -61,9 +62,15 @@ def _faster(model: bytes, data: Dataset) -> FormatChoice:
         require_convert_extra()
     except ModelError:
         return FormatChoice(model, "onnx", ("runtime: onnxruntime (LiteRT not tried: the convert "
-                                            "extra is not installed)",))
-    tflite, summary = convert_cached(model, data)
-    lite, ort = make_runner(tflite, "tflite"), make_runner(model, "onnx")
+                                            "extra is not installed)",),
+                            note="LiteRT and its TFLite recipes were not tried: "
+                                 "pip install 'edgekit[convert]' adds them")
+    try:
+        tflite, summary = convert_cached(model, data)
+        lite = make_runner(tflite, "tflite")
+    except ModelError as exc:  # ONNX Runtime runs what onnx2tf cannot convert
+        return FormatChoice(model, "onnx", (f"runtime: onnxruntime (LiteRT not tried: {exc})",))
+    ort = make_runner(model, "onnx")
     # ONNX Runtime's spinning worker threads make single timings bimodal on a busy host:
     # decide on the median of a few rounds.
     ratio = float(np.median([interleaved_latency(lite, ort, data.sample(0), min_runs=100,

@@ -27,15 +27,32 @@ from ..errors import BudgetError, CalibrationError, ConfigError, ModelError
 from ..examples import get_example
 from ..report import render_candidates
 from ..targets import Profile, family_for, get_profile
+from ..targets.mcu.csource import selftest_header
 from . import doctor_onnx, doctor_tflite
 from .evaluate import accuracy, is_classifier, make_runner, run_all
 from .formats import choose_format
 from .ingest import ModelInfo, describe, read_model
+from .inputs import (
+    InputValue,
+    check_control_flow,
+    check_generated_inputs,
+    freeze_input_values,
+    state_pairs,
+    with_fed_back_state,
+)
+from .latency_model import target_timing
+from .preact import PreActivation, saturated_outputs
 from .recipes import LADDER, Recipe, recipe_by_name
+from .refusal import refusal_message
 from .search import Candidate, Context, Criteria, choose, format_supports, run_search
+from .source import keep_source
 
 EVAL_FRACTION = 0.5  # without --eval, the second half of --calib is held out for evaluation
 SELFTEST_SAMPLES = 4
+FIRMWARE_HEADER, FIRMWARE_SELFTEST = "mcu/model_data.h", "mcu/selftest_data.h"
+HOST_FORM_SUFFIX = "selftest.tflite"  # model.selftest.tflite: what a host runs for model.tflite
+NO_CALIB_HINT = ("no calibration data was given; give --calib DIR (representative inputs), "
+                 "or --synthetic-calib to accept generated data")
 
 
 @dataclass(frozen=True)
@@ -51,11 +68,19 @@ class PackOptions:
     recipe: str | None = None
     # input name -> the static shape to freeze it to (a dynamic input needs one)
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    # input name -> a constant it is frozen to (e.g. a sample rate); the input disappears
+    input_values: Mapping[str, InputValue] = field(default_factory=dict)
+    # (input, output) recurrent-state pairs; empty: the obvious ones (state/stateN) by name
+    states: tuple[tuple[str, str], ...] = ()
+    # ssh://[user@]host[:port]: time candidates on that board with its edgekit-agent
+    profile_on: str | None = None
+    ssh_options: tuple[str, ...] = ()
+    agent_cmd: str = "edgekit-agent"  # the agent command on that board
     synthetic_calib: bool = False
     variants: int = 1
     sign_key: str | Path | None = None
     targets_dirs: tuple[str, ...] = ()
-    preprocess: str | None = None
+    preprocess: Preprocess | None = None  # how image folders become inputs (None: defaults)
     runtime: str = "auto"
     name: str | None = None
     version: str = "1"
@@ -71,20 +96,27 @@ class PackResult:
     chosen: list[Candidate]
     source: ModelInfo
     notes: list[str] = field(default_factory=list)
+    # the target takes (full) int8, but no calibration data was given: int8 was never built
+    uncalibrated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"bundle": str(self.bundle), "bundle_bytes": self.bundle.stat().st_size,
+                "uncalibrated": self.uncalibrated,
                 "chosen": [c.recipe.name for c in self.chosen],
                 "candidates": [c.to_dict() for c in self.candidates],
                 "manifest": self.manifest.to_dict()}
 
     def render(self) -> str:
-        size = self.bundle.stat().st_size
+        # The bundle also carries variants, C sources and self-test data: the ratio a user asks
+        # about is the model that will run against the float model, so say both apart.
+        model = self.manifest.model.size_bytes
+        extra = f", {len(self.chosen)} variants" if len(self.chosen) > 1 else ""
         head = (
-            f"packed {self.bundle} ({ui.human_bytes(size)}, "
-            f"{size / self.source.size_bytes:.2f}x the float model) for {self.manifest.target}: "
-            f"{', '.join(c.recipe.name for c in self.chosen)}"
-        )
+            f"packed {self.bundle} for {self.manifest.target}: "
+            f"{', '.join(c.recipe.name for c in self.chosen)} — model {ui.human_bytes(model)}, "
+            f"{model / self.source.size_bytes:.2f}x the float model "
+            f"(bundle {ui.human_bytes(self.bundle.stat().st_size)}{extra})"
+        ) + (f"; no int8: {NO_CALIB_HINT}" if self.uncalibrated else "")
         return "\n".join([render_candidates(self.candidates, self.source.size_bytes), "", head,
                           *(f"note: {n}" for n in self.notes)])
 
@@ -99,12 +131,16 @@ def pack(opts: PackOptions) -> PackResult:
     source = describe(original, fmt)
     model, steps = _doctor(original, fmt, opts, profile)
     info = describe(model, fmt)
+    flow = check_control_flow(model, fmt, family, profile.name)
+    steps += flow
     calib_path = opts.calib or defaults.get("calib")
     eval_path = opts.eval_data or (defaults.get("eval") if not opts.calib else None)
     labels_path = opts.labels or (defaults.get("labels") if not opts.calib else None)
-    calib, evald, notes = _datasets(info, calib_path, eval_path, opts, recipes)
-    choice = choose_format(model, fmt, family, profile.family, opts.runtime, calib or evald)
+    calib, evald, notes = _datasets(info, (model, fmt), calib_path, eval_path, opts, recipes)
+    runtime = "onnxruntime" if flow else opts.runtime
+    choice = choose_format(model, fmt, family, profile.family, runtime, calib or evald)
     steps += choice.steps
+    notes += [choice.note] if choice.note else []
     if choice.format != fmt:
         model, fmt = choice.model, choice.format
         info = describe(model, fmt)
@@ -114,17 +150,19 @@ def pack(opts: PackOptions) -> PackResult:
         raise ConfigError(f"recipe {recipes[0].name} is not available for {fmt} models",
                           key="--recipe", value=opts.recipe)
     labels = load_labels(labels_path, len(evald)) if labels_path else None
-    ctx = _context(model, fmt, family, profile, calib, evald, labels, opts)
+    ctx = _context(model, fmt, family, profile, calib, evald, labels, opts, notes)
+    ctx.source_bytes = len(original)
     with ui.progress(len(recipes), f"pack {profile.name}", opts.show_progress) as bar:
         tried = run_search(ctx, recipes, opts.variants, bar)
     chosen = choose(tried, opts.variants) or _forced(opts, tried, notes)
+    chosen = keep_source(ctx, original, source.format, chosen)
     if not chosen:
-        raise BudgetError(f"no recipe fits {profile.name}:\n"
-                          f"{render_candidates(tried, source.size_bytes)}")
+        raise BudgetError(refusal_message(ctx, tried, render_candidates(tried, source.size_bytes)))
     manifest, files = _bundle_contents(opts, model_path, original, source, profile, ctx, steps,
                                        chosen, notes)
     write_bundle(opts.out, manifest, files, opts.sign_key)
-    return PackResult(Path(opts.out), manifest, tried, chosen, source, notes)
+    uncalibrated = ctx.calib is None and any(r.needs_calibration for r in recipes)
+    return PackResult(Path(opts.out), manifest, tried, chosen, source, notes, uncalibrated)
 
 
 def _forced(opts: PackOptions, tried: list[Candidate], notes: list[str]) -> list[Candidate]:
@@ -147,6 +185,10 @@ def _check_options(opts: PackOptions) -> None:
     if opts.security_version is not None and not 0 <= opts.security_version <= MAX_SECURITY_VERSION:
         raise ConfigError("the anti-rollback counter is an integer >= 0", key="--security-version",
                           value=opts.security_version, allowed=f"0..{MAX_SECURITY_VERSION}")
+    if opts.profile_on:
+        from ..flash.bench_ssh import parse_profile_uri
+
+        parse_profile_uri(opts.profile_on)  # a bad URI fails before any work
     out = Path(opts.out)
     if out.is_dir():
         raise ConfigError(f"{out} is a folder; give a bundle file name", key="-o", value=str(out))
@@ -185,8 +227,8 @@ def _inapplicable(recipe: Recipe, family: Any, profile: Profile) -> str:
         return f"the {profile.family} runtime cannot execute {recipe.quantization}"
     if recipe.mixed_precision and family.FULL_INT8:
         return f"{profile.family} needs every op in int8"
-    dtype = {"none": "float32", "fp16": "float16",
-             "weight_int4": "int4"}.get(recipe.quantization, "int8")
+    dtype = {"none": "float32", "fp16": "float16", "weight_int4": "int4",
+             "static_int16x8": "int16"}.get(recipe.quantization, "int8")
     if dtype not in profile.dtypes:
         return f"{profile.name} does not support {dtype} (supports {', '.join(profile.dtypes)})"
     return ""
@@ -195,12 +237,20 @@ def _inapplicable(recipe: Recipe, family: Any, profile: Profile) -> str:
 def _doctor(model: bytes, fmt: str, opts: PackOptions, profile: Profile) -> tuple[bytes, list[str]]:
     shapes = dict(opts.input_shapes)
     steps: list[str] = []
+    if opts.input_values and fmt != "onnx":
+        raise ConfigError("freezes inputs of ONNX models only", key="--input-value",
+                          value=",".join(opts.input_values))
     if fmt == "onnx":
-        chain = [lambda m: doctor_onnx.freeze_input_shapes(m, shapes, profile.default_input_batch),
+        # Fold the branches a frozen value selects before shapes are frozen: ONNX Runtime
+        # type-checks every If branch against static shapes, also the ones never taken.
+        chain = [lambda m: freeze_input_values(m, opts.input_values),
+                 lambda m: doctor_onnx.simplify(m) if opts.input_values else (m, []),
+                 lambda m: doctor_onnx.freeze_input_shapes(m, shapes, profile.default_input_batch),
                  doctor_onnx.decompose_fp16_weights, doctor_onnx.simplify,
                  doctor_onnx.sanitize_names]
     else:
-        chain = [lambda m: doctor_tflite.freeze_input_shapes(m, shapes,
+        chain = [doctor_tflite.normalise_opcodes, doctor_tflite.rewrite_transpose_conv_bias,
+                 lambda m: doctor_tflite.freeze_input_shapes(m, shapes,
                                                              profile.default_input_batch),
                  doctor_tflite.decompose_fp16_weights, doctor_tflite.ensure_signature]
     for step in chain:
@@ -209,22 +259,28 @@ def _doctor(model: bytes, fmt: str, opts: PackOptions, profile: Profile) -> tupl
     return model, steps
 
 
-def _datasets(info: ModelInfo, calib_path: Any, eval_path: Any, opts: PackOptions,
-              recipes: list[Recipe]) -> tuple[Dataset | None, Dataset, list[str]]:
+def _datasets(info: ModelInfo, model: tuple[bytes, str], calib_path: Any, eval_path: Any,
+              opts: PackOptions, recipes: list[Recipe]
+              ) -> tuple[Dataset | None, Dataset, list[str]]:
     notes: list[str] = []
-    pre = Preprocess.parse(opts.preprocess) if opts.preprocess else None
-    calib = load_dataset(calib_path, info.inputs, pre) if calib_path else None
+    pairs = state_pairs(info.inputs, info.outputs, opts.states)
+    states = [p[0] for p in pairs]
+    data_inputs = tuple(s for s in info.inputs if s.name not in states)
+    complete = _state_feeder(info, model, pairs, notes)
+    pre = opts.preprocess
+    calib = complete(load_dataset(calib_path, data_inputs, pre)) if calib_path else None
     if calib is None:
         if any(r.needs_calibration for r in recipes) and not opts.synthetic_calib:
             if opts.recipe or all(r.needs_calibration for r in recipes):
                 raise CalibrationError("static int8 needs calibration data: give --calib PATH "
                                        "(or --synthetic-calib to accept generated data)")
         if opts.synthetic_calib:
-            calib = synthetic_dataset(info.inputs, n=128)
+            check_generated_inputs(data_inputs)
+            calib = complete(synthetic_dataset(data_inputs, n=128))
             notes.append("calibration and fidelity were measured on SYNTHETIC data "
                          "(uniform [0,1)); real data may differ")
     if eval_path:
-        evald = load_dataset(eval_path, info.inputs, pre)
+        evald = complete(load_dataset(eval_path, data_inputs, pre))
     elif calib is not None and len(calib) >= 4:
         n = int(len(calib) * (1 - EVAL_FRACTION))
         calib, evald = calib.split(n)
@@ -234,15 +290,33 @@ def _datasets(info: ModelInfo, calib_path: Any, eval_path: Any, opts: PackOption
     elif calib is not None:
         evald = calib
     else:
-        evald = synthetic_dataset(info.inputs, n=32, seed=1)
+        check_generated_inputs(data_inputs)
+        evald = complete(synthetic_dataset(data_inputs, n=32, seed=1))
         notes.append("no data given: fidelity measured on synthetic inputs")
     return calib, evald, notes
 
 
+def _state_feeder(info: ModelInfo, model: tuple[bytes, str], pairs: tuple[tuple[str, str], ...],
+                  notes: list[str]) -> Any:
+    """Dataset of the non-state inputs -> the full Dataset, state fed back by the float model."""
+    if not pairs:
+        return lambda data: data
+    runner = make_runner(*model)
+    notes.append("recurrent state fed back across calibration/evaluation steps (float model): "
+                 + ", ".join(f"{o} -> {i}" for i, o in pairs))
+    return lambda data: with_fed_back_state(data, info.inputs, info.outputs, pairs, runner)
+
+
 def _context(model: bytes, fmt: str, family: Any, profile: Profile, calib: Dataset | None,
-             evald: Dataset, labels: np.ndarray | None, opts: PackOptions) -> Context:
+             evald: Dataset, labels: np.ndarray | None, opts: PackOptions,
+             notes: list[str]) -> Context:
     reference = make_runner(model, fmt)
     ref_out = run_all(reference, evald)
+    names = [s.name for s in reference.outputs]
+    pre = PreActivation.of(model, fmt, names, evald)
+    if pre is not None:
+        shown = run_all(reference, calib) if calib is not None else ref_out
+        notes += saturated_outputs(names, shown, pre.activations)
     ref_acc = (
         accuracy(ref_out[0], labels) if labels is not None and is_classifier(ref_out[0]) else None
     )
@@ -254,7 +328,10 @@ def _context(model: bytes, fmt: str, family: Any, profile: Profile, calib: Datas
     return Context(model=model, format=fmt, family=family, profile=profile, calib=calib, eval=evald,
                    labels=labels, reference=reference, reference_outputs=ref_out,
                    reference_accuracy=ref_acc, criteria=criteria,
-                   int8_io=family.FULL_INT8 or profile.family == "mcu")
+                   int8_io=family.FULL_INT8 or profile.family == "mcu",
+                   timing=target_timing(profile, model, fmt, opts.profile_on,
+                                        (opts.ssh_options, opts.agent_cmd)),
+                   pre_activation=pre)
 
 
 # --- bundle contents -------------------------------------------------------------------------
@@ -270,13 +347,22 @@ def _bundle_contents(opts: PackOptions, model_path: Path, original: bytes, sourc
         files.append(MemberFile(path, cand.shipped, "model" if i == 0 else "variant"))
         for extra, blob in (cand.compiled.extra_files if cand.compiled else {}).items():
             files.append(MemberFile(f"{stem}_files/{extra}" if i else extra, blob, "target"))
-        variants.append(_variant(cand, path, steps))
-    selftest = _selftest(chosen[0], ctx.eval)
+        host_path = None
+        if cand.compiled and cand.compiled.host_model is not None:
+            host_path = f"{stem}.{HOST_FORM_SUFFIX}"
+            files.append(MemberFile(host_path, cand.compiled.host_model, "selftest"))
+        variants.append(_variant(cand, path, steps, host_path))
+    selftest, arrays = _selftest(chosen[0], ctx.eval)
     files.append(MemberFile("selftest.npz", selftest, "selftest"))
+    if any(f.path == FIRMWARE_HEADER for f in files):  # the firmware self-tests a slot too
+        files.append(MemberFile(FIRMWARE_SELFTEST, _firmware_selftest(chosen[0], arrays),
+                                "target"))
     source_dict = {"path": model_path.name, "format": source.format, "sha256": sha256_hex(original),
                    "size_bytes": len(original), "params": source.params, "macs": source.macs,
                    "op_count": len(source.ops), "latency_ms": chosen[0].latency.ref_p50_ms
-                   if chosen[0].latency else None, "accuracy": ctx.reference_accuracy,
+                   if chosen[0].latency else None,
+                   "latency_source": chosen[0].latency.source if chosen[0].latency else None,
+                   "accuracy": ctx.reference_accuracy,
                    "eval_samples": len(ctx.eval),
                    "calib_samples": len(ctx.calib) if ctx.calib else 0,
                    "synthetic_data": bool(ctx.calib and ctx.calib.synthetic) or ctx.eval.synthetic}
@@ -291,7 +377,8 @@ def _bundle_contents(opts: PackOptions, model_path: Path, original: bytes, sourc
     return manifest, files
 
 
-def _variant(cand: Candidate, path: str, doctor_steps: list[str]) -> Variant:
+def _variant(cand: Candidate, path: str, doctor_steps: list[str],
+             host_path: str | None = None) -> Variant:
     runner = cand.runner
     recipe = [RecipeStep("doctor", s) for s in doctor_steps]
     recipe.append(RecipeStep("recipe", params={**cand.recipe.to_dict(), **cand.stats}))
@@ -303,22 +390,36 @@ def _variant(cand: Candidate, path: str, doctor_steps: list[str]) -> Variant:
                                   size_bytes=len(shipped), compressed_bytes=cand.compressed_bytes),
                    inputs=runner.inputs, outputs=runner.outputs, recipe=tuple(recipe),
                    fidelity=replace(cand.fidelity, latency_ratio=round(cand.latency.ratio, 3)),
-                   latency_ms=round(cand.latency.p50_ms, 4), target_report=cand.compiled.report)
+                   latency_ms=round(cand.latency.p50_ms, 4),
+                   target_report=replace(cand.compiled.report, selftest_model=host_path),
+                   latency_source=cand.latency.source)
 
 
-def _selftest(cand: Candidate, data: Dataset) -> bytes:
+def _cases(arrays: list[np.ndarray]) -> np.ndarray:
+    """K cases along the batch axis; scalars (rank 0) on a new leading axis."""
+    return np.stack(arrays) if arrays and np.ndim(arrays[0]) == 0 else np.concatenate(arrays)
+
+
+def _firmware_selftest(cand: Candidate, arrays: dict[str, np.ndarray]) -> bytes:
+    ins, outs = cand.runner.inputs, cand.runner.outputs
+    return selftest_header([arrays[f"input_{i}"][:1] for i in range(len(ins))],
+                           [arrays[f"output_{j}"][:1] for j in range(len(outs))], ins, outs,
+                           float(arrays["atol"]))
+
+
+def _selftest(cand: Candidate, data: Dataset) -> tuple[bytes, dict[str, np.ndarray]]:
     """Inputs and the chosen model's own outputs: a device re-runs them before activation."""
     arrays: dict[str, np.ndarray] = {}
     samples = list(data.samples(SELFTEST_SAMPLES))
     outputs = [cand.runner(s) for s in samples]
     for i in range(len(data.inputs)):
-        arrays[f"input_{i}"] = np.concatenate([s[i] for s in samples])
+        arrays[f"input_{i}"] = _cases([s[i] for s in samples])
     for j in range(len(cand.runner.outputs)):
-        arrays[f"output_{j}"] = np.concatenate([o[j] for o in outputs])
+        arrays[f"output_{j}"] = _cases([o[j] for o in outputs])
     spread = max(float(np.ptp(arrays[f"output_{j}"])) for j in range(len(cand.runner.outputs)))
     # Another CPU's kernels may round differently: allow a few quantization steps.
     scales = [s.scale for s in cand.runner.outputs if s.scale]
     arrays["atol"] = np.float32(max([3 * max(scales, default=0.0), 1e-3 * spread, 1e-5]))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    return buf.getvalue()
+    return buf.getvalue(), arrays

@@ -26,10 +26,12 @@ from .evaluate import Fidelity, Latency, compare, interleaved_latency, make_runn
 from .quantize_onnx import apply_recipe, sensitive_nodes
 from .quantize_tflite import fallback_order, quantize_tflite
 from .recipes import Recipe
+from .tuned import quantize_tuned
 
 SPEED_TOLERANCE = 1.10  # p50 within 10 % of float counts as "not slower" on a shared, noisy host
 DEFAULT_MIN_SQNR_DB = 15.0  # used when no labels give an accuracy to hold
 MIXED_STEPS = (1, 2, 4, 8, 16)
+FASTER_CHOICE = 0.80  # a later fitting candidate replaces the first one at <= 0.8x its latency
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,10 @@ class Criteria:
         floor = self.min_sqnr_db
         if floor is None and fid.accuracy_drop is None:
             floor = DEFAULT_MIN_SQNR_DB
-        if floor is not None and fid.min_sqnr_db < floor:
-            out.append(f"SQNR {fid.min_sqnr_db:.1f} dB < {floor:.1f} dB")
+        low = fid.decision_sqnr_db
+        if floor is not None and low < floor:
+            where = " before the final activation" if low != fid.min_sqnr_db else ""
+            out.append(f"SQNR{where} {low:.1f} dB < {floor:.1f} dB")
         return out
 
 
@@ -69,6 +73,11 @@ class Context:
     reference_accuracy: float | None
     criteria: Criteria
     int8_io: bool
+    # size of the model file as the user gave it (an fp16-stored source is smaller than
+    # ``model``, its float32 decomposition); nothing larger than it is ever shipped
+    source_bytes: int = 0
+    timing: Any = None  # latency_model.Timing; None: host timing, no speed hints
+    pre_activation: Any = None  # preact.PreActivation: fidelity before final sigmoid/softmax
 
 
 @dataclass
@@ -124,8 +133,13 @@ def _produce_tflite(ctx: Context, recipe: Recipe, calib: Dataset | None,
     if recipe.quantization in ("none", "fp16"):
         return model, stats
     feeds = calib.feeds() if calib is not None else None
-    model = quantize_tflite(model, recipe.quantization, feeds, float_ops=frozenset(exclude),
-                            int8_io=ctx.int8_io)
+    if recipe.calibration == "tuned" or recipe.quantization == "static_int16x8":
+        model, tuning = quantize_tuned(model, recipe.quantization, feeds,
+                                       float_ops=frozenset(exclude), int8_io=ctx.int8_io)
+        stats = {**stats, **tuning}
+    else:
+        model = quantize_tflite(model, recipe.quantization, feeds, float_ops=frozenset(exclude),
+                                int8_io=ctx.int8_io)
     return model, {**stats, "float_ops": sorted(exclude)} if exclude else stats
 
 
@@ -134,7 +148,8 @@ def evaluate(ctx: Context, recipe: Recipe, exclude: Sequence[Any] = ()) -> Candi
     try:
         cand.model, cand.stats = produce(ctx, recipe, exclude)
         cand.compiled = ctx.family.compile(cand.model, ctx.format, ctx.profile, calib=ctx.calib)
-        runnable = cand.compiled.model if ctx.family.HOST_RUNNABLE else cand.model
+        runnable = (cand.compiled.model if ctx.family.HOST_RUNNABLE
+                    else cand.compiled.host_model or cand.model)
         cand.runner = make_runner(runnable, ctx.format)
         outputs = run_all(cand.runner, ctx.eval)
     except EdgekitError as exc:
@@ -143,7 +158,10 @@ def evaluate(ctx: Context, recipe: Recipe, exclude: Sequence[Any] = ()) -> Candi
     names = [s.name for s in ctx.reference.outputs]
     cand.fidelity = compare(names, ctx.reference_outputs, outputs, ctx.eval, ctx.labels,
                             ctx.reference_accuracy)
-    cand.latency = interleaved_latency(cand.runner, ctx.reference, ctx.eval.sample(0))
+    if ctx.pre_activation is not None:
+        cand.fidelity = ctx.pre_activation.add_to(cand.fidelity, runnable, ctx.format, ctx.eval)
+    cand.latency = (ctx.timing.latency(cand, ctx) if ctx.timing is not None
+                    else interleaved_latency(cand.runner, ctx.reference, ctx.eval.sample(0)))
     cand.rejected = "; ".join(_misses(ctx, cand))
     return cand
 
@@ -154,6 +172,9 @@ def _misses(ctx: Context, cand: Candidate) -> list[str]:
         out += ctx.criteria.misses(cand.fidelity)
         if len(cand.shipped) >= len(ctx.model):
             out.append(f"larger than float ({len(cand.shipped)} B >= {len(ctx.model)} B)")
+        elif ctx.source_bytes and len(cand.shipped) >= ctx.source_bytes:
+            out.append(f"not smaller than the source file ({len(cand.shipped)} B >= "
+                       f"{ctx.source_bytes} B)")
         if ctx.criteria.check_speed and cand.latency.ratio > SPEED_TOLERANCE:
             out.append(f"slower than float ({cand.latency.ratio:.2f}x p50)")
     return out
@@ -188,16 +209,25 @@ def sensitivity_order(ctx: Context, int8_model: bytes) -> list[Any]:
 
 
 def format_supports(recipe: Recipe, fmt: str) -> bool:
-    """ai-edge-quantizer calibrates min/max, per channel; other choices are ONNX Runtime's."""
+    """ai-edge-quantizer calibrates min/max, per channel; other choices are ONNX Runtime's;
+    tuned int8 and 16x8 are edgekit's own, on TFLite."""
+    if recipe.calibration == "tuned" or recipe.quantization == "static_int16x8":
+        return fmt == "tflite"
     return fmt == "onnx" or (
         recipe.calibration == "minmax" and (recipe.per_channel or recipe.clusters > 0)
     )
 
 
 def run_search(ctx: Context, recipes: Sequence[Recipe], variants: int, bar: Any) -> list[Candidate]:
-    """Every candidate tried, in ladder order; stops once ``variants`` compressing ones fit."""
+    """Every candidate tried, in ladder order; stops once ``variants`` compressing ones fit,
+    except for one recipe the target's cost model predicts clearly faster (int8 on Arm)."""
     tried: list[Candidate] = []
+    hint = ctx.timing.worth_trying if ctx.timing is not None else (lambda _r: False)
     for recipe in recipes:
+        enough = sum(c.fits and c.recipe.quantization != "none" for c in tried) >= variants
+        if enough and not hint(recipe):
+            bar.update(1)
+            continue
         if not format_supports(recipe, ctx.format):
             bar.update(1)
             continue
@@ -209,7 +239,7 @@ def run_search(ctx: Context, recipes: Sequence[Recipe], variants: int, bar: Any)
             cand = evaluate(ctx, recipe)
         tried.append(cand)
         bar.update(1)
-        if sum(c.fits and c.recipe.quantization != "none" for c in tried) >= variants:
+        if enough:
             break
     return tried
 
@@ -218,5 +248,8 @@ def choose(tried: Sequence[Candidate], variants: int) -> list[Candidate]:
     """The first fitting compressing candidates; float32 only when nothing else fits."""
     fits = [c for c in tried if c.fits and c.recipe.quantization != "none"]
     if fits:
+        fast = min(fits, key=lambda c: c.latency.ratio)
+        if fast is not fits[0] and fast.latency.ratio <= FASTER_CHOICE * fits[0].latency.ratio:
+            fits = [fast, *(c for c in fits if c is not fast)]
         return fits[:variants]
     return [c for c in tried if c.fits][:1]

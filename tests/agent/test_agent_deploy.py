@@ -39,3 +39,6 @@ def test_unit_restarts_on_failure_and_is_hardened():
                        ("CapabilityBoundingSet", ""), ("SystemCallFilter", "@system-service")):
         assert s[key] == [value], key
     assert s["ReadWritePaths"] == ["/var/lib/edgekit"]
+    assert s["WorkingDirectory"] == ["/var/lib/edgekit"] and int(s["LimitNOFILE"][0]) >= 4096
+    for key in ("ProtectHome", "ProtectKernelTunables", "RestrictSUIDSGID", "LockPersonality"):
+        assert s[key] == ["yes"], key

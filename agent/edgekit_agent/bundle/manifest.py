@@ -112,6 +112,8 @@ class Variant:
     fidelity: Fidelity | None = None  # None: not measured (written as {})
     latency_ms: float | None = None
     target_report: TargetReport | None = None  # None: no target checks (written as {})
+    # where latency_ms came from: measured-host | measured-device | estimated (None: not said)
+    latency_source: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], key: str = "") -> Variant:
@@ -125,7 +127,8 @@ class Variant:
                    fidelity=Fidelity.from_dict(fidelity.data, fidelity.key) if fidelity.data else None,
                    latency_ms=t.get("latency_ms", NUMBER, None),
                    target_report=(TargetReport.from_dict(report.data, report.key)
-                                  if report.data else None))
+                                  if report.data else None),
+                   latency_source=t.get("latency_source", str, None))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "model": self.model.to_dict(),
@@ -134,7 +137,8 @@ class Variant:
                 "recipe": [s.to_dict() for s in self.recipe],
                 "fidelity": self.fidelity.to_dict() if self.fidelity else {},
                 "latency_ms": self.latency_ms,
-                "target_report": self.target_report.to_dict() if self.target_report else {}}
+                "target_report": self.target_report.to_dict() if self.target_report else {},
+                **({"latency_source": self.latency_source} if self.latency_source else {})}
 
 
 @dataclass(frozen=True)
@@ -283,6 +287,10 @@ class Fidelity:
 
     ``accuracy``/``accuracy_drop`` are fractions 0-1 (when labels were given); ``synthetic`` is
     written as ``synthetic_data``; ``latency_ratio`` (p50 against float) only when measured.
+    ``pre_activation`` holds, for outputs behind a final sigmoid/softmax (named in
+    ``final_activation``), the same figures measured before that activation; the packer judges
+    those. They sit beside ``outputs`` (not inside), so agents that predate them keep them as
+    extras and read the manifest unchanged.
     """
 
     outputs: dict[str, OutputFidelity]
@@ -293,27 +301,39 @@ class Fidelity:
     synthetic: bool | None = None
     latency_ratio: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    pre_activation: dict[str, OutputFidelity] = field(default_factory=dict)
+    final_activation: dict[str, str] = field(default_factory=dict)  # output -> sigmoid | softmax
 
     _KEYS = ("outputs", "min_sqnr_db", "top1_agreement", "accuracy", "accuracy_drop", "samples",
-             "synthetic_data", "latency_ratio")
+             "synthetic_data", "latency_ratio", "pre_activation", "pre_activation_sqnr_db",
+             "final_activation")
 
     @property
     def min_sqnr_db(self) -> float | None:
         return min((o.sqnr_db for o in self.outputs.values()), default=None)
 
+    @property
+    def pre_activation_sqnr_db(self) -> float | None:
+        return min((o.sqnr_db for o in self.pre_activation.values()), default=None)
+
+    @property
+    def decision_sqnr_db(self) -> float | None:
+        """The lowest SQNR the packer judges (before final activations where measured)."""
+        return min(((self.pre_activation.get(n) or o).sqnr_db for n, o in self.outputs.items()),
+                   default=None)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any], key: str = "") -> Fidelity:
         t = _table(d, key)
-        outputs = t.table("outputs")
-        return cls(outputs={name: OutputFidelity.from_dict(outputs.table(name).data,
-                                                            outputs.dotted(name))
-                            for name in outputs.data},
+        return cls(outputs=_output_table(t.table("outputs")),
                    top1_agreement=t.get("top1_agreement", NUMBER, None),
                    accuracy=t.get("accuracy", NUMBER, None),
                    accuracy_drop=t.get("accuracy_drop", NUMBER, None),
                    samples=t.get("samples", int, None), synthetic=t.get("synthetic_data", bool, None),
                    latency_ratio=t.get("latency_ratio", NUMBER, None),
-                   extra={k: v for k, v in t.data.items() if k not in cls._KEYS})
+                   extra={k: v for k, v in t.data.items() if k not in cls._KEYS},
+                   pre_activation=_output_table(t.table("pre_activation")),
+                   final_activation=t.mapping("final_activation", str, {}))
 
     def to_dict(self) -> dict[str, Any]:
         low = self.min_sqnr_db
@@ -324,13 +344,24 @@ class Fidelity:
              "synthetic_data": self.synthetic}
         if self.latency_ratio is not None:
             d["latency_ratio"] = self.latency_ratio
+        if self.pre_activation:
+            d["pre_activation"] = {k: o.to_dict() for k, o in self.pre_activation.items()}
+            d["pre_activation_sqnr_db"] = json_float(self.pre_activation_sqnr_db)
+            d["final_activation"] = dict(self.final_activation)
         return {**d, **self.extra}
+
+
+def _output_table(t: Table) -> dict[str, OutputFidelity]:
+    return {name: OutputFidelity.from_dict(t.table(name).data, t.dotted(name)) for name in t.data}
 
 
 @dataclass(frozen=True)
 class TargetReport:
     """Per-target evidence with the common keys of DESIGN.md; ``details`` holds family extras
-    (written beside the common keys). ``fits`` is derived: no violations."""
+    (written beside the common keys). ``fits`` is derived: no violations. ``selftest_model``
+    names the member a host runs in the model's place (written only when set): the shipped
+    model needs hardware a host lacks (Vela's ``ethos-u`` op), this is the same int8 network
+    before compilation, which the self-test runs."""
 
     family: str
     ops_on_accelerator: tuple[str, ...] = ()
@@ -340,9 +371,10 @@ class TargetReport:
     flash_bytes: int | None = None
     violations: tuple[str, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
+    selftest_model: str | None = None
 
     _KEYS = ("family", "ops_on_accelerator", "ops_on_cpu", "arena_bytes", "sram_bytes",
-             "flash_bytes", "fits", "violations")
+             "flash_bytes", "fits", "violations", "selftest_model")
 
     @property
     def fits(self) -> bool:
@@ -359,13 +391,15 @@ class TargetReport:
                    sram_bytes=t.get("sram_bytes", int, None),
                    flash_bytes=t.get("flash_bytes", int, None),
                    violations=t.items("violations", str, ()),
-                   details={k: v for k, v in t.data.items() if k not in cls._KEYS})
+                   details={k: v for k, v in t.data.items() if k not in cls._KEYS},
+                   selftest_model=t.get("selftest_model", str, None))
 
     def to_dict(self) -> dict[str, Any]:
+        host = {} if self.selftest_model is None else {"selftest_model": self.selftest_model}
         return {"family": self.family, "ops_on_accelerator": list(self.ops_on_accelerator),
                 "ops_on_cpu": list(self.ops_on_cpu), "arena_bytes": self.arena_bytes,
                 "sram_bytes": self.sram_bytes, "flash_bytes": self.flash_bytes, "fits": self.fits,
-                "violations": list(self.violations), **self.details}
+                "violations": list(self.violations), **self.details, **host}
 
 def canonical_json(obj: Any) -> bytes:
     """The exact bytes that are signed: sorted keys, no spaces, UTF-8, NaN forbidden."""

@@ -56,11 +56,14 @@ class Bundle:
         """The model's bytes, only if a runtime may see them: self-contained (no ONNX external
         data) and structurally sound (the TFLite verifier). Install and load both read so."""
         v = self.manifest.variant(variant) if variant else self.manifest.primary
-        data = self.read(v.model.path)
+        return self.read_checked_model(v.model.path, v.model.format)
+
+    def read_checked_model(self, member: str, fmt: str) -> bytes:
+        data = self.read(member)
         try:
-            check_model(data, v.model.format)
+            check_model(data, fmt)
         except ModelError as exc:
-            raise BundleError(f"model {v.model.path!r}: {exc}") from None
+            raise BundleError(f"model {member!r}: {exc}") from None
         return data
 
 

@@ -205,6 +205,16 @@ class Agent:
         self._on_failure(failure)
         raise RuntimeBackendError(failure)
 
+    def prepare(self, inputs: Inputs) -> dict[str, np.ndarray]:
+        """Validated inputs by name (what ``infer`` would run), for sending to another device."""
+        loaded = self._loaded
+        try:
+            arrays = self._prepare(loaded, inputs)
+        except InputError:
+            self._rejected += 1
+            raise
+        return {c.name: a for c, a in zip(loaded.checks, arrays)}
+
     @staticmethod
     def _prepare(loaded: _Loaded, inputs: Inputs) -> list[np.ndarray]:
         checks = loaded.checks

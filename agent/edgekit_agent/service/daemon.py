@@ -36,6 +36,8 @@ from ..telemetry.schema import Command, CommandVerifier, Topics, command_id_of, 
 from .agent import Agent
 from .commands import execute
 from .http_api import HttpApi
+from .offload import OffloadLink, Served, with_simulated_latency
+from .ota import OtaReceiver
 
 log = logging.getLogger("edgekit_agent.daemon")
 SAMPLE_S = 0.25  # sensor/policy tick; rule hold times are measured at this resolution
@@ -69,6 +71,7 @@ class Daemon:
         self.agent: Agent | None = None
         self.http: HttpApi | None = None
         self._load_thread: threading.Thread | None = None
+        self.offload: OffloadLink | None = None
         if config.mqtt.enabled:
             self.outbox = Outbox(config.queue.path, config.queue.max_messages)
             topics = Topics(config.fleet, config.device_id)
@@ -85,11 +88,16 @@ class Daemon:
         except EdgekitError:
             self.agent.close()  # a clean stop: a typo in the config is not a crash of the bundle
             raise
+        self._slow_infer = with_simulated_latency(self.agent.infer, config.offload.simulated_latency_ms)
+        if config.mqtt.enabled and (config.offload.enabled or config.offload.worker):
+            self.offload = OffloadLink(config.mqtt, Topics(config.fleet, config.device_id),
+                                       config.offload, local=self._local_infer, bundle=self._bundle_info)
         self.verifier = CommandVerifier(config.device_id, config.store.public_key,
                                         replay_dir=config.store.root)  # durable replay state
         self.readings = Readings(ts=time.time())
         self._busy_seen = self.agent.stats()["busy_s"]
         self._window = self._window_start()
+        self.ota = OtaReceiver(self, self.telemetry.ota) if self.telemetry is not None else None
 
     # -- set-up --
 
@@ -103,11 +111,16 @@ class Daemon:
 
     def start(self) -> None:
         self._apply(self.engine.current, initial=True)
+        if self.offload is not None:
+            if self.config.offload.worker:  # measure the service time we offer before saying so
+                for inputs in _synthetic_inputs(self.agent, self.config.load.seed, n=5):
+                    self._local_infer(inputs)
+            self.offload.start()
         if self.telemetry is not None:
             self.telemetry.start()
         if self.config.http.enabled:
             self.http = HttpApi.from_config(self.agent, self.config, mode=lambda: self.engine.mode,
-                                            infer=self._gated_infer).start()
+                                            infer=self._gated_infer, health=self._health).start()
             log.info("HTTP API on %s", self.http.url)
         missing = self._missing_variants()
         self._event("start", f"agent {__version__} started in mode {self.engine.mode}", data={
@@ -131,6 +144,8 @@ class Daemon:
             now = time.monotonic()
             try:
                 self._drain_commands()
+                if self.ota is not None:
+                    self.ota.tick(now)
                 if now >= next_sample:
                     next_sample = now + SAMPLE_S
                     self._sample(now)
@@ -188,10 +203,22 @@ class Daemon:
     # -- inference admission --
 
     def _gated_infer(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        link = self.offload
+        if link is not None and self.config.offload.enabled and self.engine.current.offload_allowed:
+            # Offloaded work costs no local compute, so the mode's rate limit does not apply;
+            # the fallback runs even when the gate is shut: a request is served, never dropped.
+            return link.infer(self.agent.prepare(inputs), local_ms=link.service.p50())
         refusal = self.gate.try_enter()
         if refusal is not None:
             raise RateLimited(f"mode {self.engine.mode}: {refusal}")
-        return self.agent.infer(inputs)
+        return Served(self._local_infer(inputs), self.config.device_id)
+
+    def _local_infer(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
+        outputs = self._slow_infer(inputs)
+        if self.offload is not None:
+            self.offload.note_service((time.perf_counter() - t0) * 1e3)
+        return outputs
 
     def _load_loop(self) -> None:
         """Synthetic inference at up to ``load.rate``/s, within the mode's limits."""
@@ -236,8 +263,13 @@ class Daemon:
                        "offload_allowed": self.engine.current.offload_allowed},
             "sensors": self.readings.to_dict(), "bundle": self._bundle_info(),
             "energy": energy.to_dict() if energy else None,
-            "memory": {"rss_bytes": _rss_bytes()}, "uptime_s": round(stats["uptime_s"], 3)}
+            "memory": {"rss_bytes": _rss_bytes()}, "uptime_s": round(stats["uptime_s"], 3),
+            "offload": self.offload.stats() if self.offload is not None else None}
         return self.telemetry.publish_telemetry(body)
+
+    def _health(self) -> dict[str, Any]:
+        link = self.telemetry.link_state() if self.telemetry is not None else {"enabled": False}
+        return {"mqtt": link}
 
     def _bundle_info(self) -> dict[str, Any]:
         m = self.agent.manifest
@@ -247,8 +279,10 @@ class Daemon:
     def _status_body(self) -> dict[str, Any]:
         if self.agent is None:
             return {}
+        offload = None if self.offload is None else {
+            "worker": self.config.offload.worker, "service_ms_p50": self.offload.service.p50()}
         return {"bundle": self._bundle_info(), "mode": self.engine.mode, "agent_version": __version__,
-                "offload_allowed": self.engine.current.offload_allowed}
+                "offload_allowed": self.engine.current.offload_allowed, "offload": offload}
 
     def _event(self, kind: str, message: str, *, level: str = "info", data: dict[str, Any] | None = None,
                correlation_id: str | None = None) -> None:
@@ -308,6 +342,8 @@ class Daemon:
             self._load_thread.join(5)
         if self.http is not None:
             self.http.stop()
+        if self.offload is not None:
+            self.offload.stop()
         if self.telemetry is not None:
             self._event("stop", "agent stopping")
             self.telemetry.publish_status("offline")

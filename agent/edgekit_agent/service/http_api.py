@@ -7,25 +7,33 @@
     GET  /v1/metrics  Agent.stats() as JSON
     GET  /metrics     the same in Prometheus text format
 
-Bound to 127.0.0.1 unless told otherwise. Every refusal is a 4xx/5xx with ``{"error": reason}``.
+Bound to 127.0.0.1 unless told otherwise; bound anywhere else it refuses to start without a
+bearer token (``http.token_file``), and with a token every request needs
+``Authorization: Bearer <token>`` (401 otherwise). Every refusal is a 4xx/5xx with
+``{"error": reason}``. Bodies are strict JSON: no NaN/Infinity (nor numbers that overflow to
+them), no duplicate keys, exactly one ``Content-Length``, no ``Transfer-Encoding``. Deadlines,
+the connection cap and the one-write responses are :mod:`.http_server`'s.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import math
+import re
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
 
-from ..config import AgentConfig
+from ..config import AgentConfig, is_loopback
 from ..defaults import HTTP_HOST, HTTP_MAX_BODY_BYTES, HTTP_PORT
-from ..errors import EdgekitError, TransportError
+from ..errors import ConfigError, EdgekitError, TransportError
 from .agent import Agent
+from .http_server import ConnectionLimits, GuardedHandler, GuardedServer
 
+DEFAULT_LIMITS = ConnectionLimits()
 InferFn = Callable[[dict[str, Any]], dict[str, np.ndarray]]
 
 
@@ -39,24 +47,44 @@ class HttpApi:
 
     def __init__(self, agent: Agent, *, host: str = HTTP_HOST, port: int = HTTP_PORT,
                  mode: Callable[[], str] | None = None, max_body_bytes: int = HTTP_MAX_BODY_BYTES,
-                 infer: InferFn | None = None) -> None:
+                 infer: InferFn | None = None, limits: ConnectionLimits = DEFAULT_LIMITS,
+                 token: str | None = None,
+                 health: Callable[[], dict[str, Any]] | None = None) -> None:
+        if token is None and not is_loopback(host):
+            raise ConfigError("binding the HTTP API beyond loopback needs a bearer token "
+                              "(set http.token_file)", key="http.host", value=host)
         self.agent = agent
         self.mode = mode or (lambda: "default")
+        self.health = health or (lambda: {})  # the daemon adds its links' state
         self.max_body_bytes = max_body_bytes
         self.infer = infer or agent.infer
+        self._token = None if token is None else token.encode()
         try:
-            self._server = ThreadingHTTPServer((host, port), _Handler)
+            self._server = GuardedServer((host, port), _Handler, limits)
         except OSError as exc:
             raise TransportError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        self._server.daemon_threads = True
         self._server.api = self  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None
 
     @classmethod
     def from_config(cls, agent: Agent, config: AgentConfig, *, mode: Callable[[], str] | None = None,
-                    infer: InferFn | None = None) -> HttpApi:
-        return cls(agent, host=config.http.host, port=config.http.port, mode=mode,
-                   max_body_bytes=config.http.max_body_bytes, infer=infer)
+                    infer: InferFn | None = None,
+                    health: Callable[[], dict[str, Any]] | None = None) -> HttpApi:
+        h = config.http
+        limits = ConnectionLimits(header_timeout_s=h.header_timeout_s,
+                                  body_timeout_s=h.body_timeout_s, max_connections=h.max_connections)
+        return cls(agent, host=h.host, port=h.port, mode=mode, max_body_bytes=h.max_body_bytes,
+                   infer=infer, limits=limits, token=h.read_token(), health=health)
+
+    def authorized(self, header: str | None) -> bool:
+        if self._token is None:
+            return True
+        scheme, _, value = (header or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self._token)
+
+    @property
+    def server(self) -> GuardedServer:
+        return self._server
 
     @property
     def host(self) -> str:
@@ -80,24 +108,31 @@ class HttpApi:
         self._server.serve_forever()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread is not None:  # shutdown() waits for a serve_forever that never ran
+            self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(GuardedHandler):
     server_version = "edgekit-agent"
 
     @property
     def api(self) -> HttpApi:
         return self.server.api  # type: ignore[attr-defined]
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        pass  # requests are counted in the metrics; the journal stays quiet
+    def _authorized(self, body_unread: bool = False) -> bool:
+        if self.api.authorized(self.headers.get("Authorization")):
+            return True
+        self.close_connection = self.close_connection or body_unread
+        self.respond_json(401, {"error": "missing or wrong bearer token"},
+                          (("WWW-Authenticate", 'Bearer realm="edgekit-agent"'),))
+        return False
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        if not self._authorized():
+            return
         routes = {"/v1/health": self._health, "/v1/model": self._model, "/v1/mode": self._mode,
                   "/v1/metrics": self._metrics_json, "/metrics": self._metrics_prometheus}
         route = routes.get(self.path.split("?", 1)[0])
@@ -108,7 +143,10 @@ class _Handler(BaseHTTPRequestHandler):
         route()
 
     def do_POST(self) -> None:  # noqa: N802
+        if not self._authorized(body_unread=True):
+            return
         if self.path.split("?", 1)[0] != "/v1/infer":
+            self.close_connection = True  # the body stays unread
             self._send_error(404 if not self.path.startswith("/v1/") else 405,
                              f"no POST endpoint {self.path}")
             return
@@ -123,7 +161,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         agent = self.api.agent
         self._send_json(200, {"outputs": {k: _jsonable(v) for k, v in outputs.items()},
-                              "bundle_id": agent.bundle_id, "variant": agent.variant})
+                              "bundle_id": agent.bundle_id, "variant": agent.variant,
+                              "served_by": getattr(outputs, "served_by", "local")})
 
     # --- GET handlers ---------------------------------------------------------------------
 
@@ -131,7 +170,7 @@ class _Handler(BaseHTTPRequestHandler):
         a = self.api.agent
         self._send_json(200, {"status": "ok", "bundle_id": a.bundle_id, "name": a.manifest.name,
                               "version": a.manifest.version, "variant": a.variant,
-                              "mode": self.api.mode()})
+                              "mode": self.api.mode(), **self.api.health()})
 
     def _model(self) -> None:
         a = self.api.agent
@@ -148,43 +187,78 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _metrics_prometheus(self) -> None:
         text = prometheus_text(self.api.agent.stats(), self.api.mode())
-        self._send(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
+        self.respond(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
 
     # --- plumbing -------------------------------------------------------------------------
 
     def _read_json(self) -> Any:
-        length = self.headers.get("Content-Length")
-        if length is None:
+        n = self._content_length()
+        try:
+            raw = self.rfile.read(n)
+        except TimeoutError:
             self.close_connection = True
+            raise _HttpError(408, f"body not received within {self.server.limits.body_timeout_s:g} s") from None
+        if len(raw) < n:
+            self.close_connection = True
+            raise _HttpError(400, f"body ended after {len(raw)} of {n} bytes")
+        return strict_json(raw)
+
+    def _content_length(self) -> int:
+        lengths = self.headers.get_all("Content-Length") or []
+        keep, self.close_connection = self.close_connection, True  # until the body is known
+        if self.headers.get("Transfer-Encoding") is not None:
+            raise _HttpError(501, "Transfer-Encoding is not supported: send a Content-Length")
+        if not lengths:
             raise _HttpError(411, "Content-Length is required")
-        try:
-            n = int(length)
-        except ValueError:
-            self.close_connection = True
-            raise _HttpError(400, f"bad Content-Length {length!r}") from None
-        if n < 0 or n > self.api.max_body_bytes:
-            self.close_connection = True  # the unread body would poison a kept-alive connection
+        if len(lengths) > 1:
+            raise _HttpError(400, f"{len(lengths)} Content-Length headers: exactly one is allowed")
+        if not _LENGTH_RE.match(lengths[0]):
+            raise _HttpError(400, f"bad Content-Length {lengths[0]!r}")
+        n = int(lengths[0])
+        if n > self.api.max_body_bytes:
             raise _HttpError(413, f"body of {n} bytes exceeds the {self.api.max_body_bytes} byte limit")
-        raw = self.rfile.read(n)
-        try:
-            return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise _HttpError(400, f"body is not valid JSON: {exc}") from None
+        self.close_connection = keep
+        return n
 
     def _send_error(self, status: int, reason: str) -> None:
-        self._send_json(status, {"error": reason})
+        self.respond_json(status, {"error": reason})
 
     def _send_json(self, status: int, obj: Any) -> None:
-        self._send(status, json.dumps(obj, allow_nan=False).encode(), "application/json")
+        self.respond_json(status, obj)
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
+
+_LENGTH_RE = re.compile(r"^[0-9]{1,12}$")
+
+
+def strict_json(raw: bytes) -> Any:
+    """JSON as RFC 8259 has it: no NaN/Infinity, no number overflowing to inf, no duplicate keys."""
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float,
+                          object_pairs_hook=_unique_keys)
+    except _HttpError:
+        raise
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise _HttpError(400, f"body is not valid JSON: {exc}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _HttpError(400, f"body is not valid JSON: {name} is not a number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _HttpError(400, f"body is not valid JSON: {text[:40]} overflows a float")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _HttpError(400, f"body is not valid JSON: duplicate key {key[:40]!r}")
+        out[key] = value
+    return out
 
 
 class _HttpError(Exception):

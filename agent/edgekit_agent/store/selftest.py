@@ -9,6 +9,9 @@
                  everywhere. Defaults: rtol 1e-3, atol 1e-4 plus one quantization step (the
                  output's scale) for quantized outputs.
 
+A variant whose target report names a ``selftest_model`` (its host-runnable form: an Ethos-U
+bundle's int8 model before Vela) is tested on that form: a host cannot run the NPU's op.
+
 A bundle without one gets a smoke test: zeros in the input specs (dynamic dims as 1) must give
 finite outputs of the declared shapes. Every other variant gets the smoke test too.
 """
@@ -100,7 +103,7 @@ def run_selftest_isolated(bundle: Bundle, timeout_s: float = SELFTEST_TIMEOUT_S)
 def run_selftest(bundle: Bundle, threads: int | None = None) -> SelfTestResult:
     """Run the shipped vectors on the primary variant and a smoke inference on every variant."""
     manifest = bundle.manifest
-    variant, runner = load_runner(bundle, None, threads)
+    variant, runner = load_runner(bundle, None, threads, host_form=True)
     member = manifest.extras.get(SELFTEST_EXTRA)
     if member:
         vectors, max_err = _run_vectors(runner, variant, bundle.read(member))
@@ -110,7 +113,7 @@ def run_selftest(bundle: Bundle, threads: int | None = None) -> SelfTestResult:
         vectors, max_err, kind = 0, 0.0, "smoke"
     smoked = []
     for other in manifest.variants:
-        _smoke(load_runner(bundle, other.name, threads)[1], other)
+        _smoke(load_runner(bundle, other.name, threads, host_form=True)[1], other)
         smoked.append(other.name)
     return SelfTestResult(kind=kind, vectors=vectors, max_abs_error=max_err,
                           variants_smoked=tuple(smoked))

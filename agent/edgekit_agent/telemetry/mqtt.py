@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import random
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from typing import Any
 from ..config import MqttConfig
 from ..errors import TransportError
 from .outbox import QOS, Outbox
+from .receiver import STATUS_REFRESH_S
 from .schema import Topics, encode, event_payload, status_payload, telemetry_payload
 
 log = logging.getLogger("edgekit_agent.telemetry")
@@ -46,6 +48,22 @@ class Backoff:
         self.attempt = 0
 
 
+def _str(path: Any) -> str | None:
+    return None if path is None else str(path)
+
+
+def _connect_properties(opts: MqttConfig) -> Any:
+    """MQTT 5 CONNECT properties: the broker must not send us a packet over the limit (it drops
+    such a message for this client instead), so a 200 MB publish on ``cmd`` never reaches our
+    memory. MQTT 3.1.1 has no such property: there only the broker's max_packet_size protects."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(PacketTypes.CONNECT)
+    props.MaximumPacketSize = opts.max_packet_bytes
+    return props
+
+
 class Telemetry:
     """Publishes ``status``/``telemetry``/``event`` through the outbox; receives ``cmd`` payloads."""
 
@@ -53,12 +71,15 @@ class Telemetry:
                  status: Callable[[], dict[str, Any]] | None = None) -> None:
         self.options, self.topics, self.outbox = options, topics, outbox
         self.commands: queue.Queue[bytes] = queue.Queue(maxsize=256)
+        # OTA offers and chunks; bounded: a dropped chunk is asked for again (service/ota.py)
+        self.ota: queue.Queue[bytes] = queue.Queue(maxsize=64)
         self.connects = 0
         self.last_error = ""
         self._status = status or (lambda: {})
         self._stop = threading.Event()
         self._flush_deadline = 0.0
         self._connected = False
+        self._status_state, self._status_at = "", 0.0  # for the periodic refresh
         self._inflight: dict[int, Any] = {}
         self._cursor = 0
         self._backoff = Backoff(options.reconnect_min_s, options.reconnect_max_s)
@@ -70,6 +91,12 @@ class Telemetry:
     @property
     def connected(self) -> bool:
         return self._connected
+
+    def link_state(self) -> dict[str, Any]:
+        """For ``/v1/health``: is the broker link up, how often it came up, the last failure."""
+        return {"enabled": True, "connected": self._connected,
+                "broker": f"{self.options.host}:{self.options.port}", "connects": self.connects,
+                "last_error": self.last_error or None, "queued": self.outbox.depth}
 
     @property
     def device(self) -> str:
@@ -93,6 +120,7 @@ class Telemetry:
             return {}
 
     def publish_status(self, state: str, **body: Any) -> int:
+        self._status_state, self._status_at = state, time.monotonic()
         current = self._current_status()
         return self.outbox.put(self.topics.status, lambda seq: status_payload(
             self.device, seq, state, **{**current, **body}), retain=True)
@@ -123,14 +151,20 @@ class Telemetry:
 
         opts = self.options
         protocol = mqtt.MQTTv5 if opts.protocol == "5" else mqtt.MQTTv311
-        client_id = opts.client_id or f"edgekit-{self.topics.fleet}-{self.topics.device}"
+        # A random part per process: another client cannot take over (kick) the device's session
+        # by guessing its id. Durability is the outbox's, not the broker session's, so nothing
+        # needs the id to be stable across restarts. (Brokers from `fleet broker-config` also
+        # set use_username_as_clientid.)
+        client_id = opts.client_id or (f"edgekit-{self.topics.fleet}-{self.topics.device}-"
+                                       f"{secrets.token_hex(6)}")
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
                              reconnect_on_failure=False)
         client.enable_logger(logging.getLogger("edgekit_agent.paho"))
         client.max_inflight_messages_set(max(opts.inflight, 1))
         if opts.tls:
             try:
-                client.tls_set(ca_certs=str(opts.ca_file) if opts.ca_file else None)
+                client.tls_set(ca_certs=_str(opts.ca_file), certfile=_str(opts.cert_file),
+                               keyfile=_str(opts.key_file))
             except (OSError, ValueError) as exc:
                 raise TransportError(f"cannot set up TLS: {exc}") from None
         if opts.username:
@@ -138,7 +172,8 @@ class Telemetry:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.connect_async(opts.host, opts.port, keepalive=opts.keepalive)
+        client.connect_async(opts.host, opts.port, keepalive=opts.keepalive,
+                             properties=_connect_properties(opts) if protocol == mqtt.MQTTv5 else None)
         return client
 
     def _set_will(self) -> None:
@@ -155,13 +190,25 @@ class Telemetry:
         self._connected = True
         self.connects += 1
         self._backoff.reset()
-        client.subscribe(self.topics.cmd, qos=QOS)
+        log.info("MQTT connected to %s:%d%s", self.options.host, self.options.port,
+                 f" (reconnect {self.connects - 1})" if self.connects > 1 else "")
+        client.subscribe([(self.topics.cmd, QOS), (self.topics.ota, QOS)])
         self.publish_status("online")
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if self._connected and not self._stop.is_set():
+            log.warning("MQTT link to %s:%d lost (%s); reconnecting, messages wait in the queue",
+                        self.options.host, self.options.port, reason_code)
         self._connected = False
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        if message.topic == self.topics.ota:
+            if message.payload:  # an empty retained message clears an offer
+                try:
+                    self.ota.put_nowait(bytes(message.payload))
+                except queue.Full:
+                    log.warning("OTA queue full: dropped a message (it will be asked for again)")
+            return
         if message.topic != self.topics.cmd:
             return
         try:
@@ -172,7 +219,7 @@ class Telemetry:
     def _run(self) -> None:
         import paho.mqtt.client as mqtt
 
-        socket_open = False
+        socket_open, reported = False, ""
         while not self._stop.is_set():
             try:
                 if not socket_open:
@@ -181,6 +228,7 @@ class Telemetry:
                     socket_open = True
                 ok = self._client.loop(timeout=0.05) == mqtt.MQTT_ERR_SUCCESS
                 if ok and self._connected:
+                    self._refresh_status()
                     self._pump()
             except (OSError, ValueError) as exc:  # refused, unreachable, DNS, TLS handshake
                 self.last_error = f"cannot reach {self.options.host}:{self.options.port}: {exc}"
@@ -191,8 +239,18 @@ class Telemetry:
                 ok = False
             if not ok:  # reconnect() closes what is left of the socket; paho keeps unacked messages
                 socket_open, self._connected = False, False
-                self._stop.wait(self._backoff.next())
+                delay = self._backoff.next()
+                if self.last_error and self.last_error != reported:  # once per new failure
+                    log.warning("MQTT: %s; retrying (next in %.1f s)", self.last_error, delay)
+                    reported = self.last_error
+                self._stop.wait(delay)
         self._finish(socket_open)
+
+    def _refresh_status(self) -> None:
+        """Republish the retained ``online`` now and then: receivers treat a retained online that
+        nothing confirms for a few refresh periods as stale (a ghost), see :mod:`.receiver`."""
+        if self._status_state == "online" and time.monotonic() - self._status_at > STATUS_REFRESH_S:
+            self.publish_status("online")
 
     def _pump(self) -> None:
         done = [seq for seq, info in self._inflight.items() if info.is_published()]

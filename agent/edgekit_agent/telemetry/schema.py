@@ -15,6 +15,9 @@ Payloads are UTF-8 JSON objects. Every one carries ``schema`` (``edgekit.<kind>/
 - ``event``: ``kind`` (see :data:`EVENT_KINDS`), ``level``, ``message``, ``data``, and the
   ``correlation_id`` of the command it answers, if any.
 - ``cmd`` (inbound): ``id``, ``action``, ``args``, ``sig`` — see :class:`CommandVerifier`.
+- ``ota`` (inbound): ``type`` ``offer`` (signed, names the bundle's sha256, size and chunking),
+  ``chunk`` (``index``, ``total``, ``chunk_sha256``, base64 ``data``) or ``cancel`` (signed) —
+  see :func:`parse_ota`.
 
 Commands are authenticated with the fleet's ed25519 key, the same key that signs bundles (the
 device already holds its public half as ``store.public_key``): ``sig`` is the base64 signature
@@ -26,6 +29,7 @@ see :mod:`..store.replay`) and only within ``max_skew_s`` (60 s) of the device c
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import time
@@ -42,10 +46,14 @@ from ..store.replay import DEFAULT_CAPACITY, FRESHNESS_WINDOW_S, ReplayCache
 from ..validate import NUMBER, REQUIRED, Table, invalid
 
 ROOT = "edgekit/v1"
-KINDS = ("status", "telemetry", "event", "cmd", "ota", "offload/req", "offload/resp")
+KINDS = ("status", "telemetry", "event", "cmd", "ota", "offload/req", "offload/resp",
+         "offload/work")
 SCHEMAS = {kind: f"edgekit.{kind.replace('/', '_')}/1" for kind in KINDS}
 EVENT_KINDS = ("start", "stop", "mode_change", "install", "rollback", "reload", "cmd_result",
-               "cmd_error", "error")
+               "cmd_error", "error",
+               # over-the-air rollouts (service/ota.py): each carries data.rollout
+               "ota_received", "ota_progress", "ota_failed", "installed", "selftest_failed",
+               "health_ok", "health_failed", "rolled_back")
 LEVELS = ("info", "warning", "error")
 STATES = ("online", "offline")
 ACTIONS: dict[str, dict[str, tuple[type, ...]]] = {  # action -> allowed args and their types
@@ -89,6 +97,7 @@ class Topics:
     ota = property(lambda self: self.topic("ota"))
     offload_req = property(lambda self: self.topic("offload/req"))
     offload_resp = property(lambda self: self.topic("offload/resp"))
+    offload_work = property(lambda self: self.topic("offload/work"))
 
 
 def subscription(fleet: str = "+", kind: str = "#", device: str = "+") -> str:
@@ -315,3 +324,104 @@ def command_id_of(data: bytes) -> str | None:
         return None
     cid = obj.get("id") if isinstance(obj, dict) else None
     return cid if isinstance(cid, str) and _ID_RE.match(cid) else None
+
+
+# --- over-the-air bundle transfer (the ``ota`` topic) -------------------------------------------
+
+OTA_TYPES = ("offer", "chunk", "cancel")
+MAX_OTA_CHUNK_BYTES = 512 << 10  # base64 makes a chunk message 4/3 of this: under MAX_PAYLOAD_BYTES
+MAX_OTA_BUNDLE_BYTES = 1 << 30
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_OTA_COMMON = ("schema", "type", "device", "seq", "ts", "rollout")
+_OTA_KEYS = {
+    "offer": _OTA_COMMON + ("sha256", "size", "chunk_size", "chunks", "window", "name", "version",
+                            "bundle_id", "expires", "health", "sig"),
+    "chunk": _OTA_COMMON + ("sha256", "index", "total", "chunk_sha256", "data"),
+    "cancel": _OTA_COMMON + ("reason", "sig"),
+}
+_HEALTH_KEYS = ("window_s", "max_error_rate", "max_latency_ratio", "latency_slack_ms")
+
+
+def ota_body(kind: str, device: str, rollout: str, ts: float | None = None, **body: Any) -> dict[str, Any]:
+    """An unsigned ``ota`` message of type ``kind`` (host side)."""
+    return {"schema": SCHEMAS["ota"], "type": kind, "device": check_name(device, "device"), "seq": 0,
+            "ts": round(time.time() if ts is None else ts, 6), "rollout": rollout, **body}
+
+
+def sign_ota(private_key: Any, body: dict[str, Any]) -> bytes:
+    """The bytes of a signed ``offer``/``cancel`` (the same ed25519 key and form as commands)."""
+    sig = signing.sign(private_key, canonical_json(body))
+    return encode({**body, "sig": base64.b64encode(sig).decode("ascii")})
+
+
+def parse_ota(data: bytes, device: str, public_key: Any) -> dict[str, Any]:
+    """A valid ``ota`` message for ``device`` (offer/cancel authenticated), or TransportError.
+
+    A chunk is not signed: its ``chunk_sha256`` is checked here and the whole file against the
+    signed offer's ``sha256`` before anything is installed."""
+    limit = MAX_PAYLOAD_BYTES
+    t = Table(_json_object(data, limit, "ota"), "ota", error=TransportError)
+    kind = t.choice("type", OTA_TYPES)
+    t.only(_OTA_KEYS[kind])
+    t.choice("schema", (SCHEMAS["ota"],))
+    t.choice("device", (device,))
+    t.integer("seq", lo=0)
+    t.get("ts", NUMBER)
+    t.string("rollout", pattern=_ID_RE, what="a rollout id of 1-64 letters, digits, '_.:-'")
+    if kind == "chunk":
+        return _ota_chunk(t)
+    if kind == "offer":
+        _ota_offer(t)
+    _ota_authenticate(dict(t.data), public_key)
+    return dict(t.data)
+
+
+def _ota_offer(t: Table) -> None:
+    t.string("sha256", pattern=_SHA_RE, what="a sha256 in hex")
+    size = t.integer("size", lo=1, hi=MAX_OTA_BUNDLE_BYTES)
+    chunk_size = t.integer("chunk_size", lo=1024, hi=MAX_OTA_CHUNK_BYTES)
+    chunks = t.integer("chunks", lo=1)
+    if chunks != -(-size // chunk_size):
+        raise t.fail("chunks", chunks, f"ceil(size / chunk_size) = {-(-size // chunk_size)}")
+    t.integer("window", lo=1, hi=64)
+    t.string("name")
+    t.string("version")
+    t.string("bundle_id")
+    t.get("expires", NUMBER)
+    health = t.table("health")
+    health.only(_HEALTH_KEYS)
+    health.number("window_s", 0.0, lo=0.0, hi=86400.0)
+    health.number("max_error_rate", 0.0, lo=0.0, hi=1.0)
+    health.number("max_latency_ratio", 2.0, lo=1.0, hi=1000.0)
+    health.number("latency_slack_ms", 5.0, lo=0.0, hi=1e6)
+
+
+def _ota_chunk(t: Table) -> dict[str, Any]:
+    t.string("sha256", pattern=_SHA_RE, what="a sha256 in hex")
+    total = t.integer("total", lo=1)
+    index = t.integer("index", lo=0, hi=total - 1)
+    digest = t.string("chunk_sha256", pattern=_SHA_RE, what="a sha256 in hex")
+    try:
+        chunk = base64.b64decode(t.string("data"), validate=True)
+    except ValueError:
+        raise t.fail("data", "...", "base64") from None
+    if len(chunk) > MAX_OTA_CHUNK_BYTES:
+        raise t.fail("data", f"{len(chunk)} bytes", f"at most {MAX_OTA_CHUNK_BYTES} bytes")
+    if hashlib.sha256(chunk).hexdigest() != digest:
+        raise TransportError(f"ota chunk {index}/{total}: data does not match its chunk_sha256")
+    return {**t.data, "data": chunk}
+
+
+def _ota_authenticate(obj: dict[str, Any], public_key: Any) -> None:
+    if public_key is None:
+        raise TransportError("ota is refused: no fleet public key configured (store.public_key)")
+    sig_text = obj.get("sig")
+    if not isinstance(sig_text, str):
+        raise TransportError(f"ota {obj.get('type')} is not signed (no 'sig')")
+    try:
+        sig = base64.b64decode(sig_text, validate=True)
+        signing.verify(public_key, canonical_json({k: v for k, v in obj.items() if k != "sig"}), sig)
+    except SignatureError as exc:
+        raise TransportError(f"ota {obj.get('type')} signature rejected: {exc}") from None
+    except ValueError as exc:
+        raise TransportError(f"ota {obj.get('type')} signature unreadable: {exc}") from None

@@ -146,7 +146,7 @@ def test_flipped_manifest_or_signature_byte_fails_verify(make_bundle, keypair, e
     bad = tmp_path / "bad.ekb"
     rewrite_member(make_bundle(), bad, name, flip(pos))
     cli_error(edgekit_cli("verify", bad, "--key", keypair[1]),
-              "signature does not match the manifest and key")
+              "signature does not match: signed with another key than ")
 
 
 @pytest.mark.host

@@ -17,32 +17,36 @@ from edgekit.fleet.status import FleetView
 from edgekit_agent.errors import ConfigError
 from edgekit_agent.telemetry import schema
 
+T = 1.7e9  # a plausible wall clock: receivers refuse absurd timestamps (see test_fleet_forgery)
+
 
 def test_fleet_view_keeps_latest_state():
     view = FleetView()
     topic = schema.Topics("lab", "a")
     enc = lambda p: schema.encode(p)  # noqa: E731
     view.feed(topic.status,
-              enc(schema.status_payload("a", 5, "online", mode="eco", ts=50.0)), now=100.0,
+              enc(schema.status_payload("a", 5, "online", mode="eco", ts=T + 50.0)), now=T + 100.0,
               retained=True)
-    assert view.rows(now=100.0)[0]["last_seen_s"] == 50.0  # a retained status dates from its ts
+    assert view.rows(now=T + 100.0)[0]["last_seen_s"] == 50.0  # a retained status dates from its ts
     view.feed(topic.telemetry, enc(schema.telemetry_payload("a", 9, interval_s=1.0, mode="eco",
               inference={"per_s": 4.0, "latency_ms": {"p50": 1.5}}, sensors={"temperature_c": 61.0},
-              queue={})), now=101.0)
+              queue={}, ts=T + 101.0)), now=T + 101.0)
     # A replayed, older telemetry must not hide the newer one; a will (seq 0) must win.
     view.feed(topic.telemetry,
               enc(schema.telemetry_payload("a", 7, interval_s=1.0, mode="performance",
-              inference={}, sensors={}, queue={})), now=102.0)
-    view.feed(topic.status, enc(schema.status_payload("a", 0, "offline", will=True)), now=103.0)
-    view.feed(topic.status, b"{not json", now=104.0)
-    view.feed("edgekit/v1/lab/a/unknown", b"{}", now=104.0)
-    (row,) = view.rows(now=110.0)
+              inference={}, sensors={}, queue={}, ts=T + 90.0)), now=T + 102.0)
+    view.feed(topic.status, enc(schema.status_payload("a", 0, "offline", will=True, ts=T + 60)),
+              now=T + 103.0)
+    view.feed(topic.status, b"{not json", now=T + 104.0)
+    view.feed("edgekit/v1/lab/a/unknown", b"{}", now=T + 104.0)
+    (row,) = view.rows(now=T + 110.0)
     assert (
         row["state"] == "offline"
         and row["temperature_c"] == 61.0
         and row["inferences_per_s"] == 4.0
     )
-    assert row["latency_p50_ms"] == 1.5 and row["last_seen_s"] == 8.0  # the will does not count
+    # neither the will nor the refused replay (seq 7 after 9) counts as the device speaking
+    assert row["latency_p50_ms"] == 1.5 and row["last_seen_s"] == 9.0
     assert view.ignored == 2
 
 

@@ -48,7 +48,7 @@ def resolved_raw(name: str) -> dict:
     if parent is None:
         return data
     base = resolved_raw(parent)
-    for table in ("power", "options"):
+    for table in ("power", "options", "latency"):
         if table in data:
             data[table] = {**base.get(table, {}), **data[table]}
     return {**base, **data}
@@ -200,61 +200,61 @@ ETHOS = MCU.replace('family = "mcu"', 'family = "ethos-u"').replace(
 
 INVALID = {
     # name: (files {stem: text}, fragments the one error line must hold; "{bad}" is bad.toml's path)
+    # The one message form of edgekit_agent.validate: "<file>: <key>: <value> is not <what> (allowed: ...)"
     "unknown key": ({"bad": MCU.replace("dtypes", 'colour = "red"\ndtypes')},
-                    ["{bad}", "unknown key", "key 'colour'", "value 'red'", "allowed: ",
-                     "flash_bytes"]),
+                    ["{bad}: colour: 'red' is not a known key (allowed: ", "flash_bytes"]),
     "bad family": ({"bad": MCU.replace('"mcu"', '"gpu"')},
-                   ["{bad}", "key 'family'", "value 'gpu'", "allowed: cpu, edgetpu, ethos-u, mcu"]),
+                   ["{bad}: family: 'gpu' is not one of the allowed values",
+                    "(allowed: cpu, edgetpu, ethos-u, mcu)"]),
     "bad runtime": ({"bad": MCU.replace('"tflm"', '"tensorrt"')},
-                    ["{bad}", "key 'runtime'", "value 'tensorrt'", "allowed: edgetpu, litert"]),
+                    ["{bad}: runtime: 'tensorrt' is not", "allowed: edgetpu, litert"]),
     "bad dtype": ({"bad": MCU.replace('["int8"]', '["int8", "bfloat16"]')},
-                  ["{bad}", "key 'dtypes'", "value 'bfloat16'",
+                  ["{bad}: dtypes[1]: 'bfloat16' is not",
                    "allowed: float16, float32, int16, int4, int8, uint8"]),
     "wrong type": ({"bad": MCU.replace("1048576", '"1 MiB"')},
-                   ["{bad}", "key 'flash_bytes'", "value '1 MiB'", "int"]),
+                   ["{bad}: flash_bytes: '1 MiB' is not an integer"]),
     "bool for int": ({"bad": MCU.replace("262144", "true")},
-                     ["{bad}", "key 'ram_bytes'", "value True"]),
+                     ["{bad}: ram_bytes: True is not an integer"]),
     "zero budget": ({"bad": MCU.replace("262144", "0")},
-                    ["{bad}", "must be positive", "key 'ram_bytes'"]),
+                    ["{bad}: ram_bytes: 0 is not an integer >= 1"]),
     "missing key": ({"bad": MCU.replace("ram_bytes = 262144\n", "")},
-                    ["{bad}", "missing required key", "key 'ram_bytes'"]),
+                    ["{bad}: ram_bytes: missing is not an integer"]),
     "inherit loop": ({"bad": 'inherit = "bad2"\n', "bad2": 'inherit = "bad"\n'},
-                     ["inheritance loop", "key 'inherit'"]),
+                     ["inherit: 'bad' is not a profile outside an inheritance loop"]),
     "self inherit": ({"bad": 'inherit = "bad"\n'},
-                     ["{bad}", "inheritance loop", "key 'inherit'", "value 'bad'"]),
+                     ["{bad}: inherit: 'bad' is not a profile outside an inheritance loop"]),
     "unknown parent": ({"bad": 'inherit = "rpi9"\ndescription = "x"\n'},
-                       ["{bad}", "inherits an unknown profile", "value 'rpi9'",
-                        "allowed: ", "rpi4"]),
+                       ["{bad}: inherit: 'rpi9' is not a known profile (allowed: ", "rpi4"]),
     "inherit not a string": ({"bad": 'inherit = ["rpi4"]\n'},
-                             ["{bad}", "key 'inherit'", "value ['rpi4']"]),
+                             ["{bad}: inherit: ['rpi4'] is not a known profile"]),
     "bad TOML": ({"bad": MCU.replace('arch = "armv7e-m"', "arch = armv7e-m")},
                  ["{bad}", "not valid TOML", "line 4"]),
     "not UTF-8": ({"bad": MCU.replace("a test board", "caf\udce9")}, ["{bad}", "not valid TOML"]),
     "bad option value": ({"bad": ETHOS.replace("Shared_Sram", "Flash_Only")},
-                         ["{bad}", "key 'options.memory_mode'", "value 'Flash_Only'",
+                         ["{bad}: options.memory_mode: 'Flash_Only' is not",
                           "allowed: Dedicated_Sram, Shared_Sram, Sram_Only"]),
     "unknown option": ({"bad": MCU.replace("[options]", "[options]\nturbo = true")},
-                       ["{bad}", "key 'options.turbo'", "value True", "allowed: ",
+                       ["{bad}: options.turbo: True is not a known key (allowed: ",
                         "runtime_code_bytes"]),
     "option of wrong type": ({"bad": MCU.replace("81920", '"80k"')},
-                             ["{bad}", "key 'options.runtime_code_bytes'", "value '80k'"]),
+                             ["{bad}: options.runtime_code_bytes: '80k' is not an integer"]),
     "missing required option": ({"bad": MCU.replace("runtime_code_bytes = 81920", "")},
-                                ["{bad}", "missing required option", "options.runtime_code_bytes"]),
+                                ["{bad}: options.runtime_code_bytes: missing is not an integer"]),
     "bad accelerator": ({"bad": ETHOS.replace('"ethos-u55-128"', '"ethos-u99-1"')},
-                        ["{bad}", "key 'accelerator'", "value 'ethos-u99-1'",
+                        ["{bad}: accelerator: 'ethos-u99-1' is not",
                          "ethos-u55-128, ethos-u55-256"]),
     "unknown power key": ({"bad": MCU.replace("idle_w", "sleep_w = 0.001\nidle_w")},
-                          ["{bad}", "key 'power.sleep_w'",
+                          ["{bad}: power.sleep_w: 0.001 is not a known key",
                            "allowed: accelerator_w, active_w, idle_w"]),
     "negative watts": ({"bad": MCU.replace("0.05", "-1.0")},
-                       ["{bad}", "key 'power.active_w'", "value -1.0"]),
+                       ["{bad}: power.active_w: -1.0 is not a number >= 0"]),
     "infinite watts": ({"bad": MCU.replace("0.05", "inf")},
-                       ["{bad}", "key 'power.active_w'", "value inf"]),
+                       ["{bad}: power.active_w: inf is not a number >= 0"]),
     "missing watts": ({"bad": MCU.replace("idle_w = 0.01\n", "")},
-                      ["{bad}", "missing required key", "key 'power.idle_w'"]),
+                      ["{bad}: power.idle_w: missing is not a number"]),
     "broken parent is reported in its own file": (
         {"bad": MCU.replace("dtypes", "speed = 3\ndtypes"), "a-child": 'inherit = "bad"\n'},
-        ["{bad}", "unknown key", "key 'speed'"]),
+        ["{bad}: speed: 3 is not a known key"]),
 }
 
 
@@ -276,4 +276,4 @@ def test_invalid_profile_gives_one_line_naming_file_key_value_allowed(case, tmp_
 def test_invalid_profile_through_the_real_cli_has_no_traceback(tmp_path, edgekit_cli, cli_error):
     write(tmp_path, "bad", MCU.replace('"mcu"', '"gpu"'))
     cli_error(edgekit_cli("targets", "--json", "--targets-dir", tmp_path),
-              str(tmp_path / "bad.toml"), "key 'family'", "value 'gpu'")
+              f"{tmp_path / 'bad.toml'}: family: 'gpu' is not one of the allowed values")
