@@ -326,7 +326,8 @@ class OtaReceiver:
         before = _sample(host.agent.stats())
         try:
             with host._lock:
-                result = host.agent.store.install(staging.path)  # type: ignore[union-attr]
+                result = host.agent.store.install(  # type: ignore[union-attr]
+                    staging.path, allow_downgrade=offer.get("allow_downgrade") is True)
                 host.agent.reload()
                 host._apply(host.engine.current)
         except StoreError as exc:

@@ -335,7 +335,7 @@ _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _OTA_COMMON = ("schema", "type", "device", "seq", "ts", "rollout")
 _OTA_KEYS = {
     "offer": _OTA_COMMON + ("sha256", "size", "chunk_size", "chunks", "window", "name", "version",
-                            "bundle_id", "expires", "health", "sig"),
+                            "bundle_id", "expires", "health", "allow_downgrade", "sig"),
     "chunk": _OTA_COMMON + ("sha256", "index", "total", "chunk_sha256", "data"),
     "cancel": _OTA_COMMON + ("reason", "sig"),
 }
@@ -388,6 +388,7 @@ def _ota_offer(t: Table) -> None:
     t.string("version")
     t.string("bundle_id")
     t.get("expires", NUMBER)
+    t.boolean("allow_downgrade", False)  # signed operator override of the store's anti-rollback
     health = t.table("health")
     health.only(_HEALTH_KEYS)
     health.number("window_s", 0.0, lo=0.0, hi=86400.0)

@@ -61,6 +61,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--latency-slack-ms", type=float, default=5.0)
     p.add_argument("--chunk-size", type=int, default=64 << 10, help="bytes per chunk (default 65536)")
     p.add_argument("--window", type=int, default=16, help="chunks per request (default 16)")
+    p.add_argument("--allow-downgrade", action="store_true",
+                   help="let devices install a bundle with a lower security_version (signed in "
+                        "the offer, recorded in each device's install event)")
     p.add_argument("--state", type=Path, metavar="DIR", help="rollout state folder")
     p.add_argument("--tls", action="store_true")
     p.add_argument("--ca-file", type=Path)
@@ -84,7 +87,8 @@ def _options(args: argparse.Namespace) -> RolloutOptions:
                           max_error_rate=args.max_error_rate,
                           max_latency_ratio=args.max_latency_ratio,
                           latency_slack_ms=args.latency_slack_ms,
-                          selectors=parse_selectors(args.select))
+                          selectors=parse_selectors(args.select),
+                          allow_downgrade=bool(getattr(args, "allow_downgrade", False)))
 
 
 def _fleet(args: argparse.Namespace) -> str:

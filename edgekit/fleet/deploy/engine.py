@@ -266,7 +266,8 @@ class Deployer:
     def _offer(self, device: str) -> None:
         payload = transfer.offer(self.key, device, self.r.id, self.bundle,
                                  chunk_size=self.opts.chunk_size, window=self.opts.window,
-                                 health=self.opts.health())
+                                 health=self.opts.health(),
+                                 allow_downgrade=self.opts.allow_downgrade)
         self.client.publish(schema.Topics(self.r.fleet, device).ota, payload, qos=1, retain=True)
 
     def _clear_offer(self, device: str) -> None:

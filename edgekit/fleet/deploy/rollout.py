@@ -39,6 +39,7 @@ class RolloutOptions:
     max_latency_ratio: float = 2.0
     latency_slack_ms: float = 5.0
     selectors: tuple[tuple[str, str], ...] = ()
+    allow_downgrade: bool = False  # devices accept a lower security_version (recorded there)
 
     def __post_init__(self) -> None:
         check_waves(self.waves)

@@ -54,12 +54,14 @@ class BundleFile:
 
 
 def offer(key: Any, device: str, rollout: str, bundle: BundleFile, *, chunk_size: int,
-          window: int, health: dict[str, float], now: float | None = None) -> bytes:
+          window: int, health: dict[str, float], now: float | None = None,
+          allow_downgrade: bool = False) -> bytes:
     now = time.time() if now is None else now
+    extra = {"allow_downgrade": True} if allow_downgrade else {}  # signed with the offer
     body = schema.ota_body("offer", device, rollout, now, sha256=bundle.sha256, size=bundle.size,
                            chunk_size=chunk_size, chunks=bundle.chunks(chunk_size), window=window,
                            name=bundle.name, version=bundle.version, bundle_id=bundle.bundle_id,
-                           expires=round(now + OFFER_TTL_S, 3), health=health)
+                           expires=round(now + OFFER_TTL_S, 3), health=health, **extra)
     return schema.sign_ota(key, body)
 
 

@@ -75,6 +75,17 @@ def test_offer_and_chunks_parse_and_are_checked(keys, tmp_path):
         schema.parse_ota(_offer(private), "dev1", None)
 
 
+def test_allow_downgrade_is_a_signed_boolean_of_the_offer(keys):
+    private, public = keys
+    assert schema.parse_ota(_offer(private, allow_downgrade=True), "dev1", public)["allow_downgrade"]
+    assert "allow_downgrade" not in schema.parse_ota(_offer(private), "dev1", public)
+    with pytest.raises(TransportError, match="allow_downgrade: 'yes' is not true or false"):
+        schema.parse_ota(_offer(private, allow_downgrade="yes"), "dev1", public)
+    added = json.loads(_offer(private)) | {"allow_downgrade": True}  # by someone without the key
+    with pytest.raises(TransportError, match="signature"):
+        schema.parse_ota(json.dumps(added).encode(), "dev1", public)
+
+
 def test_staging_resumes_by_sha_and_next_chunk(keys, tmp_path):
     offer = schema.parse_ota(_offer(keys[0]), "dev1", keys[1])
     s = Staging(tmp_path / ".ota", offer)

@@ -399,3 +399,14 @@ def test_older_security_version_halts_after_first_wave(devices, broker, keypair,
     assert failure["device"] == "dev-a" and "security_version 1 is below 2" in failure["reason"]
     assert {n: devices[n].version() for n in NAMES} == dict.fromkeys(NAMES, "5")
     assert len(out["skipped"]) == 4
+    # The operator's explicit override: signed in the offer, recorded in every device's store.
+    proc, out = _deploy(*_deploy_args(broker, state_dir, keypair, older, "--waves", "100",
+                                      "--allow-downgrade"))
+    assert proc.returncode == 0 and sorted(out["succeeded"]) == list(NAMES), (proc.stderr, out)
+    assert {n: devices[n].version() for n in NAMES} == dict.fromkeys(NAMES, "6")
+    for n in NAMES:
+        state = json.loads((devices[n].root / "store" / "state.json").read_text())
+        assert state["security_version"] == 2  # the floor stays the highest ever installed
+        assert state["last"]["downgrade"] == {"from_security_version": 2,
+                                              "to_security_version": 1,
+                                              "allowed_by": "allow_downgrade"}
