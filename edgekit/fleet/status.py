@@ -87,6 +87,8 @@ class FleetView:
     def _apply(self, d: Device, kind: str, obj: dict[str, Any], now: float, retained: bool) -> None:
         if kind == "status":
             d.status = obj  # arrival order: the last will (seq 0) must win over an older online
+            if d.seq.last is None and obj["seq"] > 0:
+                d.seq.last = obj["seq"]  # one counter for all topics: telemetry continues from here
         elif obj["seq"] == d.seq.last:
             return  # a QoS 1 repeat
         elif d.seq.accept(obj["seq"]):

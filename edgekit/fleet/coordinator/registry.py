@@ -6,7 +6,8 @@ fields routing and the API need into a slotted record and marks it dirty. A back
 writes dirty records to SQLite (``--state DIR``) in one transaction every ``flush_s``; a
 restarted coordinator loads them and then lets the broker's retained ``status`` messages correct
 them. A device's last will (``status`` ``offline``, published by the broker when the agent's
-keepalive runs out) marks it offline.
+keepalive runs out) marks it offline. Messages with an implausible ``ts`` are refused and a
+forged high ``seq`` cannot mask a device (``edgekit_agent.telemetry.receiver``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from edgekit_agent.defaults import DEVICE_NAME_RE
 from edgekit_agent.errors import ConfigError
+from edgekit_agent.telemetry.receiver import Plausibility, SeqTracker
 
 _FIELDS = ("device", "online", "mode", "bundle", "bundle_id", "bundle_version", "target",
            "temperature_c", "battery_pct", "latency_ms_p50", "inferences_per_s", "queue_depth",
@@ -57,7 +59,9 @@ class Registry:
         self.fleet = fleet
         self.prefix = f"edgekit/v1/{fleet}/"
         self.devices: dict[str, DeviceRecord] = {}
-        self.counts = {"status": 0, "telemetry": 0, "ignored": 0, "duplicates": 0}
+        self.counts = {"status": 0, "telemetry": 0, "ignored": 0, "duplicates": 0, "rejected": 0}
+        self.rules = Plausibility()
+        self._seq: dict[str, SeqTracker] = {}
         self.lag_ms: deque[float] = deque(maxlen=100_000)
         self._dirty: set[str] = set()
         self._lock = threading.Lock()
@@ -133,12 +137,19 @@ class Registry:
             return self._ignore()
         if not isinstance(obj, dict) or obj.get("device") != device:
             return self._ignore()  # a payload must speak for the device of its topic
+        ts = obj.get("ts")
+        if not isinstance(ts, (int, float)) or self.rules.ts_problem(float(ts), time.time()):
+            self.counts["rejected"] += 1  # an absurd clock must not date the device
+            return None
         try:
             with self._lock:
                 record = self.devices.get(device)
                 if record is None:
                     record = self.devices[device] = DeviceRecord(device)
-                changed = (_status if kind == "status" else _telemetry)(record, obj, self.counts)
+                if kind == "status":
+                    changed = _status(record, obj, self.counts)
+                else:
+                    changed = _telemetry(record, obj, self.counts, self._tracker(record))
                 if changed:
                     self._dirty.add(device)
         except (TypeError, AttributeError, ValueError):
@@ -148,6 +159,13 @@ class Registry:
         if not retained and changed and isinstance(ts, (int, float)):
             self.lag_ms.append((time.time() - ts) * 1e3)
         return device
+
+    def _tracker(self, r: DeviceRecord) -> SeqTracker:
+        tracker = self._seq.get(r.device)
+        if tracker is None:
+            last = r.telemetry_seq if isinstance(r.telemetry_seq, int) and r.telemetry_seq >= 0 else None
+            tracker = self._seq[r.device] = SeqTracker(self.rules, last)
+        return tracker
 
     def _ignore(self) -> None:
         self.counts["ignored"] += 1
@@ -188,11 +206,12 @@ def _status(r: DeviceRecord, obj: dict[str, Any], counts: dict[str, int]) -> boo
     return True
 
 
-def _telemetry(r: DeviceRecord, obj: dict[str, Any], counts: dict[str, int]) -> bool:
+def _telemetry(r: DeviceRecord, obj: dict[str, Any], counts: dict[str, int],
+               tracker: SeqTracker) -> bool:
     seq = obj.get("seq")
-    if not isinstance(seq, int) or seq <= r.telemetry_seq:
+    if not isinstance(seq, int) or seq == tracker.last or not tracker.accept(seq):
         counts["duplicates"] += 1
-        return False  # a QoS 1 repeat or a replayed backlog older than what we have
+        return False  # a QoS 1 repeat, an older replay, or a forged jump (see SeqTracker)
     # Read everything first: a field of the wrong type raises before the record is touched.
     inference, sensors = obj.get("inference") or {}, obj.get("sensors") or {}
     offload, link = obj.get("offload") or {}, obj.get("link") or {}

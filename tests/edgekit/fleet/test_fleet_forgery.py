@@ -6,6 +6,8 @@ a device over in `edgekit fleet status`: absurd ``ts`` and ``seq`` are refused, 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -82,31 +84,33 @@ def test_a_payload_naming_another_device_is_refused():
 
 
 def test_fleet_status_shows_the_real_device_despite_forgeries(broker, collect, agent_config,
-                                                             start_agent, edgekit_cli):
+                                                             start_agent):
     sub = collect(broker, f"{schema.ROOT}/lab/dev1/telemetry")
     start_agent(agent_config(broker))  # its simulated board warms from 29 towards ~90 °C
     sub.wait_for(lambda m: True, 60, "dev1 telemetry")
     now = time.time()
     dev1, ghost, future = (schema.Topics("lab", d) for d in ("dev1", "ghost-1", "ghost-2"))
-    forged = [(dev1.telemetry, schema.encode(schema.telemetry_payload(
-                  "dev1", 10**9, ts=now, sensors={"temperature_c": 99.0}, inference={}, queue={},
-                  interval_s=1.0, mode="eco")), False),
-              (dev1.telemetry, schema.encode(schema.telemetry_payload(
-                  "dev1", 1, ts=1e300, sensors={"temperature_c": 98.0}, inference={}, queue={},
-                  interval_s=1.0, mode="eco")), False),
-              (ghost.status, _status("online", now - 3600, device="ghost-1"), True),
-              (future.status, _status("online", 1e300, device="ghost-2"), True)]
-    for topic, payload, retain in forged:
-        sub.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+    for topic, payload in ((ghost.status, _status("online", now - 3600, device="ghost-1")),
+                           (future.status, _status("online", 1e300, device="ghost-2"))):
+        sub.client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+    watch = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "fleet", "status", "--broker",
+                              broker.url, "--fleet", "lab", "--json", "--wait", "4"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        proc = edgekit_cli("fleet", "status", "--broker", broker.url, "--fleet", "lab", "--json",
-                           "--wait", "2.5")
-        assert proc.returncode == 0, proc.stderr
-        rows = {r["device"]: r for r in json.loads(proc.stdout)}
-        assert rows["dev1"]["state"] == "online" and 20.0 < rows["dev1"]["temperature_c"] < 95.0
+        time.sleep(2.0)  # the CLI is subscribed: these arrive live, among the real messages
+        for seq, ts, temp in ((10**9, time.time(), 99.0), (1, 1e300, 98.0)):
+            sub.client.publish(dev1.telemetry, schema.encode(schema.telemetry_payload(
+                "dev1", seq, ts=ts, sensors={"temperature_c": temp}, inference={}, queue={},
+                interval_s=1.0, mode="forged")), qos=1).wait_for_publish(5)
+        out, err = watch.communicate(timeout=60)
+        assert watch.returncode == 0, err
+        rows = {r["device"]: r for r in json.loads(out)}
+        assert rows["dev1"]["state"] == "online" and rows["dev1"]["mode"] != "forged"
+        assert 20.0 < rows["dev1"]["temperature_c"] < 95.0
         assert rows["dev1"]["temperature_c"] not in (98.0, 99.0)  # the forged figures
         assert rows["ghost-1"]["state"] == "stale" and "ghost-2" not in rows
         assert all(r["last_seen_s"] is None or r["last_seen_s"] >= 0 for r in rows.values())
     finally:
+        watch.kill()
         for t in (ghost, future):
             sub.client.publish(t.status, b"", qos=1, retain=True).wait_for_publish(5)

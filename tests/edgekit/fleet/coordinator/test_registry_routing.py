@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -20,7 +21,7 @@ def _telemetry(device: str, seq: int, **over) -> bytes:
             "sensors": {"temperature_c": 71.0, "battery_pct": 40.0},
             "limits": {"offload_allowed": True}, "bundle": {"name": "digits", "id": "b1"},
             "offload": {"worker": True, "queue_depth": 2, "service_ms_p50": 3.0}, **over}
-    return schema.encode(schema.telemetry_payload(device, seq, ts=1000.0, **body))
+    return schema.encode(schema.telemetry_payload(device, seq, ts=time.time(), **body))
 
 
 def test_registry_ingest_dedupe_forgery_and_restart(tmp_path):
@@ -47,6 +48,22 @@ def test_registry_ingest_dedupe_forgery_and_restart(tmp_path):
     reg.stop()
     again = Registry("lab", tmp_path / "state")
     assert again.get("a").to_dict() == reg.get("a").to_dict()
+
+
+def test_registry_refuses_absurd_ts_and_a_forged_seq_masks_at_most_three(tmp_path):
+    reg = Registry("lab")
+    t = "edgekit/v1/lab/a/telemetry"
+    reg.feed(t, _telemetry("a", 5))
+    reg.feed(t, schema.encode(schema.telemetry_payload("a", 6, ts=1e300, interval_s=1.0, mode="x",
+                                                       queue={})))
+    assert reg.counts["rejected"] == 1 and reg.get("a").last_seen < time.time() + 1
+    reg.feed(t, _telemetry("a", 10**9, mode="forged"))  # beyond the jump limit: refused
+    reg.feed(t, _telemetry("a", 500_000, mode="forged"))  # within it: taken ...
+    modes = []
+    for seq in (6, 7, 8, 9):  # ... until three real, increasing messages re-anchor
+        reg.feed(t, _telemetry("a", seq, mode=f"m{seq}"))
+        modes.append(reg.get("a").mode)
+    assert modes == ["forged", "forged", "m8", "m9"]
 
 
 def test_state_dir_that_cannot_be_used(tmp_path):
