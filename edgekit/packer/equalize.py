@@ -1,6 +1,7 @@
 """Cross-layer equalisation (Nagel et al. 2019, "Data-Free Quantization", sec. 4.1).
 
-For two layers in a chain, y = W2 f(W1 x + b1) with f positively homogeneous (none or ReLU),
+For two layers in a chain, y = W2 f(W1 x + b1) with f positively homogeneous (none or ReLU,
+fused or as its own op),
 scaling output channel i of layer 1 by 1/s_i and input channel i of layer 2 by s_i leaves the
 function unchanged. With s_i = sqrt(r1_i / r2_i) (r = the channel's weight range) both layers
 get the same per-channel range; the activation between them, quantized with one scale per
@@ -54,6 +55,12 @@ def _pairs(model_t: Any) -> list[tuple[Any, Any]]:
         if out in graph_out or len(users) != 1:
             continue
         nxt = ops[users[0]]
+        if tm.op_name(model_t, nxt) == "RELU":  # an explicit ReLU is homogeneous too
+            out = tm.ints(nxt.outputs)[0]
+            users = tm.consumers(model_t, out)
+            if out in graph_out or len(users) != 1:
+                continue
+            nxt = ops[users[0]]
         if (tm.op_name(model_t, nxt) in _SECOND and tm.ints(nxt.inputs)[0] == out
                 and _own_weights(model_t, nxt) and _depth_multiplier_one(model_t, nxt)
                 and _depth_multiplier_one(model_t, op)):

@@ -39,7 +39,7 @@ from edgekit_agent.runtime import Runner, load_backend, quantize
 from ..errors import CalibrationError, ConfigError, EdgekitError, ModelError
 from ..tflite import model as tm
 
-SCHEMES = ("dynamic_int8", "static_int8", "static_int16x8", "weight_int8", "weight_int4")
+SCHEMES = ("dynamic_int8", "static_int8", "weight_int8", "weight_int4", "static_int16x8")
 STATIC = ("static_int8", "static_int16x8")
 _RECIPES = {"static_int8": "static_wi8_ai8", "static_int16x8": "static_wi8_ai16",
             "dynamic_int8": "dynamic_wi8_afp32",

@@ -61,7 +61,7 @@ MODELS = (
          (1.0, 0.0), "photo"),
     Spec("ocr_direction_cls", "classification", "rapidocr",
          "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "nchw", (48, 192),
-         (2.0, -1.0), "text"),
+         (2.0, -1.0), "text", "x:1,3,48,192"),
     Spec("ocr_text_det", "ocr", "rapidocr",
          "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", "nchw", (320, 320),
          (2.0, -1.0), "text", "x:1,3,320,320"),

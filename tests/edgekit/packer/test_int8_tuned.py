@@ -14,6 +14,7 @@ from edgekit.packer.equalize import equalize
 from edgekit.packer.quantize_tflite import quantize_tflite
 from edgekit.packer.ranges import as_ranges, choose_ranges
 from edgekit.packer.tuned import quantize_tuned
+from edgekit.tflite.rewrite import split_fused_activation
 from edgekit_agent.bundle.reader import open_bundle
 from edgekit_agent.runtime import Runner, load_backend
 
@@ -64,6 +65,17 @@ def test_equalisation_keeps_the_function_and_bias_correction_removes_the_mean_sh
     shift_after = np.abs(np.mean(_outputs(corrected, evals) - ref, axis=0)).mean()
     assert shift_after < 0.85 * shift_before, (shift_before, shift_after)
     assert _sqnr(ref, _outputs(corrected, evals)) > _sqnr(ref, _outputs(plain, evals))
+
+
+def test_equalisation_reaches_through_an_explicit_relu_op(v3):
+    """MediaPipe's models keep ReLU as its own op after the conv: the pair still equalises."""
+    model, _, evals, ref = v3
+    split, notes = split_fused_activation(model, ("CONV_2D", "DEPTHWISE_CONV_2D"))
+    assert any("RELU" in n for n in notes)
+    fused_pairs = equalize(model)[1]
+    eq, pairs = equalize(split)
+    assert pairs >= fused_pairs >= 1
+    np.testing.assert_allclose(_outputs(eq, evals), ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
 
 
 def test_coral_ships_tuned_int8_where_plain_misses(tmp_path, mobile_v3):

@@ -203,7 +203,7 @@ def test_static_without_calibration_is_refused(digits_tflite):
 
 
 def test_unknown_scheme_and_bad_float_op(digits_tflite, digits_calib):
-    with pytest.raises(ConfigError, match="scheme.*int3.*allowed: dynamic_int8, static_int8"):
+    with pytest.raises(ConfigError, match="scheme.*int3.*allowed: dynamic_int8, static_int16x8, static_int8"):
         quantize_tflite(digits_tflite, "int3")
     with pytest.raises(ConfigError, match="float_ops.*value 6.*0..5"):
         quantize_tflite(digits_tflite, "static_int8", digits_calib[:4], float_ops=frozenset({6}))
@@ -226,4 +226,4 @@ def test_float16_weight_model_is_refused_not_crashed(digits_tflite, digits_calib
 
 
 def test_all_schemes_are_listed():
-    assert SCHEMES == ("dynamic_int8", "static_int8", "weight_int8", "weight_int4")
+    assert SCHEMES == ("dynamic_int8", "static_int8", "weight_int8", "weight_int4", "static_int16x8")
