@@ -17,10 +17,11 @@ from typing import Any
 from edgekit_agent.bundle.reader import open_bundle
 from edgekit_agent.bundle.signing import generate_keypair
 from edgekit_agent.cliutil import Handler, dispatch
+from edgekit_agent.validate import printable
 
 from . import __version__, ui
 from .defaults import RUNTIME_CHOICES
-from .errors import ConfigError
+from .errors import CalibrationError, ConfigError
 from .examples import EXAMPLES
 from .fleet import cli as fleet_cli
 from .report import render_manifest
@@ -92,6 +93,9 @@ def _pack(sub: Any) -> None:
                    help="CPU targets with ONNX input: auto measures both (needs the convert extra)")
     p.add_argument("--name", help="bundle name (default: the model file's stem)")
     p.add_argument("--version", dest="bundle_version", default="1", help="bundle version string")
+    p.add_argument("--security-version", type=int, metavar="N",
+                   help="anti-rollback counter: a device refuses bundles below the highest it "
+                        "installed (default: the current Unix time, so a newer pack is larger)")
     p.add_argument("--sign", metavar="KEY", help="ed25519 private key (from `edgekit keygen`)")
     p.add_argument("--targets-dir", action="append", default=[],
                    help="extra folder of target profiles")
@@ -110,8 +114,10 @@ def cmd_pack(args: argparse.Namespace) -> int:
                        states=parse_states(args.state), profile_on=args.profile_on,
                        ssh_options=tuple(args.ssh_option), agent_cmd=args.agent_cmd,
                        synthetic_calib=args.synthetic_calib,
-                       variants=args.variants, sign_key=args.sign, preprocess=args.preprocess,
+                       variants=args.variants, sign_key=args.sign,
+                       preprocess=parse_preprocess(args.preprocess),
                        name=args.name, version=args.bundle_version, runtime=args.runtime,
+                       security_version=args.security_version,
                        targets_dirs=tuple(args.targets_dir), show_progress=not args.json)
     result = pack(opts)
     if args.json:
@@ -159,6 +165,37 @@ def parse_states(items: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def parse_preprocess(text: str | None) -> Any:
+    """``--preprocess size=224x224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=nchw,gray``
+    as a :class:`edgekit.dataset.Preprocess` (None when not given)."""
+    from .dataset import Preprocess
+
+    if text is None:
+        return None
+    kwargs: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, value = part.partition("=")
+        try:
+            kwargs.update(_preprocess_item(key, value))
+        except ValueError:
+            raise CalibrationError(f"bad --preprocess item {part!r} (keys: size=HxW, "
+                                   "mean=a/b/c, std=a/b/c, layout=nhwc|nchw, gray)") from None
+    return Preprocess(**kwargs)
+
+
+def _preprocess_item(key: str, value: str) -> dict[str, Any]:
+    if key == "size":
+        h, w = value.lower().split("x")
+        return {"size": (int(h), int(w))}
+    if key in ("mean", "std"):
+        return {key: tuple(float(v) for v in value.split("/"))}
+    if key == "layout" and value in ("nhwc", "nchw"):
+        return {"layout": value}
+    if key == "gray" and not value:
+        return {"grayscale": True}
+    raise ValueError(key)
+
+
 def _recipes(sub: Any) -> None:
     p = sub.add_parser("recipes",
                        help="list the recipe ladder the packer searches, least lossy first")
@@ -191,7 +228,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         ui.print_json(bundle.manifest.to_dict())
     else:
-        print(render_manifest(bundle))
+        print("\n".join(printable(line) for line in render_manifest(bundle).split("\n")))
     return 0
 
 

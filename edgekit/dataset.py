@@ -29,29 +29,6 @@ class Preprocess:
     layout: str = "nhwc"
     grayscale: bool = False
 
-    @classmethod
-    def parse(cls, text: str) -> Preprocess:
-        """`size=224x224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=nchw,gray`."""
-        kwargs: dict = {}
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            key, _, value = part.partition("=")
-            try:
-                if key == "size":
-                    h, w = value.lower().split("x")
-                    kwargs["size"] = (int(h), int(w))
-                elif key in ("mean", "std"):
-                    kwargs[key] = tuple(float(v) for v in value.split("/"))
-                elif key == "layout" and value in ("nhwc", "nchw"):
-                    kwargs["layout"] = value
-                elif key == "gray" and not value:
-                    kwargs["grayscale"] = True
-                else:
-                    raise ValueError
-            except ValueError:
-                raise CalibrationError(f"bad --preprocess item {part!r} (keys: size=HxW, "
-                                       "mean=a/b/c, std=a/b/c, layout=nhwc|nchw, gray)") from None
-        return cls(**kwargs)
-
 
 @dataclass(frozen=True)
 class Dataset:

@@ -1,6 +1,7 @@
 """`edgekit-agent` command line. Every EdgekitError becomes `error: …` and exit 1; usage errors exit 2.
 
-    edgekit-agent install BUNDLE --store DIR [--key PUB] [--json]
+    edgekit-agent init --device NAME [--fleet F] [--store DIR] [--broker HOST:PORT] [--key PUB] [-o FILE]
+    edgekit-agent install BUNDLE (--store DIR | --config FILE) [--key PUB] [--allow-downgrade] [--json]
     edgekit-agent rollback --store DIR [--json]
     edgekit-agent status --store DIR [--json]
     edgekit-agent infer --store DIR --input FILE.npy|NAME=FILE.npy|FILE.npz [--variant V] [--json]
@@ -22,13 +23,18 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .cliutil import Handler, dispatch
+from .cliutil import Handler, dispatch, parse_broker
 from .config import AgentConfig
-from .errors import InputError
+from .defaults import HTTP_PORT, SENSOR_KINDS
+from .errors import ConfigError, InputError
+from .init_config import InitOptions, write_config
 from .service import daemon
 from .service.agent import Agent
 from .service.http_api import HttpApi
 from .store.slots import BundleStore
+from .validate import printable
+
+DEFAULT_CONFIG = Path("/etc/edgekit/agent.toml")  # where the systemd unit reads it
 
 COMMANDS: dict[str, Handler] = {}
 
@@ -43,9 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"edgekit-agent {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
+    s = sub.add_parser("init", help="write a first, working agent.toml for this device")
+    s.add_argument("--device", required=True, help="this device's name (one MQTT topic level)")
+    s.add_argument("--fleet", default="default", help="fleet name (default: default)")
+    s.add_argument("--store", type=Path, default=Path("/var/lib/edgekit/store"),
+                   help="bundle store folder, created (default /var/lib/edgekit/store)")
+    s.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker (default: MQTT off)")
+    s.add_argument("--key", type=Path, help="fleet ed25519 public key: only signed bundles run")
+    s.add_argument("--policy", type=Path, help="power policy TOML (default: none)")
+    s.add_argument("--sensors", choices=SENSOR_KINDS, help="sensor kind (default: detected)")
+    s.add_argument("--http-port", type=int, default=HTTP_PORT, help=f"default {HTTP_PORT}")
+    s.add_argument("-o", "--out", type=Path, default=Path("agent.toml"), help="default agent.toml")
+    s.add_argument("--force", action="store_true", help="replace an existing file")
     s = sub.add_parser("install", help="verify, self-test and activate a bundle (previous one kept)")
     s.add_argument("bundle", type=Path)
-    _store_args(s, key=True)
+    _store_args(s, key=True, config=True)
+    s.add_argument("--allow-downgrade", action="store_true",
+                   help="install although its security_version is below the highest installed "
+                        "(recorded in the install event)")
     s = sub.add_parser("rollback", help="make the previous bundle active again")
     _store_args(s)
     s = sub.add_parser("status", help="show the active and previous bundles")
@@ -68,8 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _store_args(p: argparse.ArgumentParser, key: bool = False) -> None:
-    p.add_argument("--store", required=True, type=Path, help="bundle store folder")
+def _store_args(p: argparse.ArgumentParser, key: bool = False, config: bool = False) -> None:
+    p.add_argument("--store", required=not config, type=Path, help="bundle store folder")
+    if config:
+        p.add_argument("--config", type=Path, help="agent.toml: its [store] root and public_key "
+                       f"(default: {DEFAULT_CONFIG} when it names the same store)")
     if key:
         p.add_argument("--key", type=Path, help="ed25519 public key; a valid signature is then required")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -85,9 +109,40 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+def _store_and_key(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """--store/--key, completed from agent.toml: the device's configured key is never ignored."""
+    config_path = args.config
+    if config_path is None and DEFAULT_CONFIG.is_file() and args.key is None:
+        config_path = DEFAULT_CONFIG
+    if config_path is None:
+        if args.store is None:
+            raise ConfigError("give --store DIR or --config agent.toml")
+        return args.store, args.key
+    store = AgentConfig.from_file(config_path).store
+    if args.store is not None and args.config is None and args.store.resolve() != store.root.resolve():
+        return args.store, args.key  # the default config describes another store
+    return args.store or store.root, args.key or store.public_key
+
+
+@command
+def cmd_init(args: argparse.Namespace) -> int:
+    config = write_config(InitOptions(
+        device_id=args.device, fleet=args.fleet, out=args.out, store=args.store,
+        broker=parse_broker(args.broker) if args.broker else None, public_key=args.key,
+        sensors=args.sensors or "", policy=args.policy, http_port=args.http_port,
+        force=args.force))
+    mqtt = f"{config.mqtt.host}:{config.mqtt.port}" if config.mqtt.enabled else "off"
+    print(f"wrote {args.out}: device {config.device_id}, fleet {config.fleet}, store "
+          f"{config.store.root}, MQTT {mqtt}, sensors {config.sensors.kind}\n"
+          f"next: edgekit-agent install BUNDLE --config {args.out} && "
+          f"edgekit-agent run --config {args.out}")
+    return 0
+
+
 @command
 def cmd_install(args: argparse.Namespace) -> int:
-    result = BundleStore(args.store).install(args.bundle, args.key)
+    root, key = _store_and_key(args)
+    result = BundleStore(root).install(args.bundle, key, allow_downgrade=args.allow_downgrade)
     if args.json:
         _print_json(result.to_dict())
         return 0
@@ -95,8 +150,9 @@ def cmd_install(args: argparse.Namespace) -> int:
     check = (f"{st.vectors} self-test vector(s), max error {st.max_abs_error:.3g}"
              if st.kind == "vectors" else "smoke test on zeros")
     signature = f"checked, key {result.key_id}" if result.signature_checked else "not checked"
-    print(f"installed {result.name} {result.version} ({result.bundle_id}) in slot {result.slot}: "
-          f"{check}; signature {signature}; previous {result.previous_bundle_id or 'none'}")
+    print(printable(f"installed {result.name} {result.version} ({result.bundle_id}) in slot "
+                    f"{result.slot}: {check}; signature {signature}; "
+                    f"previous {result.previous_bundle_id or 'none'}"))
     return 0
 
 
@@ -107,7 +163,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(store.status().to_dict())
     else:
-        print(f"rolled back: {active} is active")
+        print(printable(f"rolled back: {active} is active"))
     return 0
 
 
@@ -117,20 +173,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(status.to_dict())
         return 0
-    print(f"store     {status.root}")
+    lines = [f"store     {status.root}"]
     for label, slot in (("active", status.active), ("previous", status.previous)):
         if slot is None:
-            print(f"{label:<9} none")
+            lines.append(f"{label:<9} none")
         elif slot.error:
-            print(f"{label:<9} slot {slot.slot}: unusable ({slot.error})")
+            lines.append(f"{label:<9} slot {slot.slot}: unusable ({slot.error})")
         else:
-            print(f"{label:<9} slot {slot.slot}: {slot.name} {slot.version} ({slot.bundle_id})")
-    print(f"failures  {status.recent_failures} of {status.max_failures} within "
-          f"{status.failure_window_s:g} s")
+            lines.append(f"{label:<9} slot {slot.slot}: {slot.name} {slot.version} ({slot.bundle_id})")
+    lines.append(f"failures  {status.recent_failures} of {status.max_failures} within "
+                 f"{status.failure_window_s:g} s")
     if status.last_event:
         ev = status.last_event
-        print(f"last      {ev.get('event')} of {ev.get('bundle_id')}"
-              + (f" ({ev['reason']})" if ev.get("reason") else ""))
+        lines.append(f"last      {ev.get('event')} of {ev.get('bundle_id')}"
+                     + (f" ({ev['reason']})" if ev.get("reason") else ""))
+    print("\n".join(printable(line) for line in lines))
     return 0
 
 
@@ -196,8 +253,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = AgentConfig.from_file(args.config)
     with Agent.from_config(config) as agent:
         api = HttpApi.from_config(agent, config).start()
-        print(f"edgekit-agent: serving {agent.manifest.name} {agent.manifest.version} "
-              f"({agent.bundle_id}) on {api.url}", file=sys.stderr, flush=True)
+        print(printable(f"edgekit-agent: serving {agent.manifest.name} {agent.manifest.version} "
+                        f"({agent.bundle_id}) on {api.url}"), file=sys.stderr, flush=True)
         _wait_for_stop_signal()
         api.stop()
     return 0

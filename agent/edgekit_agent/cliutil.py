@@ -8,7 +8,9 @@ import os
 import sys
 from collections.abc import Callable
 
-from .errors import EdgekitError
+from .defaults import MQTT_PORT
+from .errors import ConfigError, EdgekitError
+from .validate import printable
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -22,7 +24,7 @@ def dispatch(parser: argparse.ArgumentParser, commands: dict[str, Handler],
     try:
         return commands[args.command](args) or 0
     except EdgekitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)  # one line, no terminal escapes
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -30,3 +32,17 @@ def dispatch(parser: argparse.ArgumentParser, commands: dict[str, Handler],
     except BrokenPipeError:  # `… | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def parse_broker(text: str, key: str = "--broker") -> tuple[str, int]:
+    """``HOST[:PORT]`` (IPv6 in brackets) -> (host, port); the port defaults to MQTT's."""
+    host, sep, port = text.rpartition(":")
+    if not sep or host.endswith(":") or (host.count(":") and not host.startswith("[")):
+        host, port = text, str(MQTT_PORT)
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not host or not 0 < number < 65536:
+        raise ConfigError("must be HOST:PORT", key=key, value=text)
+    return host.strip("[]"), number

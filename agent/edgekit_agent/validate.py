@@ -22,6 +22,7 @@ A target profile reader, for example::
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -213,7 +214,41 @@ def _range(lo: float, hi: float) -> str:
     if lo == -math.inf and hi == math.inf:
         return ""
     if hi == math.inf:
-        return f" >= {lo:g}"
+        return f" >= {_num(lo)}"
     if lo == -math.inf:
-        return f" <= {hi:g}"
-    return f" in {lo:g}..{hi:g}"
+        return f" <= {_num(hi)}"
+    return f" in {_num(lo)}..{_num(hi)}"
+
+
+def _num(x: float) -> str:
+    """A bound as written: integers exactly (64 MiB is 67108864, not 6.71089e+07)."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e19 else f"{x:g}"
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"duplicate key {key!r}")
+        obj[key] = value
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed (JSON has no NaN or infinity)")
+
+
+def loads_strict(data: str | bytes) -> Any:
+    """``json.loads`` that refuses NaN/Infinity and duplicate keys: two readers of the same bytes
+    (the signer's and the device's) can then never see different values. Raises ValueError
+    (also for bad UTF-8 and over-long integers) or RecursionError."""
+    return json.loads(data, object_pairs_hook=_unique_object, parse_constant=_no_constant)
+
+
+# C0/C1 controls and the bidi overrides: text from a bundle or the wire must not steer a terminal.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(value: Any) -> str:
+    """``str(value)`` with control characters shown as escapes (``\\x1b``), for terminals."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(value))

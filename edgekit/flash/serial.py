@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from edgekit_agent.bundle.reader import open_bundle
-from edgekit_agent.errors import FlashError, SerialLinkError, first_line
+from edgekit_agent.errors import EdgekitError, FlashError, SerialLinkError, first_line
+from edgekit_agent.store.selftest import SELFTEST_EXTRA, run_selftest
 
 from . import serial_proto as sp
 
@@ -73,6 +74,7 @@ def flash_serial(bundle_path: Path, device: str, *, baud: int = 921600, key: Pat
     if manifest.family not in MCU_FAMILIES:
         raise FlashError(f"{Path(bundle_path).name} is a {manifest.family!r} bundle for "
                          f"{manifest.target}; serial:// takes {' or '.join(MCU_FAMILIES)} bundles")
+    host_check = _host_selftest(bundle, Path(bundle_path).name)
     image = bundle.read_model()
     with open_port(device, baud, timeout_s) as port:
         result = send_image(port, image, manifest.target, baud=baud, progress=progress,
@@ -83,7 +85,22 @@ def flash_serial(bundle_path: Path, device: str, *, baud: int = 921600, key: Pat
     out["uri"] = f"serial://{device}?baud={baud}"
     out["active"] = _bundle_ref(manifest, result.active_sha256)
     out["previous"] = _bundle_ref(manifest, result.previous_sha256)
+    if host_check is not None:
+        out["host_selftest"] = host_check
     return out
+
+
+def _host_selftest(bundle: Any, name: str) -> dict[str, Any] | None:
+    """The bundle's own self-test vectors, run here before anything is sent (on the host form
+    of an Ethos-U model, under TFLM for an MCU one): a bundle that fails them never reaches the
+    device. None when the bundle ships no vectors."""
+    if not bundle.manifest.extras.get(SELFTEST_EXTRA):
+        return None
+    try:
+        return run_selftest(bundle).to_dict()
+    except EdgekitError as exc:
+        raise FlashError(f"{name}: self-test failed on this host, nothing was sent: "
+                         f"{first_line(exc)}") from None
 
 
 def _unconfirmed_message(device: str, state: str) -> str:

@@ -83,7 +83,9 @@ def _flash_serial(bundle: Path, uri: FlashUri, opts: FlashOptions) -> DeviceStat
 
 SCHEMES: dict[str, Scheme] = {
     "ssh": Scheme("ssh", ("cpu", "edgetpu"), _flash_ssh, example="ssh://pi@raspberrypi.local/var/lib/edgekit"),
-    "dir": Scheme("dir", ("cpu", "edgetpu"), _flash_dir, example="dir:///media/rootfs/var/lib/edgekit"),
+    # ethos-u: a Linux board with the NPU (i.MX 93, Corstone-1000) reads an agent store too
+    "dir": Scheme("dir", ("cpu", "edgetpu", "ethos-u"), _flash_dir,
+                  example="dir:///media/rootfs/var/lib/edgekit"),
     "serial": Scheme("serial", ("mcu", "ethos-u"), _flash_serial, params=("baud",),
                      example="serial:///dev/ttyACM0?baud=921600"),
 }

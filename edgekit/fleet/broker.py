@@ -8,22 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgekit_agent.cliutil import parse_broker
 from edgekit_agent.errors import ConfigError, TransportError
-
-from ..defaults import MQTT_PORT
-
-
-def parse_broker(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = text, str(MQTT_PORT)
-    try:
-        number = int(port)
-    except ValueError:
-        number = -1
-    if not host or not 0 < number < 65536:
-        raise ConfigError("must be HOST:PORT", key="--broker", value=text)
-    return host.strip("[]"), number
 
 
 def connect(broker: str, filters: list[str], on_message: Callable[[Any], None], *,

@@ -1,7 +1,7 @@
 """ONNX → float32 TFLite with onnx2tf, fully offline, checked against the ONNX model.
 
-Needs the ``convert`` extra (onnx2tf + TensorFlow). onnx2tf runs in a child process inside a
-temporary working directory: it calls ``sys.exit`` on some errors, keeps global TensorFlow
+Needs the ``convert`` extra (onnx2tf + TensorFlow). onnx2tf runs in a child process
+(``convert_worker``) inside a temporary working directory: it calls ``sys.exit`` on some errors, keeps global TensorFlow
 state, and looks for its sample-data file in the working directory (downloading it when absent;
 edgekit writes a generated one there first). The result keeps the ONNX model's I/O contract:
 same input and output names, shapes and layouts (NCHW stays NCHW), with a SignatureDef. Its
@@ -47,16 +47,7 @@ DEFAULT_MIN_SQNR_DB = 30.0  # below this the converter changed what the model co
 CHECK_SAMPLES = 64
 TIMEOUT_S = 900
 
-_WORKER = r"""
-import json, sys
-kwargs = json.loads(sys.argv[1])
-try:
-    import onnx2tf
-except ImportError as exc:
-    sys.stderr.write("EDGEKIT_MISSING_MODULE %s\n" % (exc.name or exc))
-    sys.exit(3)
-onnx2tf.convert(**kwargs)
-"""
+WORKER_MODULE = "edgekit.packer.convert_worker"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -178,8 +169,9 @@ def _run_onnx2tf(onnx_bytes: bytes, input_names: list[str], timeout_s: float) ->
                   "keep_shape_absolutely_input_names": input_names, "non_verbose": True}
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "-1"}
         try:
-            proc = subprocess.run([sys.executable, "-c", _WORKER, json.dumps(kwargs)], cwd=work,
-                                  env=env, capture_output=True, text=True, timeout=timeout_s)
+            proc = subprocess.run([sys.executable, "-m", WORKER_MODULE, json.dumps(kwargs)],
+                                  cwd=work, env=env, capture_output=True, text=True,
+                                  timeout=timeout_s)
         except subprocess.TimeoutExpired:
             raise ModelError(f"onnx2tf did not finish within {timeout_s:g} s") from None
         result = work / "out" / "model_float32.tflite"
@@ -189,8 +181,11 @@ def _run_onnx2tf(onnx_bytes: bytes, input_names: list[str], timeout_s: float) ->
 
 
 def _conversion_error(log: str) -> ModelError:
+    # Imported here: a module that `python -m` runs must not be loaded by its package first.
+    from .convert_worker import MISSING_MARK
+
     log = _ANSI.sub("", log)
-    missing = re.search(r"EDGEKIT_MISSING_MODULE (\S+)|No module named '([^']+)'", log)
+    missing = re.search(rf"{MISSING_MARK} (\S+)|No module named '([^']+)'", log)
     if missing:
         return ModelError(f"{EXTRA_MESSAGE} (missing: {missing.group(1) or missing.group(2)})")
     lines = [ln.strip() for ln in log.splitlines() if ln.strip()]

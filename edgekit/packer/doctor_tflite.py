@@ -19,6 +19,32 @@ SIGNATURE_KEY = "serving_default"
 _CONVERTER_PREFIX = "serving_default_"
 
 
+def normalise_opcodes(model: bytes) -> tuple[bytes, list[str]]:
+    """Operator codes stored only in ``deprecated_builtin_code`` (``builtin_code`` 0, i.e. ADD,
+    as older converters wrote them) get ``builtin_code = max(builtin_code, deprecated)``.
+    LiteRT reads the max of both; ai-edge-quantizer 0.10 reads only ``builtin_code``, takes every
+    such op for ADD and quantizes conv weights like activations (LiteRT then refuses them)."""
+    model_t = tm.load(model)
+    fixed = []
+    for code in model_t.operatorCodes or []:
+        if code.deprecatedBuiltinCode > code.builtinCode:
+            code.builtinCode = int(code.deprecatedBuiltinCode)
+            fixed.append(tm.op_name(model_t, _FakeOp(model_t.operatorCodes.index(code))))
+    if not fixed:
+        return model, []
+    out = tm.save(model_t)
+    tm.verify_runs(out, "model with normalised opcodes")
+    return out, [f"normalise_opcodes ({len(fixed)} operator codes only in "
+                 f"deprecated_builtin_code: {', '.join(fixed)})"]
+
+
+class _FakeOp:
+    """Just enough of an OperatorT for ``tm.op_name``."""
+
+    def __init__(self, opcode_index: int) -> None:
+        self.opcodeIndex = opcode_index
+
+
 def ensure_signature(model: bytes) -> tuple[bytes, list[str]]:
     """Add a 'serving_default' SignatureDef over subgraph 0 when the model has none
     (ai-edge-quantizer calibrates by signature and refuses a model with 0 signatures).
@@ -186,3 +212,57 @@ def _apply_static_shapes(model: bytes, model_t: Any, resize: dict[int, list[int]
 def _fmt(shape: Any) -> str:
     return "(" + ", ".join(str(int(d)) for d in shape) + ")"
 
+
+
+# --- MediaPipe's custom transpose convolution ---------------------------------------------
+
+_MP_TRANSPOSE_CONV = "Convolution2DTransposeBias"
+_TFLITE_PADDING = {1: 0, 2: 1}  # TfLitePadding SAME/VALID -> schema Padding SAME/VALID
+
+
+def rewrite_transpose_conv_bias(model: bytes) -> tuple[bytes, list[str]]:
+    """MediaPipe's custom ``Convolution2DTransposeBias`` (inputs: x, OHWI weights, bias; custom
+    options: the raw ``TfLiteTransposeConvParams`` struct {padding, stride_w, stride_h} as int32)
+    becomes the builtin TRANSPOSE_CONV (output shape, weights, x, bias), which LiteRT, the
+    quantizers and TFLM all have."""
+    model_t = tm.load(model)
+    count = 0
+    for sg in model_t.subgraphs:
+        for op in sg.operators or []:
+            if tm.op_name(model_t, op) == f"CUSTOM:{_MP_TRANSPOSE_CONV}":
+                _to_transpose_conv(model_t, sg, op)
+                count += 1
+    if not count:
+        return model, []
+    tm.remove_unused(model_t)
+    out = tm.save(model_t)
+    tm.verify_runs(out, "model with rewritten transpose convolutions")
+    return out, [f"rewrite_transpose_conv ({count} custom {_MP_TRANSPOSE_CONV} -> "
+                 "TRANSPOSE_CONV with bias)"]
+
+
+def _to_transpose_conv(model_t: Any, sg: Any, op: Any) -> None:
+    raw = bytes(np.asarray(op.customOptions, dtype=np.uint8)) if op.customOptions is not None \
+        else b""
+    if len(raw) < 12 or len(tm.ints(op.inputs)) != 3:
+        raise ModelError(f"{_MP_TRANSPOSE_CONV}: unexpected inputs or options "
+                         f"({len(tm.ints(op.inputs))} inputs, {len(raw)} option bytes)")
+    padding, stride_w, stride_h = (int(v) for v in np.frombuffer(raw[:12], dtype="<i4"))
+    if padding not in _TFLITE_PADDING:
+        raise ModelError(f"{_MP_TRANSPOSE_CONV}: unknown padding code {padding}")
+    x, w, b = tm.ints(op.inputs)
+    out = tm.ints(op.outputs)[0]
+    sg_index = model_t.subgraphs.index(sg)
+    shape = np.asarray(sg.tensors[out].shape, dtype=np.int32)
+    if shape.size != 4 or np.any(shape < 1):
+        raise ModelError(f"{_MP_TRANSPOSE_CONV}: output shape {list(shape)} is not static 4-D")
+    name = f"{tm.tensor_name(sg.tensors[out])}_output_shape"
+    shape_t = tm.add_tensor(model_t, name, (4,), np.int32, data=shape, subgraph=sg_index)
+    options = tm.schema.TransposeConvOptionsT()
+    options.padding, options.strideW, options.strideH = _TFLITE_PADDING[padding], stride_w, \
+        stride_h
+    op.opcodeIndex = tm.opcode_index(model_t, "TRANSPOSE_CONV", version=3)
+    op.inputs = np.asarray([shape_t, w, x, b], dtype=np.int32)
+    op.builtinOptionsType = tm.schema.BuiltinOptions.TransposeConvOptions
+    op.builtinOptions = options
+    op.customOptions = None

@@ -35,6 +35,7 @@ class FormatChoice:
     model: bytes
     format: str
     steps: tuple[str, ...]
+    note: str = ""  # also said in the pack summary, not only in the recipe steps
 
 
 def choose_format(model: bytes, fmt: str, family: Any, profile_family: str, runtime: str,
@@ -61,7 +62,9 @@ def _faster(model: bytes, data: Dataset) -> FormatChoice:
         require_convert_extra()
     except ModelError:
         return FormatChoice(model, "onnx", ("runtime: onnxruntime (LiteRT not tried: the convert "
-                                            "extra is not installed)",))
+                                            "extra is not installed)",),
+                            note="LiteRT and its TFLite recipes were not tried: "
+                                 "pip install 'edgekit[convert]' adds them")
     try:
         tflite, summary = convert_cached(model, data)
         lite = make_runner(tflite, "tflite")

@@ -9,11 +9,13 @@ from typing import Any
 import numpy as np
 
 from edgekit_agent.bundle.manifest import TensorSpec
+from edgekit_agent.bundle.modelcheck import check_tflite
 from edgekit_agent.runtime import load_backend
 
 from ..errors import ModelError
 from ..onnx_model import parse_onnx
 from ..tflite import model as tflite_model
+from .onnx_external import inline_external_data
 
 FORMATS = ("onnx", "tflite")
 
@@ -46,7 +48,21 @@ def read_model(path: str | Path) -> tuple[bytes, str]:
         raise ModelError(f"{path}: no such model file") from None
     except OSError as exc:
         raise ModelError(f"{path}: cannot read ({exc.strerror})") from None
-    return data, detect_format(data, str(path))
+    fmt = detect_format(data, str(path))
+    if fmt == "onnx":
+        data, _ = inline_external_data(data, path.parent)
+    else:
+        _verified_tflite(data, path)
+    return data, fmt
+
+
+def _verified_tflite(data: bytes, path: Path) -> None:
+    """A structurally broken flatbuffer stops here, not as struct.error/IndexError (or a TFLM
+    crash) further on."""
+    try:
+        check_tflite(data)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
 
 
 def detect_format(data: bytes, label: str = "model") -> str:

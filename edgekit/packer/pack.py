@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -10,7 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from edgekit_agent.bundle.manifest import Manifest, ModelRef, RecipeStep, Variant, sha256_hex
+from edgekit_agent.bundle.manifest import (
+    MAX_SECURITY_VERSION,
+    Manifest,
+    ModelRef,
+    RecipeStep,
+    Variant,
+    sha256_hex,
+)
 
 from .. import ui
 from ..bundle_writer import MemberFile, write_bundle
@@ -19,6 +27,7 @@ from ..errors import BudgetError, CalibrationError, ConfigError, ModelError
 from ..examples import get_example
 from ..report import render_candidates
 from ..targets import Profile, family_for, get_profile
+from ..targets.mcu.csource import selftest_header
 from . import doctor_onnx, doctor_tflite
 from .evaluate import accuracy, is_classifier, make_runner, run_all
 from .formats import choose_format
@@ -34,12 +43,16 @@ from .inputs import (
 from .latency_model import target_timing
 from .preact import PreActivation, saturated_outputs
 from .recipes import LADDER, Recipe, recipe_by_name
+from .refusal import refusal_message
 from .search import Candidate, Context, Criteria, choose, format_supports, run_search
+from .source import keep_source
 
 EVAL_FRACTION = 0.5  # without --eval, the second half of --calib is held out for evaluation
 SELFTEST_SAMPLES = 4
 NO_CALIB_HINT = ("no calibration data was given; give --calib DIR (representative inputs), "
                  "or --synthetic-calib to accept generated data")
+FIRMWARE_HEADER, FIRMWARE_SELFTEST = "mcu/model_data.h", "mcu/selftest_data.h"
+HOST_FORM_SUFFIX = "selftest.tflite"  # model.selftest.tflite: what a host runs for model.tflite
 
 
 @dataclass(frozen=True)
@@ -67,10 +80,11 @@ class PackOptions:
     variants: int = 1
     sign_key: str | Path | None = None
     targets_dirs: tuple[str, ...] = ()
-    preprocess: str | None = None
+    preprocess: Preprocess | None = None  # how image folders become inputs (None: defaults)
     runtime: str = "auto"
     name: str | None = None
     version: str = "1"
+    security_version: int | None = None  # None: the current Unix time (a newer pack is larger)
     show_progress: bool = False
 
 
@@ -93,11 +107,15 @@ class PackResult:
                 "manifest": self.manifest.to_dict()}
 
     def render(self) -> str:
-        size = self.bundle.stat().st_size
+        # The bundle also carries variants, C sources and self-test data: the ratio a user asks
+        # about is the model that will run against the float model, so say both apart.
+        model = self.manifest.model.size_bytes
+        extra = f", {len(self.chosen)} variants" if len(self.chosen) > 1 else ""
         head = (
-            f"packed {self.bundle} ({ui.human_bytes(size)}, "
-            f"{size / self.source.size_bytes:.2f}x the float model) for {self.manifest.target}: "
-            f"{', '.join(c.recipe.name for c in self.chosen)}"
+            f"packed {self.bundle} for {self.manifest.target}: "
+            f"{', '.join(c.recipe.name for c in self.chosen)} — model {ui.human_bytes(model)}, "
+            f"{model / self.source.size_bytes:.2f}x the float model "
+            f"(bundle {ui.human_bytes(self.bundle.stat().st_size)}{extra})"
         ) + (f"; no int8: {NO_CALIB_HINT}" if self.uncalibrated else "")
         return "\n".join([render_candidates(self.candidates, self.source.size_bytes), "", head,
                           *(f"note: {n}" for n in self.notes)])
@@ -122,6 +140,7 @@ def pack(opts: PackOptions) -> PackResult:
     runtime = "onnxruntime" if flow else opts.runtime
     choice = choose_format(model, fmt, family, profile.family, runtime, calib or evald)
     steps += choice.steps
+    notes += [choice.note] if choice.note else []
     if choice.format != fmt:
         model, fmt = choice.model, choice.format
         info = describe(model, fmt)
@@ -132,12 +151,13 @@ def pack(opts: PackOptions) -> PackResult:
                           key="--recipe", value=opts.recipe)
     labels = load_labels(labels_path, len(evald)) if labels_path else None
     ctx = _context(model, fmt, family, profile, calib, evald, labels, opts, notes)
+    ctx.source_bytes = len(original)
     with ui.progress(len(recipes), f"pack {profile.name}", opts.show_progress) as bar:
         tried = run_search(ctx, recipes, opts.variants, bar)
     chosen = choose(tried, opts.variants) or _forced(opts, tried, notes)
+    chosen = keep_source(ctx, original, source.format, chosen)
     if not chosen:
-        raise BudgetError(f"no recipe fits {profile.name}:\n"
-                          f"{render_candidates(tried, source.size_bytes)}")
+        raise BudgetError(refusal_message(ctx, tried, render_candidates(tried, source.size_bytes)))
     manifest, files = _bundle_contents(opts, model_path, original, source, profile, ctx, steps,
                                        chosen, notes)
     write_bundle(opts.out, manifest, files, opts.sign_key)
@@ -166,6 +186,9 @@ def _check_options(opts: PackOptions) -> None:
         from ..flash.bench_ssh import parse_profile_uri
 
         parse_profile_uri(opts.profile_on)  # a bad URI fails before any work
+    if opts.security_version is not None and not 0 <= opts.security_version <= MAX_SECURITY_VERSION:
+        raise ConfigError("the anti-rollback counter is an integer >= 0", key="--security-version",
+                          value=opts.security_version, allowed=f"0..{MAX_SECURITY_VERSION}")
     out = Path(opts.out)
     if out.is_dir():
         raise ConfigError(f"{out} is a folder; give a bundle file name", key="-o", value=str(out))
@@ -204,8 +227,8 @@ def _inapplicable(recipe: Recipe, family: Any, profile: Profile) -> str:
         return f"the {profile.family} runtime cannot execute {recipe.quantization}"
     if recipe.mixed_precision and family.FULL_INT8:
         return f"{profile.family} needs every op in int8"
-    dtype = {"none": "float32", "fp16": "float16",
-             "weight_int4": "int4"}.get(recipe.quantization, "int8")
+    dtype = {"none": "float32", "fp16": "float16", "weight_int4": "int4",
+             "static_int16x8": "int16"}.get(recipe.quantization, "int8")
     if dtype not in profile.dtypes:
         return f"{profile.name} does not support {dtype} (supports {', '.join(profile.dtypes)})"
     return ""
@@ -226,7 +249,8 @@ def _doctor(model: bytes, fmt: str, opts: PackOptions, profile: Profile) -> tupl
                  doctor_onnx.decompose_fp16_weights, doctor_onnx.simplify,
                  doctor_onnx.sanitize_names]
     else:
-        chain = [lambda m: doctor_tflite.freeze_input_shapes(m, shapes,
+        chain = [doctor_tflite.normalise_opcodes, doctor_tflite.rewrite_transpose_conv_bias,
+                 lambda m: doctor_tflite.freeze_input_shapes(m, shapes,
                                                              profile.default_input_batch),
                  doctor_tflite.decompose_fp16_weights, doctor_tflite.ensure_signature]
     for step in chain:
@@ -243,7 +267,7 @@ def _datasets(info: ModelInfo, model: tuple[bytes, str], calib_path: Any, eval_p
     states = [p[0] for p in pairs]
     data_inputs = tuple(s for s in info.inputs if s.name not in states)
     complete = _state_feeder(info, model, pairs, notes)
-    pre = Preprocess.parse(opts.preprocess) if opts.preprocess else None
+    pre = opts.preprocess
     calib = complete(load_dataset(calib_path, data_inputs, pre)) if calib_path else None
     if calib is None:
         if any(r.needs_calibration for r in recipes) and not opts.synthetic_calib:
@@ -323,9 +347,16 @@ def _bundle_contents(opts: PackOptions, model_path: Path, original: bytes, sourc
         files.append(MemberFile(path, cand.shipped, "model" if i == 0 else "variant"))
         for extra, blob in (cand.compiled.extra_files if cand.compiled else {}).items():
             files.append(MemberFile(f"{stem}_files/{extra}" if i else extra, blob, "target"))
-        variants.append(_variant(cand, path, steps))
-    selftest = _selftest(chosen[0], ctx.eval)
+        host_path = None
+        if cand.compiled and cand.compiled.host_model is not None:
+            host_path = f"{stem}.{HOST_FORM_SUFFIX}"
+            files.append(MemberFile(host_path, cand.compiled.host_model, "selftest"))
+        variants.append(_variant(cand, path, steps, host_path))
+    selftest, arrays = _selftest(chosen[0], ctx.eval)
     files.append(MemberFile("selftest.npz", selftest, "selftest"))
+    if any(f.path == FIRMWARE_HEADER for f in files):  # the firmware self-tests a slot too
+        files.append(MemberFile(FIRMWARE_SELFTEST, _firmware_selftest(chosen[0], arrays),
+                                "target"))
     source_dict = {"path": model_path.name, "format": source.format, "sha256": sha256_hex(original),
                    "size_bytes": len(original), "params": source.params, "macs": source.macs,
                    "op_count": len(source.ops), "latency_ms": chosen[0].latency.ref_p50_ms
@@ -340,11 +371,14 @@ def _bundle_contents(opts: PackOptions, model_path: Path, original: bytes, sourc
                         family=profile.family, primary=variants[0], members=(),
                         source=source_dict, variants=tuple(variants[1:]),
                         target_profile=profile.to_dict() | {"source": Path(profile.source).name},
-                        extras={"selftest": "selftest.npz"}, notes=tuple(notes))
+                        extras={"selftest": "selftest.npz"}, notes=tuple(notes),
+                        security_version=(int(time.time()) if opts.security_version is None
+                                          else opts.security_version))
     return manifest, files
 
 
-def _variant(cand: Candidate, path: str, doctor_steps: list[str]) -> Variant:
+def _variant(cand: Candidate, path: str, doctor_steps: list[str],
+             host_path: str | None = None) -> Variant:
     runner = cand.runner
     recipe = [RecipeStep("doctor", s) for s in doctor_steps]
     recipe.append(RecipeStep("recipe", params={**cand.recipe.to_dict(), **cand.stats}))
@@ -356,7 +390,8 @@ def _variant(cand: Candidate, path: str, doctor_steps: list[str]) -> Variant:
                                   size_bytes=len(shipped), compressed_bytes=cand.compressed_bytes),
                    inputs=runner.inputs, outputs=runner.outputs, recipe=tuple(recipe),
                    fidelity=replace(cand.fidelity, latency_ratio=round(cand.latency.ratio, 3)),
-                   latency_ms=round(cand.latency.p50_ms, 4), target_report=cand.compiled.report,
+                   latency_ms=round(cand.latency.p50_ms, 4),
+                   target_report=replace(cand.compiled.report, selftest_model=host_path),
                    latency_source=cand.latency.source)
 
 
@@ -365,7 +400,14 @@ def _cases(arrays: list[np.ndarray]) -> np.ndarray:
     return np.stack(arrays) if arrays and np.ndim(arrays[0]) == 0 else np.concatenate(arrays)
 
 
-def _selftest(cand: Candidate, data: Dataset) -> bytes:
+def _firmware_selftest(cand: Candidate, arrays: dict[str, np.ndarray]) -> bytes:
+    ins, outs = cand.runner.inputs, cand.runner.outputs
+    return selftest_header([arrays[f"input_{i}"][:1] for i in range(len(ins))],
+                           [arrays[f"output_{j}"][:1] for j in range(len(outs))], ins, outs,
+                           float(arrays["atol"]))
+
+
+def _selftest(cand: Candidate, data: Dataset) -> tuple[bytes, dict[str, np.ndarray]]:
     """Inputs and the chosen model's own outputs: a device re-runs them before activation."""
     arrays: dict[str, np.ndarray] = {}
     samples = list(data.samples(SELFTEST_SAMPLES))
@@ -380,4 +422,4 @@ def _selftest(cand: Candidate, data: Dataset) -> bytes:
     arrays["atol"] = np.float32(max([3 * max(scales, default=0.0), 1e-3 * spread, 1e-5]))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    return buf.getvalue()
+    return buf.getvalue(), arrays

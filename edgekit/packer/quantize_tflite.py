@@ -39,8 +39,10 @@ from edgekit_agent.runtime import Runner, load_backend, quantize
 from ..errors import CalibrationError, ConfigError, EdgekitError, ModelError
 from ..tflite import model as tm
 
-SCHEMES = ("dynamic_int8", "static_int8", "weight_int8", "weight_int4")
-_RECIPES = {"static_int8": "static_wi8_ai8", "dynamic_int8": "dynamic_wi8_afp32",
+SCHEMES = ("dynamic_int8", "static_int8", "static_int16x8", "weight_int8", "weight_int4")
+STATIC = ("static_int8", "static_int16x8")
+_RECIPES = {"static_int8": "static_wi8_ai8", "static_int16x8": "static_wi8_ai16",
+            "dynamic_int8": "dynamic_wi8_afp32",
             "weight_int8": "weight_only_wi8_afp32", "weight_int4": "weight_only_wi4_afp32"}
 _NO_QUANTIZE = "no_quantize"
 _CALIB_THREADS = 2
@@ -48,17 +50,26 @@ _MAX_DB = 100.0  # SQNR reported for a tensor that matches exactly
 
 
 def quantize_tflite(model: bytes, scheme: str, calib: list[dict[str, np.ndarray]] | None = None, *,
-                    float_ops: frozenset[int] = frozenset(), int8_io: bool = True) -> bytes:
+                    float_ops: frozenset[int] = frozenset(), int8_io: bool = True,
+                    ranges: Mapping[str, tuple[float, float]] | None = None,
+                    int8_op_types: frozenset[str] = frozenset()) -> bytes:
     """The quantized model; raises ModelError when it does not run in LiteRT afterwards.
-    ``int8_io`` only concerns ``static_int8`` (the other schemes keep float activations)."""
+    ``int8_io`` only concerns the static schemes (the others keep float activations); for
+    ``static_int16x8`` the interface is int16. ``ranges`` ({tensor name: (min, max)}) replace
+    the calibrated min/max of those activations (see ``ranges.choose_ranges``);
+    ``int8_op_types`` (op names, e.g. HARD_SWISH) keep int8 activations in ``static_int16x8``
+    (ai-edge-quantizer has no int16 kernel config for them and would leave them float)."""
     if scheme not in SCHEMES:
         raise ConfigError("unknown TFLite quantization scheme", key="scheme", value=scheme,
                           allowed=SCHEMES)
     model_t = tm.load(model)
-    static = scheme == "static_int8"
+    static = scheme in STATIC
     samples = check_calibration(model_t, calib) if static else []
-    quantizer = _make_quantizer(model, model_t, scheme, float_ops, float_io=static and not int8_io)
+    quantizer = _make_quantizer(model, model_t, scheme, float_ops, float_io=static and not int8_io,
+                                int8_op_types=int8_op_types)
     qsvs = _calibrate(quantizer, tm.signature_io(model_t)[0], samples) if static else None
+    if qsvs is not None and ranges:
+        qsvs = override_ranges(qsvs, ranges)
     try:
         with _quiet():
             out = bytes(quantizer.quantize(calibration_result=qsvs,
@@ -74,6 +85,17 @@ def quantize_tflite(model: bytes, scheme: str, calib: list[dict[str, np.ndarray]
     if not _has_integer_weights(out):
         raise ModelError(f"{scheme} quantized no tensor (float16 weights? decompose them first)")
     _verify(out, scheme, static and int8_io, samples[:1])
+    return out
+
+
+def override_ranges(qsvs: dict, ranges: Mapping[str, tuple[float, float]]) -> dict:
+    """The quantizer's calibration result with the min/max of the named tensors replaced."""
+    out = dict(qsvs)
+    for name, (lo, hi) in ranges.items():
+        if name in out and "min" in out[name] and "max" in out[name]:
+            old = out[name]
+            out[name] = {**old, "min": np.full_like(np.asarray(old["min"]), lo),
+                         "max": np.full_like(np.asarray(old["max"]), hi)}
     return out
 
 
@@ -115,12 +137,14 @@ def _check_array(i: int, name: str, value: Any, tensor: Any) -> None:
 
 
 def _make_quantizer(model: bytes, model_t: Any, scheme: str, float_ops: Iterable[int],
-                    float_io: bool) -> Any:
+                    float_io: bool, int8_op_types: frozenset[str] = frozenset()) -> Any:
     from ai_edge_quantizer import quantizer, recipe
 
     regexes = float_op_regexes(model_t, float_ops)
+    rules = list(getattr(recipe, _RECIPES[scheme])())
+    rules += [{**recipe.static_wi8_ai8()[0], "operation": op} for op in sorted(int8_op_types)]
     try:
-        q = quantizer.Quantizer(bytes(model), getattr(recipe, _RECIPES[scheme])())
+        q = quantizer.Quantizer(bytes(model), rules)
         for regex in regexes:
             q.update_quantization_recipe(regex, "*", None, _NO_QUANTIZE)
         if float_io:
@@ -269,11 +293,22 @@ def _retarget_io(model_t: Any, field: str, pos: int, old: int, new: int) -> None
 
 # --- verification -------------------------------------------------------------------------
 
+def float_compute_ops(model: bytes) -> frozenset[str]:
+    """Names of the op types that compute in float32 (QUANTIZE/DEQUANTIZE aside)."""
+    model_t = tm.load(model)
+    sg = model_t.subgraphs[0]
+    return frozenset(tm.op_name(model_t, op) for op in sg.operators or []
+                     if tm.op_name(model_t, op) not in ("QUANTIZE", "DEQUANTIZE")
+                     and any(tm.tensor_type_name(sg.tensors[t].type) == "float32"
+                             for t in tm.ints(op.outputs)))
+
+
 def _has_integer_weights(model: bytes) -> bool:
     model_t = tm.load(model)
     return any(tm.tensor_type_name(t.type) in ("int8", "int4") and t.buffer
                and model_t.buffers[t.buffer].data is not None
                for sg in model_t.subgraphs for t in sg.tensors)
+
 
 def _verify(model: bytes, scheme: str, int8_io: bool, samples: list[dict[str, np.ndarray]]) -> None:
     """A quantizer's success is not evidence: load and run the result in LiteRT."""
@@ -288,7 +323,8 @@ def _verify(model: bytes, scheme: str, int8_io: bool, samples: list[dict[str, np
         raise ModelError(f"{scheme} result produces non-finite outputs in LiteRT")
     if int8_io:
         bad = [
-            s.name for s in runner.inputs + runner.outputs if s.dtype != "int8" or s.scale is None
+            s.name for s in runner.inputs + runner.outputs
+            if s.dtype not in ("int8", "int16") or s.scale is None
         ]
         if bad:
             raise ModelError(f"{scheme} result is not full-integer: '{bad[0]}' is not a quantized "

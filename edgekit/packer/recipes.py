@@ -14,9 +14,12 @@ from typing import Any
 
 from ..errors import ConfigError
 
-QUANTIZATIONS = ("none", "fp16", "dynamic_int8", "static_int8", "weight_int8", "weight_int4")
-CALIBRATIONS = ("minmax", "entropy", "percentile")
-FULL_INT8 = ("static_int8",)
+QUANTIZATIONS = ("none", "fp16", "dynamic_int8", "static_int8", "static_int16x8", "weight_int8",
+                 "weight_int4")
+# "tuned": cross-layer equalisation + per-tensor range choice + bias correction (tuned.py)
+CALIBRATIONS = ("minmax", "entropy", "percentile", "tuned")
+# full integer: int8 weights with int8 (or, 16x8, int16) activations
+FULL_INT8 = ("static_int8", "static_int16x8")
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class Recipe:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.quantization == "static_int8"
+        return self.quantization in FULL_INT8
 
     @property
     def full_integer(self) -> bool:
@@ -89,6 +92,11 @@ LADDER: tuple[Recipe, ...] = (
            description="int8 with one weight scale per tensor (sometimes beats per-channel)"),
     Recipe("static_int8", calibration="percentile",
            description="int8, activation ranges clipped at the 99.999th percentile"),
+    Recipe("static_int8", calibration="tuned",
+           description="int8 with cross-layer equalisation, per-tensor range choice "
+                       "(min-max/percentile/MSE) and bias correction"),
+    Recipe("static_int16x8",
+           description="int16 activations, int8 weights (targets with 16x8 kernels)"),
     Recipe("static_int8", mixed_precision=True,
            description="int8 with the most sensitive layers left in float"),
     Recipe("static_int8", sparsity=0.5, clusters=16, per_channel=False,

@@ -19,13 +19,14 @@ import numpy as np
 from edgekit_agent.runtime import Runner
 
 from ..dataset import Dataset
-from ..errors import EdgekitError
+from ..errors import CalibrationError, EdgekitError
 from ..targets import Compiled, Profile, TargetFamily
 from .compress import compress_tflite
 from .evaluate import Fidelity, Latency, compare, interleaved_latency, make_runner, run_all
 from .quantize_onnx import apply_recipe, sensitive_nodes
 from .quantize_tflite import fallback_order, quantize_tflite
 from .recipes import Recipe
+from .tuned import quantize_tuned
 
 SPEED_TOLERANCE = 1.10  # p50 within 10 % of float counts as "not slower" on a shared, noisy host
 DEFAULT_MIN_SQNR_DB = 15.0  # used when no labels give an accuracy to hold
@@ -74,6 +75,9 @@ class Context:
     int8_io: bool
     timing: Any = None  # latency_model.Timing; None: host timing, no speed hints
     pre_activation: Any = None  # preact.PreActivation: fidelity before final sigmoid/softmax
+    # size of the model file as the user gave it (an fp16-stored source is smaller than
+    # ``model``, its float32 decomposition); nothing larger than it is ever shipped
+    source_bytes: int = 0
 
 
 @dataclass
@@ -129,8 +133,15 @@ def _produce_tflite(ctx: Context, recipe: Recipe, calib: Dataset | None,
     if recipe.quantization in ("none", "fp16"):
         return model, stats
     feeds = calib.feeds() if calib is not None else None
-    model = quantize_tflite(model, recipe.quantization, feeds, float_ops=frozenset(exclude),
-                            int8_io=ctx.int8_io)
+    if recipe.calibration == "tuned" or recipe.quantization == "static_int16x8":
+        if feeds is None:  # a row that says why, like the plain quantizer's, not a traceback
+            raise CalibrationError(f"{recipe.quantization} needs calibration samples (none given)")
+        model, tuning = quantize_tuned(model, recipe.quantization, feeds,
+                                       float_ops=frozenset(exclude), int8_io=ctx.int8_io)
+        stats = {**stats, **tuning}
+    else:
+        model = quantize_tflite(model, recipe.quantization, feeds, float_ops=frozenset(exclude),
+                                int8_io=ctx.int8_io)
     return model, {**stats, "float_ops": sorted(exclude)} if exclude else stats
 
 
@@ -139,7 +150,8 @@ def evaluate(ctx: Context, recipe: Recipe, exclude: Sequence[Any] = ()) -> Candi
     try:
         cand.model, cand.stats = produce(ctx, recipe, exclude)
         cand.compiled = ctx.family.compile(cand.model, ctx.format, ctx.profile, calib=ctx.calib)
-        runnable = cand.compiled.model if ctx.family.HOST_RUNNABLE else cand.model
+        runnable = (cand.compiled.model if ctx.family.HOST_RUNNABLE
+                    else cand.compiled.host_model or cand.model)
         cand.runner = make_runner(runnable, ctx.format)
         outputs = run_all(cand.runner, ctx.eval)
     except EdgekitError as exc:
@@ -162,6 +174,9 @@ def _misses(ctx: Context, cand: Candidate) -> list[str]:
         out += ctx.criteria.misses(cand.fidelity)
         if len(cand.shipped) >= len(ctx.model):
             out.append(f"larger than float ({len(cand.shipped)} B >= {len(ctx.model)} B)")
+        elif ctx.source_bytes and len(cand.shipped) >= ctx.source_bytes:
+            out.append(f"not smaller than the source file ({len(cand.shipped)} B >= "
+                       f"{ctx.source_bytes} B)")
         if ctx.criteria.check_speed and cand.latency.ratio > SPEED_TOLERANCE:
             out.append(f"slower than float ({cand.latency.ratio:.2f}x p50)")
     return out
@@ -196,7 +211,10 @@ def sensitivity_order(ctx: Context, int8_model: bytes) -> list[Any]:
 
 
 def format_supports(recipe: Recipe, fmt: str) -> bool:
-    """ai-edge-quantizer calibrates min/max, per channel; other choices are ONNX Runtime's."""
+    """ai-edge-quantizer calibrates min/max, per channel; other choices are ONNX Runtime's;
+    tuned int8 and 16x8 are edgekit's own, on TFLite."""
+    if recipe.calibration == "tuned" or recipe.quantization == "static_int16x8":
+        return fmt == "tflite"
     return fmt == "onnx" or (
         recipe.calibration == "minmax" and (recipe.per_channel or recipe.clusters > 0)
     )

@@ -7,13 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from edgekit_agent.bundle.manifest import TargetReport
-
-
-@dataclass(frozen=True)
-class Power:
-    idle_w: float
-    active_w: float
-    accelerator_w: float = 0.0
+from edgekit_agent.power.energy import PowerFigures
 
 
 @dataclass(frozen=True)
@@ -26,7 +20,7 @@ class Profile:
     flash_bytes: int
     ram_bytes: int
     dtypes: tuple[str, ...]
-    power: Power
+    power: PowerFigures  # the agent's type: the bundle's target_profile.power reads back as it
     cpu: str = ""
     clock_mhz: int = 0
     cores: int = 1
@@ -42,7 +36,7 @@ class Profile:
                 "clock_mhz": self.clock_mhz, "cores": self.cores, "accelerator": self.accelerator,
                 "flash_bytes": self.flash_bytes, "ram_bytes": self.ram_bytes,
                 "dtypes": list(self.dtypes), "default_input_batch": self.default_input_batch,
-                "power": vars(self.power).copy(), "options": dict(self.options),
+                "power": self.power.to_dict(), "options": dict(self.options),
                 "latency": dict(self.latency), "source": self.source}
 
 __all__ = ["Compiled", "TargetFamily", "TargetReport"]
@@ -50,12 +44,17 @@ __all__ = ["Compiled", "TargetFamily", "TargetReport"]
 
 @dataclass(frozen=True)
 class Compiled:
-    """A model as the target will run it, plus files to ship beside it (e.g. C sources)."""
+    """A model as the target will run it, plus files to ship beside it (e.g. C sources).
+
+    ``host_model`` is the form a host runs in its place when ``model`` needs hardware the host
+    lacks (Vela's output runs on the Ethos-U NPU): the packer measures fidelity on it and ships
+    it for the device's self-test."""
 
     model: bytes
     format: str
     report: TargetReport
     extra_files: dict[str, bytes] = field(default_factory=dict)
+    host_model: bytes | None = None
 
 
 class TargetFamily:

@@ -12,7 +12,8 @@ from .base import Compiled, Profile, TargetFamily, TargetReport, size_violations
 class CpuFamily(TargetFamily):
     NAME = "cpu"
     MODEL_FORMATS = ("tflite", "onnx")
-    QUANTIZATIONS = ("none", "fp16", "dynamic_int8", "static_int8", "weight_int8", "weight_int4")
+    QUANTIZATIONS = ("none", "fp16", "dynamic_int8", "static_int8", "static_int16x8",
+                     "weight_int8", "weight_int4")
 
     def compile(self, model: bytes, fmt: str, profile: Profile, calib: Any = None) -> Compiled:
         report = TargetReport(family=self.NAME, ops_on_cpu=tuple(_op_names(model, fmt)),

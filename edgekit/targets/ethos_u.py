@@ -7,6 +7,11 @@ the optimised model it writes (NPU work folded into ``ethos-u`` custom ops, the 
 TFLite ops for the Cortex-M) is what ships, and which original ops stayed on the CPU is read
 from it. Budgets: SRAM against ``ram_bytes``; the optimised model plus
 ``options.runtime_code_bytes`` against ``flash_bytes``.
+
+What makes the bundle deployable (``ethos_u_firmware``): the firmware's C sources of the Vela
+model with an op resolver that registers ``AddEthosU``, its tensor arena size, and the int8 model
+Vela compiled as ``Compiled.host_model``: the form a host without the NPU runs, so the packer's
+fidelity figures and the device's self-test are measured on the very network the NPU runs.
 """
 
 from __future__ import annotations
@@ -21,10 +26,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, ModelError
+from edgekit_agent.runtime import load_backend
+from edgekit_agent.validate import invalid
+
+from ..errors import ModelError
 from ..tflite import model as tfl
 from ..tflite import rewrite as rw
 from .base import Compiled, Profile, TargetFamily, TargetReport, size_violations
+from .ethos_u_firmware import ethos_u_arena, firmware_sources
+from .mcu.arena import DEFAULT_ALIGNMENT
 
 SYSTEM_CONFIGS = ("Ethos_U55_Deep_Embedded", "Ethos_U55_High_End_Embedded", "Ethos_U65_Embedded",
                   "Ethos_U65_Mid_End", "Ethos_U65_High_End", "Ethos_U65_Client_Server")
@@ -177,7 +187,9 @@ class EthosUFamily(TargetFamily):
                "runtime_code_bytes": (int, None), "arena_alignment": (int, None)}
     REQUIRED_OPTIONS = ("system_config", "memory_mode")
     FULL_INT8 = True
-    HOST_RUNNABLE = False  # Vela's output runs its NPU work in an ethos-u custom op
+    QUANTIZATIONS = ("static_int8", "static_int16x8")  # 16x8 where the profile lists int16
+    HOST_RUNNABLE = False  # Vela's output runs its NPU work in an ethos-u custom op: the host
+    # runs ``Compiled.host_model`` (the int8 model Vela compiled) in its place
 
     def compile(self, model: bytes, fmt: str, profile: Profile, calib: Any = None) -> Compiled:
         if fmt != "tflite":
@@ -189,6 +201,9 @@ class EthosUFamily(TargetFamily):
         optimised, vela, summary = run_vela(model, accelerator, profile.options["system_config"],
                                             profile.options["memory_mode"])
         npu, cpu = split_ops(model, optimised)
+        alignment = int(profile.options.get("arena_alignment", DEFAULT_ALIGNMENT))
+        arena = ethos_u_arena(optimised, model, alignment, vela["sram_bytes"])
+        host = load_backend(model, "tflite")
         runtime_code = int(profile.options.get("runtime_code_bytes", 0))
         flash = len(optimised) + runtime_code
         vela["version"] = metadata.version("ethos-u-vela")
@@ -202,19 +217,20 @@ class EthosUFamily(TargetFamily):
             "runtime_code_bytes": runtime_code,
             "rewrites": rewrites,
             "compile_steps": [c for r in rewrites if r["kept"] for c in r["changes"]] + [step],
+            **arena.to_details(),
         }
         report = TargetReport(family=self.NAME, ops_on_accelerator=tuple(npu),
-                              ops_on_cpu=tuple(cpu),
+                              ops_on_cpu=tuple(cpu), arena_bytes=arena.arena_bytes,
                               sram_bytes=vela["sram_bytes"], flash_bytes=flash,
                               violations=size_violations(profile, flash, vela["sram_bytes"]),
                               details=details)
+        sources = firmware_sources(optimised, arena, host.inputs, host.outputs)
         return Compiled(model=optimised, format="tflite", report=report,
-                        extra_files={SUMMARY_FILE: summary})
+                        extra_files={SUMMARY_FILE: summary, **sources}, host_model=model)
 
 
 def _accelerator(profile: Profile) -> str:
     if profile.accelerator not in ACCELERATOR_CONFIGS:
-        raise ConfigError("not an Ethos-U accelerator config", source=profile.source,
-                          key="accelerator",
-                          value=profile.accelerator, allowed=list(ACCELERATOR_CONFIGS))
+        raise invalid(profile.source, "accelerator", profile.accelerator,
+                      "an Ethos-U accelerator config", list(ACCELERATOR_CONFIGS))
     return profile.accelerator

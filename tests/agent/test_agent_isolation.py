@@ -137,4 +137,5 @@ def test_agent_installs_and_verifies_bundles_in_a_bare_venv(tmp_path, make_bundl
     assert result["key_id"] == host.key_id
     assert result["model_sha256"] == host.manifest.model.sha256
     assert result["model_len"] == host.manifest.model.size_bytes
-    assert result["tampered"] == "SignatureError: signature does not match the manifest and key"
+    assert result["tampered"] == ("SignatureError: signature does not match: signed with another "
+                                  f"key than {host.key_id}, or changed after signing")

@@ -132,3 +132,22 @@ def test_inspect_without_json_shows_the_target_and_model(make_bundle, edgekit_cl
     proc = edgekit_cli("inspect", make_bundle())
     assert proc.returncode == 0, proc.stderr
     assert "x86-64" in proc.stdout and "tflite" in proc.stdout
+
+
+def test_preprocess_text_is_parsed_in_the_cli_into_the_typed_option():
+    from edgekit.cli import parse_preprocess
+    from edgekit.dataset import Preprocess
+    from edgekit.errors import CalibrationError
+
+    pre = parse_preprocess("size=224x160,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=nchw,gray")
+    assert pre == Preprocess(size=(224, 160), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                             layout="nchw", grayscale=True)
+    assert parse_preprocess(None) is None and parse_preprocess("") == Preprocess()
+    with pytest.raises(CalibrationError, match=r"bad --preprocess item 'layout=chw'"):
+        parse_preprocess("size=8x8,layout=chw")
+
+
+def test_bad_preprocess_is_one_line_error(edgekit_cli, cli_error, tmp_path):
+    cli_error(edgekit_cli("pack", "example:digits", "--target", "rpi4", "-o", tmp_path / "o.ekb",
+                          "--preprocess", "size=big"), "bad --preprocess item 'size=big'")
+    assert not (tmp_path / "o.ekb").exists()

@@ -18,12 +18,19 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..errors import BundleError
-from ..validate import NUMBER, Table
+from ..validate import NUMBER, Table, loads_strict
 
 SCHEMA = "edgekit.bundle/1"
 SUPPORTED_SCHEMAS = (SCHEMA,)
 MODEL_FORMATS = ("tflite", "onnx", "tflm-c")
 MANIFEST_FILE = "manifest.json"
+# The anti-rollback counter (MCUboot's security counter, TUF's metadata version): a device never
+# runs a lower one without an explicit operator override. Absent (bundles made before it) = 0.
+MAX_SECURITY_VERSION = (1 << 63) - 1
+# What a TFLM arena may be: below 1 KiB no model allocates (0 crashed TFLM); above 64 MiB is no
+# microcontroller's SRAM, and a huge figure would only make the host allocate it.
+MIN_ARENA_BYTES = 1 << 10
+MAX_ARENA_BYTES = 64 << 20
 
 
 def _table(d: Any, key: str) -> Table:
@@ -149,6 +156,12 @@ class Manifest:
     notes: tuple[str, ...] = ()
     created: str = ""
     schema: str = SCHEMA
+    security_version: int | None = None  # None: not written (an older bundle); counts as 0
+
+    @property
+    def counter(self) -> int:
+        """The anti-rollback counter the device compares (0 for bundles without one)."""
+        return self.security_version or 0
 
     # The contract (DESIGN.md) puts the primary model's fields at the top level.
     @property
@@ -181,7 +194,9 @@ class Manifest:
                 "variants": [v.to_dict() for v in self.variants],
                 "source": dict(self.source), "target_profile": dict(self.target_profile),
                 "members": [m.to_dict() for m in self.members], "extras": dict(self.extras),
-                "notes": list(self.notes)}
+                "notes": list(self.notes),
+                **({} if self.security_version is None
+                   else {"security_version": self.security_version})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
@@ -196,7 +211,9 @@ class Manifest:
                    variants=tuple(Variant.from_dict(r.data, r.key)
                                   for r in _rows(t, "variants", [])),
                    target_profile=t.get("target_profile", dict, {}),
-                   extras=t.mapping("extras", str, {}), notes=t.items("notes", str, ()))
+                   extras=t.mapping("extras", str, {}), notes=t.items("notes", str, ()),
+                   security_version=t.integer("security_version", None, lo=0,
+                                              hi=MAX_SECURITY_VERSION))
 
     def to_json_bytes(self) -> bytes:
         return canonical_json(self.to_dict())
@@ -204,7 +221,7 @@ class Manifest:
     @classmethod
     def from_json_bytes(cls, data: bytes) -> Manifest:
         try:
-            obj = json.loads(data.decode("utf-8"))
+            obj = loads_strict(data)
         except (ValueError, RecursionError) as exc:  # ValueError: also an over-long integer
             raise BundleError(f"manifest.json is not valid JSON: {exc}") from None
         return cls.from_dict(obj)
@@ -341,7 +358,10 @@ def _output_table(t: Table) -> dict[str, OutputFidelity]:
 @dataclass(frozen=True)
 class TargetReport:
     """Per-target evidence with the common keys of DESIGN.md; ``details`` holds family extras
-    (written beside the common keys). ``fits`` is derived: no violations."""
+    (written beside the common keys). ``fits`` is derived: no violations. ``selftest_model``
+    names the member a host runs in the model's place (written only when set): the shipped
+    model needs hardware a host lacks (Vela's ``ethos-u`` op), this is the same int8 network
+    before compilation, which the self-test runs."""
 
     family: str
     ops_on_accelerator: tuple[str, ...] = ()
@@ -351,9 +371,10 @@ class TargetReport:
     flash_bytes: int | None = None
     violations: tuple[str, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
+    selftest_model: str | None = None
 
     _KEYS = ("family", "ops_on_accelerator", "ops_on_cpu", "arena_bytes", "sram_bytes",
-             "flash_bytes", "fits", "violations")
+             "flash_bytes", "fits", "violations", "selftest_model")
 
     @property
     def fits(self) -> bool:
@@ -365,17 +386,20 @@ class TargetReport:
         return cls(family=t.get("family", str, ""),
                    ops_on_accelerator=t.items("ops_on_accelerator", str, ()),
                    ops_on_cpu=t.items("ops_on_cpu", str, ()),
-                   arena_bytes=t.get("arena_bytes", int, None),
+                   arena_bytes=t.integer("arena_bytes", None, lo=MIN_ARENA_BYTES,
+                                         hi=MAX_ARENA_BYTES),
                    sram_bytes=t.get("sram_bytes", int, None),
                    flash_bytes=t.get("flash_bytes", int, None),
                    violations=t.items("violations", str, ()),
-                   details={k: v for k, v in t.data.items() if k not in cls._KEYS})
+                   details={k: v for k, v in t.data.items() if k not in cls._KEYS},
+                   selftest_model=t.get("selftest_model", str, None))
 
     def to_dict(self) -> dict[str, Any]:
+        host = {} if self.selftest_model is None else {"selftest_model": self.selftest_model}
         return {"family": self.family, "ops_on_accelerator": list(self.ops_on_accelerator),
                 "ops_on_cpu": list(self.ops_on_cpu), "arena_bytes": self.arena_bytes,
                 "sram_bytes": self.sram_bytes, "flash_bytes": self.flash_bytes, "fits": self.fits,
-                "violations": list(self.violations), **self.details}
+                "violations": list(self.violations), **self.details, **host}
 
 def canonical_json(obj: Any) -> bytes:
     """The exact bytes that are signed: sorted keys, no spaces, UTF-8, NaN forbidden."""

@@ -14,9 +14,10 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..errors import BundleError, IntegrityError, SignatureError
+from ..errors import BundleError, IntegrityError, ModelError, SignatureError
 from . import signing
 from .manifest import Manifest, sha256_hex
+from .modelcheck import check_model
 
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
@@ -50,6 +51,20 @@ class Bundle:
     def read_model(self, variant: str | None = None) -> bytes:
         v = self.manifest.variant(variant) if variant else self.manifest.primary
         return self.read(v.model.path)
+
+    def read_runnable_model(self, variant: str | None = None) -> bytes:
+        """The model's bytes, only if a runtime may see them: self-contained (no ONNX external
+        data) and structurally sound (the TFLite verifier). Install and load both read so."""
+        v = self.manifest.variant(variant) if variant else self.manifest.primary
+        return self.read_checked_model(v.model.path, v.model.format)
+
+    def read_checked_model(self, member: str, fmt: str) -> bytes:
+        data = self.read(member)
+        try:
+            check_model(data, fmt)
+        except ModelError as exc:
+            raise BundleError(f"model {member!r}: {exc}") from None
+        return data
 
 
 def open_bundle(path: str | Path, public_key: str | Path | None = None) -> Bundle:

@@ -72,7 +72,8 @@ def verify(public: Ed25519PublicKey, message: bytes, signature: bytes) -> None:
     try:
         public.verify(signature, message)
     except InvalidSignature:
-        raise SignatureError("signature does not match the manifest and key") from None
+        raise SignatureError(f"signature does not match: signed with another key than "
+                             f"{key_id(public)}, or changed after signing") from None
 
 
 def key_id(public: Ed25519PublicKey) -> str:

@@ -8,20 +8,27 @@ from typing import Any
 
 @dataclass(frozen=True)
 class PowerFigures:
-    """The bundle's ``target_profile.power``: watts at idle and while running inference."""
+    """Watts at idle, while running inference and drawn by an accelerator: a target profile's
+    ``[power]`` table (the host's ``Profile.power``) and the bundle's ``target_profile.power``."""
 
     idle_w: float = 0.0
     active_w: float | None = None
+    accelerator_w: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"idle_w": self.idle_w, "active_w": self.active_w,
+                "accelerator_w": self.accelerator_w}
 
     @classmethod
     def from_profile(cls, target_profile: dict[str, Any]) -> PowerFigures:
         power = target_profile.get("power") or {}
         if not isinstance(power, dict):
             return cls()
-        idle, active = power.get("idle_w"), power.get("active_w")
+        idle, active, accel = (power.get(k) for k in ("idle_w", "active_w", "accelerator_w"))
         ok = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0  # noqa: E731
         return cls(idle_w=float(idle) if ok(idle) else 0.0,
-                   active_w=float(active) if ok(active) else None)
+                   active_w=float(active) if ok(active) else None,
+                   accelerator_w=float(accel) if ok(accel) else 0.0)
 
 
 @dataclass(frozen=True)

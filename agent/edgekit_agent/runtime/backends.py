@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..bundle.manifest import TensorSpec
+from ..bundle.modelcheck import check_tflite
 from ..errors import ModelError, RuntimeBackendError, UnsupportedOpError, first_line
 
 BACKENDS = ("tflite", "onnx", "tflm")
@@ -180,6 +181,7 @@ class TFLMBackend:
             from tflite_micro.python.tflite_micro import runtime as tflm
         except ImportError:
             raise RuntimeBackendError("no TFLM runtime: pip install tflite-micro") from None
+        check_tflite(model)  # TFLM trusts the flatbuffer completely: only verified ones reach it
         try:
             self._it = tflm.Interpreter.from_bytes(bytes(model), arena_size=arena_size)
         except (RuntimeError, ValueError) as exc:

@@ -8,24 +8,37 @@ import numpy as np
 from ..bundle.manifest import TensorSpec, Variant
 from ..bundle.reader import Bundle
 from ..errors import BundleError
-from .backends import edgetpu_available, load_backend
+from .backends import Backend, edgetpu_available, load_backend
 from .runner import Runner
 
 
-def load_runner(bundle: Bundle, variant: str | None = None,
-                threads: int | None = None) -> tuple[Variant, Runner]:
-    """Load one variant of a verified bundle and check the model agrees with its manifest."""
+def load_runner(bundle: Bundle, variant: str | None = None, threads: int | None = None,
+                host_form: bool = False) -> tuple[Variant, Runner]:
+    """Load one variant of a verified bundle and check the model agrees with its manifest.
+
+    ``host_form``: load the variant's host-runnable form instead when its target report names
+    one (``selftest_model``: an Ethos-U bundle's int8 model before Vela, for the self-test)."""
     manifest = bundle.manifest
     v = manifest.variant(variant) if variant else manifest.primary
-    model = bundle.read(v.model.path)
-    # An MCU bundle runs in TFLM with the arena its manifest claims: the claim is tested here.
-    arena = v.target_report.arena_bytes if manifest.family == "mcu" and v.target_report else None
-    backend = load_backend(model, v.model.format, threads=threads,
-                           edgetpu=manifest.family == "edgetpu" and edgetpu_available(),
-                           prefer_micro=manifest.family == "mcu", arena_size=arena)
+    report = v.target_report
+    if host_form and report is not None and report.selftest_model:
+        backend = load_backend(bundle.read_checked_model(report.selftest_model, "tflite"), "tflite",
+                               threads=threads)
+    else:
+        backend = _variant_backend(bundle, v, threads)
     _check_specs(v, "input", v.inputs, backend.inputs)
     _check_specs(v, "output", v.outputs, backend.outputs)
     return v, Runner(backend)
+
+
+def _variant_backend(bundle: Bundle, v: Variant, threads: int | None) -> Backend:
+    family = bundle.manifest.family
+    model = bundle.read_runnable_model(v.name)
+    # An MCU bundle runs in TFLM with the arena its manifest claims: the claim is tested here.
+    arena = v.target_report.arena_bytes if family == "mcu" and v.target_report else None
+    return load_backend(model, v.model.format, threads=threads,
+                        edgetpu=family == "edgetpu" and edgetpu_available(),
+                        prefer_micro=family == "mcu", arena_size=arena)
 
 
 def _check_specs(v: Variant, kind: str, declared: tuple[TensorSpec, ...],

@@ -85,7 +85,8 @@ class Daemon:
         except EdgekitError:
             self.agent.close()  # a clean stop: a typo in the config is not a crash of the bundle
             raise
-        self.verifier = CommandVerifier(config.device_id, config.store.public_key)
+        self.verifier = CommandVerifier(config.device_id, config.store.public_key,
+                                        replay_dir=config.store.root)  # durable replay state
         self.readings = Readings(ts=time.time())
         self._busy_seen = self.agent.stats()["busy_s"]
         self._window = self._window_start()
@@ -106,7 +107,7 @@ class Daemon:
             self.telemetry.start()
         if self.config.http.enabled:
             self.http = HttpApi.from_config(self.agent, self.config, mode=lambda: self.engine.mode,
-                                            infer=self._gated_infer).start()
+                                            infer=self._gated_infer, health=self._health).start()
             log.info("HTTP API on %s", self.http.url)
         missing = self._missing_variants()
         self._event("start", f"agent {__version__} started in mode {self.engine.mode}", data={
@@ -237,6 +238,10 @@ class Daemon:
             "energy": energy.to_dict() if energy else None,
             "memory": {"rss_bytes": _rss_bytes()}, "uptime_s": round(stats["uptime_s"], 3)}
         return self.telemetry.publish_telemetry(body)
+
+    def _health(self) -> dict[str, Any]:
+        link = self.telemetry.link_state() if self.telemetry is not None else {"enabled": False}
+        return {"mqtt": link}
 
     def _bundle_info(self) -> dict[str, Any]:
         m = self.agent.manifest

@@ -39,9 +39,11 @@ class HttpApi:
 
     def __init__(self, agent: Agent, *, host: str = HTTP_HOST, port: int = HTTP_PORT,
                  mode: Callable[[], str] | None = None, max_body_bytes: int = HTTP_MAX_BODY_BYTES,
-                 infer: InferFn | None = None) -> None:
+                 infer: InferFn | None = None,
+                 health: Callable[[], dict[str, Any]] | None = None) -> None:
         self.agent = agent
         self.mode = mode or (lambda: "default")
+        self.health = health or (lambda: {})  # the daemon adds its links' state
         self.max_body_bytes = max_body_bytes
         self.infer = infer or agent.infer
         try:
@@ -54,9 +56,10 @@ class HttpApi:
 
     @classmethod
     def from_config(cls, agent: Agent, config: AgentConfig, *, mode: Callable[[], str] | None = None,
-                    infer: InferFn | None = None) -> HttpApi:
+                    infer: InferFn | None = None,
+                    health: Callable[[], dict[str, Any]] | None = None) -> HttpApi:
         return cls(agent, host=config.http.host, port=config.http.port, mode=mode,
-                   max_body_bytes=config.http.max_body_bytes, infer=infer)
+                   max_body_bytes=config.http.max_body_bytes, infer=infer, health=health)
 
     @property
     def host(self) -> str:
@@ -131,7 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
         a = self.api.agent
         self._send_json(200, {"status": "ok", "bundle_id": a.bundle_id, "name": a.manifest.name,
                               "version": a.manifest.version, "variant": a.variant,
-                              "mode": self.api.mode()})
+                              "mode": self.api.mode(), **self.api.health()})
 
     def _model(self) -> None:
         a = self.api.agent

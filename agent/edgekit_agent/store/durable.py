@@ -11,7 +11,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from ..errors import StoreError
+from ..errors import StoreError, first_line
+from ..validate import loads_strict
 
 CRASH_HOOK_ENV = "EDGEKIT_STORE_CRASH_AT"  # tests: SIGKILL ourselves at this install step
 _COPY_CHUNK = 64 << 10
@@ -63,13 +64,16 @@ def write_json_atomic(path: Path, obj: Any, hook: str | None = None) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object (strict: no NaN, no duplicate keys), None when the file does not exist."""
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = loads_strict(path.read_bytes())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{path} is unreadable ({exc}); the store needs repair") from None
-    return obj if isinstance(obj, dict) else None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise StoreError(f"{path} is unreadable ({first_line(exc)}); the store needs repair") from None
+    if not isinstance(obj, dict):
+        raise StoreError(f"{path} is not a JSON object; the store needs repair")
+    return obj
 
 
 def fsync_dir(path: Path) -> None:

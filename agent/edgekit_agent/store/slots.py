@@ -29,11 +29,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..bundle.manifest import bundle_id
+from ..bundle.manifest import MAX_SECURITY_VERSION, bundle_id
 from ..bundle.reader import Bundle, open_bundle
 from ..errors import BundleError, EdgekitError, SignatureError, StoreError
+from ..validate import NUMBER, Table, has_kind
 from .durable import checkpoint, copy_durably, pid_alive, place, read_json, write_json_atomic
-from .selftest import SelfTestResult, run_selftest
+from .selftest import SelfTestResult, needs_isolation, run_selftest, run_selftest_isolated
 
 SLOTS = ("a", "b")
 BUNDLE_FILE = "bundle.ekb"
@@ -156,16 +157,23 @@ class BundleStore:
 
     # --- install --------------------------------------------------------------------------
 
-    def install(self, bundle_path: str | Path, public_key: str | Path | None = None) -> InstallResult:
-        """Verify, copy to the inactive slot, self-test, switch. Any refusal leaves the store as it was."""
+    def install(self, bundle_path: str | Path, public_key: str | Path | None = None, *,
+                allow_downgrade: bool = False) -> InstallResult:
+        """Verify, copy to the inactive slot, self-test, switch. Any refusal leaves the store as it was.
+
+        A bundle whose ``security_version`` is below the highest this store has installed is
+        refused unless ``allow_downgrade`` (the operator's explicit word, kept in the event)."""
         t0 = time.monotonic()
         key = public_key if public_key is not None else self.public_key
         source = _verify_source(Path(bundle_path), key)
+        new_id = bundle_id(source.manifest)
         checkpoint("verified")
         self._create()
         with self._locked():
             self._remove_temporaries()
             state = self._state()
+            downgrade = _check_counter(source.manifest.counter, state["security_version"],
+                                       allow_downgrade)
             old_active = state["active"]
             target = "b" if old_active == "a" else "a"
             staged = copy_durably(source.path, self.slot_path(target))
@@ -183,11 +191,13 @@ class BundleStore:
             place(staged, self.slot_path(target))
             checkpoint("placed")
             previous_id = self._slot_status(old_active).bundle_id if old_active else None
-            new_id = bundle_id(installed.manifest)
             event = {"event": "install", "bundle_id": new_id, "version": installed.manifest.version,
-                     "slot": target, "previous_bundle_id": previous_id, "time": time.time()}
+                     "security_version": installed.manifest.counter, "slot": target,
+                     "previous_bundle_id": previous_id, "time": time.time(), **downgrade}
             self._write_state({"active": target, "previous": old_active,
-                               "bad": [b for b in state["bad"] if b != new_id], "last": event},
+                               "bad": [b for b in state["bad"] if b != new_id], "last": event,
+                               "security_version": max(state["security_version"],
+                                                       installed.manifest.counter)},
                               hook="pointer-written")
             checkpoint("switched")
             self._reset_health(new_id)
@@ -211,7 +221,7 @@ class BundleStore:
 
     def _selftest_or_refuse(self, bundle: Bundle) -> SelfTestResult:
         try:
-            return run_selftest(bundle)
+            return run_selftest_isolated(bundle) if needs_isolation(bundle) else run_selftest(bundle)
         except EdgekitError as exc:
             raise StoreError(f"self-test failed, previous bundle stays active: {exc}") from None
 
@@ -237,7 +247,8 @@ class BundleStore:
                  "from_bundle_id": from_id, "reason": reason, "automatic": automatic,
                  "time": time.time()}
         self._write_state({"active": state["previous"], "previous": state["active"],
-                           "bad": bad[-16:], "last": event})
+                           "bad": bad[-16:], "last": event,
+                           "security_version": state["security_version"]})
         self._reset_health(target_id)
         self._emit("rollback", event)
         return target_id
@@ -283,7 +294,7 @@ class BundleStore:
 
     def _recent_failures(self, health: dict[str, Any]) -> list[float]:
         horizon = time.time() - self.failure_window_s
-        return [t for t in health.get("failures", []) if isinstance(t, (int, float)) and t >= horizon]
+        return [t for t in health.get("failures", []) if has_kind(t, NUMBER) and t >= horizon]
 
     # --- files ----------------------------------------------------------------------------
 
@@ -302,21 +313,34 @@ class BundleStore:
             os.close(fd)
 
     def _state(self) -> dict[str, Any]:
-        state = read_json(self.root / STATE_FILE) or {}
-        active = state.get("active") if state.get("active") in SLOTS else None
-        previous = state.get("previous") if state.get("previous") in SLOTS else None
+        """state.json, typed. A wrong slot pointer or counter is a one-line StoreError (nothing
+        is guessed for those); the bookkeeping fields ``bad``/``last`` are dropped when mistyped."""
+        path = self.root / STATE_FILE
+        state = read_json(path) or {}
+        t = Table(state, str(path), error=StoreError)
+        active, previous = t.choice("active", SLOTS, None), t.choice("previous", SLOTS, None)
         if previous == active:
             previous = None
-        bad = [b for b in state.get("bad", []) if isinstance(b, str)]
-        return {"active": active, "previous": previous, "bad": bad, "last": state.get("last")}
+        counter = t.integer("security_version", 0, lo=0, hi=MAX_SECURITY_VERSION)
+        bad = state.get("bad") if isinstance(state.get("bad"), list) else []
+        last = state.get("last") if isinstance(state.get("last"), dict) else None
+        return {"active": active, "previous": previous, "bad": [b for b in bad if isinstance(b, str)],
+                "last": last, "security_version": counter}
 
     def _write_state(self, state: dict[str, Any], hook: str | None = None) -> None:
         write_json_atomic(self.root / STATE_FILE, {"schema": STATE_SCHEMA, **state}, hook=hook)
 
     def _health(self) -> dict[str, Any]:
-        health = read_json(self.root / HEALTH_FILE) or {}
+        """health.json is crash-counting bookkeeping: mistyped fields are reset, never fatal."""
+        try:
+            health = read_json(self.root / HEALTH_FILE) or {}
+        except StoreError:
+            health = {}
         if not isinstance(health.get("failures"), list):
             health["failures"] = []
+        running = health.get("running")
+        if not isinstance(running, dict) or not isinstance(running.get("pid"), int):
+            health["running"] = None
         return health
 
     def _write_health(self, health: dict[str, Any]) -> None:
@@ -338,9 +362,29 @@ class BundleStore:
 
 
 def _verify_source(path: Path, key: str | Path | None) -> Bundle:
+    """The bundle, fully validated (manifest, hashes, signature, every model) before any slot
+    is touched."""
     try:
-        return open_bundle(path, key)
+        bundle = open_bundle(path, key)
+        for variant in bundle.manifest.all_variants:
+            bundle.read_runnable_model(variant.name)
+        bundle_id(bundle.manifest)
+        return bundle
     except SignatureError as exc:
         raise StoreError(f"signature check failed, previous bundle stays active: {exc}") from None
     except BundleError as exc:
         raise StoreError(f"bundle refused, previous bundle stays active: {exc}") from None
+    except ValueError as exc:  # canonical JSON: cannot happen after the strict parse; defence
+        raise StoreError(f"bundle refused, manifest is not canonical JSON: {exc}") from None
+
+
+def _check_counter(new: int, highest: int, allow_downgrade: bool) -> dict[str, Any]:
+    """Anti-rollback: what the install event records, or a StoreError for a refused downgrade."""
+    if new >= highest:
+        return {}
+    if not allow_downgrade:
+        raise StoreError(f"bundle security_version {new} is below {highest}, the highest this "
+                         "device has installed: refusing a downgrade (an operator can override "
+                         "with --allow-downgrade); previous bundle stays active")
+    return {"downgrade": {"from_security_version": highest, "to_security_version": new,
+                          "allowed_by": "allow_downgrade"}}

@@ -71,6 +71,12 @@ class Telemetry:
     def connected(self) -> bool:
         return self._connected
 
+    def link_state(self) -> dict[str, Any]:
+        """For ``/v1/health``: is the broker link up, how often it came up, the last failure."""
+        return {"enabled": True, "connected": self._connected,
+                "broker": f"{self.options.host}:{self.options.port}", "connects": self.connects,
+                "last_error": self.last_error or None, "queued": self.outbox.depth}
+
     @property
     def device(self) -> str:
         return self.topics.device
@@ -155,10 +161,15 @@ class Telemetry:
         self._connected = True
         self.connects += 1
         self._backoff.reset()
+        log.info("MQTT connected to %s:%d%s", self.options.host, self.options.port,
+                 f" (reconnect {self.connects - 1})" if self.connects > 1 else "")
         client.subscribe(self.topics.cmd, qos=QOS)
         self.publish_status("online")
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if self._connected and not self._stop.is_set():
+            log.warning("MQTT link to %s:%d lost (%s); reconnecting, messages wait in the queue",
+                        self.options.host, self.options.port, reason_code)
         self._connected = False
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
@@ -172,7 +183,7 @@ class Telemetry:
     def _run(self) -> None:
         import paho.mqtt.client as mqtt
 
-        socket_open = False
+        socket_open, reported = False, ""
         while not self._stop.is_set():
             try:
                 if not socket_open:
@@ -191,7 +202,11 @@ class Telemetry:
                 ok = False
             if not ok:  # reconnect() closes what is left of the socket; paho keeps unacked messages
                 socket_open, self._connected = False, False
-                self._stop.wait(self._backoff.next())
+                delay = self._backoff.next()
+                if self.last_error and self.last_error != reported:  # once per new failure
+                    log.warning("MQTT: %s; retrying (next in %.1f s)", self.last_error, delay)
+                    reported = self.last_error
+                self._stop.wait(delay)
         self._finish(socket_open)
 
     def _pump(self) -> None:

@@ -19,7 +19,8 @@ Payloads are UTF-8 JSON objects. Every one carries ``schema`` (``edgekit.<kind>/
 Commands are authenticated with the fleet's ed25519 key, the same key that signs bundles (the
 device already holds its public half as ``store.public_key``): ``sig`` is the base64 signature
 of the canonical JSON (sorted keys, no spaces) of the command without ``sig``. A command is
-accepted once (its ``id`` is remembered) and only within ``max_skew_s`` of the device clock.
+accepted once (its ``id`` is remembered, durably per key when the daemon gives a replay file:
+see :mod:`..store.replay`) and only within ``max_skew_s`` (60 s) of the device clock.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ import json
 import re
 import time
 import uuid
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from ..bundle import signing
 from ..bundle.manifest import canonical_json
 from ..defaults import DEVICE_NAME_RE, DEVICE_NAME_RULE
 from ..errors import CommandError, EdgekitError, SignatureError, TransportError
+from ..store.replay import DEFAULT_CAPACITY, FRESHNESS_WINDOW_S, ReplayCache
 from ..validate import NUMBER, REQUIRED, Table, invalid
 
 ROOT = "edgekit/v1"
@@ -227,7 +228,11 @@ def sign_command(private_key: Any, device: str, action: str, args: dict[str, Any
             "id": command_id or uuid.uuid4().hex, "action": action, "args": dict(args or {})}
     if reply_to is not None:
         body["reply_to"] = reply_to
-    sig = signing.sign(private_key, canonical_json(body))
+    try:
+        message = canonical_json(body)
+    except (TypeError, ValueError) as exc:  # NaN/infinity or a non-JSON type in args
+        raise CommandError(f"cmd cannot be signed: {exc}") from None
+    sig = signing.sign(private_key, message)
     return encode({**body, "sig": base64.b64encode(sig).decode("ascii")})
 
 
@@ -237,12 +242,16 @@ class CommandVerifier:
 
     device: str
     public_key: Path | None
-    max_skew_s: float = 300.0
-    remember: int = 4096
-    _seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    max_skew_s: float = FRESHNESS_WINDOW_S
+    remember: int = DEFAULT_CAPACITY
+    replay_dir: Path | None = None  # None: ids remembered in memory only (tests, tools)
 
     def __post_init__(self) -> None:
         self._key = signing.load_public_key(self.public_key) if self.public_key else None
+        path = None
+        if self.replay_dir is not None and self._key is not None:
+            path = Path(self.replay_dir) / f"replay-{signing.key_id(self._key)}.json"
+        self._seen = ReplayCache(path, self.max_skew_s, self.remember)
 
     def parse(self, data: bytes, now: float | None = None) -> Command:
         """A valid, authentic, fresh command, or CommandError with a one-line reason."""
@@ -284,11 +293,7 @@ class CommandVerifier:
     def _check_fresh(self, command_id: str, ts: float, now: float) -> None:
         if abs(now - ts) > self.max_skew_s:
             raise CommandError(f"cmd is {now - ts:+.0f} s old, outside the ±{self.max_skew_s:g} s window")
-        if command_id in self._seen:
-            raise CommandError(f"cmd {command_id!r} was already executed (replay)")
-        self._seen[command_id] = None
-        while len(self._seen) > self.remember:
-            self._seen.popitem(last=False)
+        self._seen.check_and_add(command_id, ts, now)
 
 
 def _check_args(action: str, args: Table) -> dict[str, Any]:

@@ -28,7 +28,8 @@ class McuFamily(TargetFamily):
     NAME = "mcu"
     OPTIONS = {"runtime_code_bytes": (int, None), "arena_alignment": (int, None)}
     REQUIRED_OPTIONS = ("runtime_code_bytes",)
-    QUANTIZATIONS = ("static_int8", "none")  # int8 first; float32 where the profile lists it
+    # int8 first; int16x8 / float32 where the profile's dtypes list int16 / float32
+    QUANTIZATIONS = ("static_int8", "static_int16x8", "none")
 
     def compile(self, model: bytes, fmt: str, profile: Profile,
                 calib: Dataset | None = None) -> Compiled:

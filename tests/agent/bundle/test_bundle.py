@@ -146,7 +146,7 @@ def test_flipped_manifest_or_signature_byte_fails_verify(make_bundle, keypair, e
     bad = tmp_path / "bad.ekb"
     rewrite_member(make_bundle(), bad, name, flip(pos))
     cli_error(edgekit_cli("verify", bad, "--key", keypair[1]),
-              "signature does not match the manifest and key")
+              "signature does not match: signed with another key than ")
 
 
 @pytest.mark.host
@@ -378,7 +378,7 @@ CASES: dict[str, Case] = {
     "size is a string": Case(_edit(_set("members.0.size_bytes", "big")), BundleError,
                              r"manifest.json: members\[0\].size_bytes: 'big' is not an integer"),
     "size is infinite": Case(_edit(_set("members.0.size_bytes", float("inf"))), BundleError,
-                             r"manifest.json: members\[0\].size_bytes: inf is not an integer"),
+                             "manifest.json is not valid JSON: Infinity is not allowed"),
     "size is a bool": Case(_edit(_set("model.size_bytes", True)), BundleError,
                            "manifest.json: model.size_bytes: True is not an integer"),
     "target is an object": Case(_edit(_set("target", {"name": "x86-64"})), BundleError,

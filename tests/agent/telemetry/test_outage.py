@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 
 from edgekit_agent.telemetry import schema
 
@@ -19,11 +21,18 @@ def test_broker_outage_loses_nothing_and_replays_in_order(dedupe, own_broker, co
     sub.wait_for(lambda m: m.topic == DEVICE.telemetry and len(dedupe(sub.of("telemetry"))) >= 3, 30,
                  "3 telemetry messages before the outage")
 
+    start = sub.wait_for(lambda m: m.topic == DEVICE.event and m.payload["kind"] == "start", 10, "start")
+    health_url = start.payload["data"]["http"] + "/v1/health"
+    assert _mqtt_health(health_url)["connected"] is True
+
     stopped_at = time.time()
     own_broker.stop()
     arrived_before_restart = len(sub.messages)
     time.sleep(GAP_S)
     assert agent.alive(), agent.output()
+    down = _mqtt_health(health_url)
+    assert down["connected"] is False and "cannot reach" in down["last_error"], down
+    assert down["queued"] >= 0.9 * GAP_S / INTERVAL_S - 1, down
     restarted_at = time.time()
     own_broker.start()
 
@@ -61,5 +70,15 @@ def test_broker_outage_loses_nothing_and_replays_in_order(dedupe, own_broker, co
     online = [m for m in unique if m.topic == DEVICE.status and m.payload["state"] == "online"
               and m.payload["ts"] > restarted_at]
     assert len(online) == 1
+    up = _mqtt_health(health_url)
+    assert up["connected"] is True and up["connects"] == 2, up
+    log = agent.output()  # the operator is told: lost, retrying, back
+    assert "MQTT link to" in log and "lost" in log and "retrying" in log, log
+    assert "MQTT connected to" in log and "(reconnect 1)" in log, log
     print(f"\noutage: {len(in_gap)} telemetry messages produced in the {GAP_S:g} s gap, all delivered "
           f"after restart; {len(unique)} unique messages, {duplicates} duplicate deliveries dropped by seq")
+
+
+def _mqtt_health(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())["mqtt"]

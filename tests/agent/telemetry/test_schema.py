@@ -133,7 +133,7 @@ def good(key, **over) -> dict:
      "cmd: schema: 'edgekit.cmd/0' is not one of the allowed values (allowed: edgekit.cmd/1)"),
     (lambda k, o: resign(k, good(k, shell="rm -rf /")), "cmd: shell: 'rm -rf /' is not a known key"),
     (lambda k, o: resign(k, good(k, reply_to="a/+/b")), "cmd: reply_to: 'a/+/b' is not a topic without wildcards"),
-    (lambda k, o: resign(k, good(k, ts=NOW - 3600)), "outside the ±300 s window"),
+    (lambda k, o: resign(k, good(k, ts=NOW - 3600)), "outside the ±60 s window"),
     (lambda k, o: resign(k, good(k, seq="1")), "cmd: seq: '1' is not an integer"),
     (lambda k, o: json.dumps({k2: v for k2, v in good(k).items() if k2 != "sig"}).encode(), "not signed"),
     (lambda k, o: json.dumps(good(k, sig="!!!")).encode(), "'sig' is not base64"),

@@ -56,3 +56,17 @@ def make_fc_tflite():
         return tm.dense_model(n_in, n_out, seed=seed, bias_std=0.1, signature=signature)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def mobile_v3(tmp_path_factory):
+    """A trained MobileNetV3-style TFLite model (hard-swish, squeeze-excite, depthwise, residual
+    adds, batch norm folded) and its data: (path, calib (64,32,32,3), eval (32,32,32,3))."""
+    from mobile_models import digits_images, trained_tflite
+
+    images, labels = digits_images()
+    model = trained_tflite("v3", images[:1297], labels[:1297])
+    d = tmp_path_factory.mktemp("mobile_v3")
+    path = d / "mobile_v3.tflite"
+    path.write_bytes(model)
+    return path, images[:64], images[1297:1329]

@@ -114,3 +114,17 @@ def test_json_report_lists_every_candidate(tmp_path, digits, edgekit_cli):
     assert variant["model"]["path"].startswith("variants/") and variant["target_report"]["fits"]
     assert variant["fidelity"]["min_sqnr_db"] != report["manifest"]["fidelity"]["min_sqnr_db"]
     assert report["bundle_bytes"] > 0
+
+
+def test_summary_ratio_is_the_model_not_the_bundle(tmp_path, digits, edgekit_cli):
+    out = tmp_path / "d.ekb"
+    proc = edgekit_cli("pack", "example:digits", "--target", "stm32h7", "-o", out, "--variants", "2")
+    assert proc.returncode == 0, proc.stderr
+    summary = next(line for line in proc.stdout.splitlines() if line.startswith("packed "))
+    manifest = json.loads(edgekit_cli("inspect", out, "--json").stdout)
+    ratio = manifest["model"]["size_bytes"] / manifest["source"]["size_bytes"]
+    # An int8 MCU model is about 0.3x; the bundle (C sources, a second variant, self-test data)
+    # is not what the ratio describes.
+    assert ratio < 0.35
+    assert f"{ratio:.2f}x the float model" in summary
+    assert "2 variants" in summary and out.stat().st_size > manifest["model"]["size_bytes"]

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+
+import numpy as np
+
+from edgekit_agent.bundle.reader import open_bundle
 
 
 def _cli(*args, timeout=120) -> subprocess.CompletedProcess:
@@ -49,8 +54,8 @@ def test_dir_flash_refusals_leave_the_card_as_it_was(tmp_path, packed_rpi4, rebu
     cli_error(_cli("flash", packed_rpi4, "--to", f"dir://{card}", "--key", other), "signature")
     cli_error(_cli("flash", rebundle(packed_rpi4, version="9", bad_selftest=True), "--to", f"dir://{card}"),
               "self-test failed")
-    cli_error(_cli("flash", rebundle(packed_rpi4, family="ethos-u", target="ethos-u55-128"), "--to",
-                   f"dir://{card}"), "ethos-u family", "serial://")
+    cli_error(_cli("flash", rebundle(packed_rpi4, family="mcu", target="stm32h7"), "--to",
+                   f"dir://{card}"), "mcu family", "serial://")
     cli_error(_cli("flash", tmp_path / "missing.ekb", "--to", f"dir://{card}"), "no such bundle")
     (tmp_path / "garbage.pub").write_text("not a key")
     cli_error(_cli("flash", packed_rpi4, "--to", f"dir://{card}", "--key", tmp_path / "garbage.pub"),
@@ -62,3 +67,21 @@ def test_dir_flash_refusals_leave_the_card_as_it_was(tmp_path, packed_rpi4, rebu
 def test_dir_flash_needs_a_mounted_parent(tmp_path, packed_rpi4, cli_error):
     cli_error(_cli("flash", packed_rpi4, "--to", f"dir://{tmp_path}/not-mounted/store"),
               "does not exist")
+
+
+def test_dir_flash_installs_an_ethos_u_bundle_self_tested_on_its_host_form(tmp_path, keypair):
+    bundle = tmp_path / "digits-u55.ekb"
+    proc = _cli("pack", "example:digits.tflite", "--target", "ethos-u55-128", "-o", bundle,
+                "--sign", keypair[0], timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    card = tmp_path / "card"
+    proc = _cli("flash", bundle, "--to", f"dir://{card}", "--key", keypair[1], "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    selftest = result["install"]["selftest"]
+    assert selftest["kind"] == "vectors" and selftest["vectors"] == 4
+    with np.load(io.BytesIO(open_bundle(bundle).read("selftest.npz"))) as npz:
+        assert 0.0 <= selftest["max_abs_error"] <= float(npz["atol"])
+    status = _agent_status(card)
+    assert status["active"]["bundle_id"] == result["active"]["id"]
+    assert status["active"]["name"] == "digits"
