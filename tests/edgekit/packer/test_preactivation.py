@@ -95,7 +95,8 @@ def test_no_calibration_data_is_in_the_summary_line(tmp_path, digits):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     summary = next(ln for ln in proc.stdout.splitlines() if ln.startswith("packed "))
-    assert summary.endswith("fp32; no int8: no calibration data was given; give --calib DIR "
+    assert "stm32h7: fp32 " in summary
+    assert summary.endswith("; no int8: no calibration data was given; give --calib DIR "
                             "(representative inputs), or --synthetic-calib to accept generated "
                             "data")
     # a target with a calibrated int8 candidate says nothing of the kind
