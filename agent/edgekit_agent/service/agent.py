@@ -151,6 +151,12 @@ class Agent:
             self._latencies.clear()  # percentiles describe the model that runs now
             self._ends.clear()
 
+    def reset_latency_window(self) -> None:
+        """Forget the latencies seen so far (counts stay): e.g. after a switch has settled."""
+        with self._lock:
+            self._latencies.clear()
+            self._ends.clear()
+
     def set_variant(self, name: str | None) -> None:
         """Switch to a variant of the active bundle (None = the primary)."""
         current = self._loaded

@@ -9,8 +9,9 @@ The flow for one rollout (messages are :func:`~edgekit_agent.telemetry.schema.pa
     last chunk          -> whole-file sha256 and size against the offer, then BundleStore.install
                            (signature, copy, self-test, atomic switch): installed / selftest_failed
                            / ota_failed
-    health window       -> inference error rate and p95 latency against the bundle before:
-                           health_ok, or health_failed + rollback + rolled_back
+    health window       -> inference error rate (whole window) and p95 latency (last 3/4 of it,
+                           at least 20 inferences) against the bundle before: health_ok, or
+                           health_failed + rollback + rolled_back
 
 Staging is resumable by (bundle sha256, next chunk): the part file only ever holds whole chunks
 in order, so after a restart the next chunk is its size / chunk_size. A silent sender is asked
@@ -44,6 +45,10 @@ DONE_FILE = "done.json"
 REMEMBER = 64  # rollout outcomes kept
 STALL_S = 2.0  # no chunk for this long: ask again (doubling up to STALL_MAX_S)
 STALL_MAX_S = 60.0
+# The p95 after install is judged on the last 3/4 of the window, from at least this many samples
+# (fewer: a single scheduling hiccup would be the p95).
+SETTLE_FRACTION = 0.25
+MIN_LATENCY_SAMPLES = 20
 FINAL_KINDS = ("health_ok", "health_failed", "selftest_failed", "ota_failed")
 
 
@@ -166,6 +171,8 @@ class _Watch:
     start_errors: int
     bundle_id: str
     deadline: float
+    settle_at: float  # latencies before this (the install's own work in this thread) are dropped
+    settled: bool = False
 
 
 # --- the receiver -----------------------------------------------------------------------------
@@ -212,6 +219,9 @@ class OtaReceiver:
             t.last_activity, t.stall_s = now, min(t.stall_s * 2, STALL_MAX_S)
             self._emit("ota_progress", t.offer, f"asking again for chunk {t.staging.next}",
                        next_chunk=t.staging.next, total=t.staging.total, resumed=True)
+        if self._watch is not None and not self._watch.settled and now >= self._watch.settle_at:
+            self._watch.settled = True
+            self.host.agent.reset_latency_window()
         if self._watch is not None and now >= self._watch.deadline:
             self._finish_watch()
             queued, self._queued = self._queued, None
@@ -346,16 +356,17 @@ class OtaReceiver:
     def _start_watch(self, offer: dict[str, Any], before: HealthSample | None) -> None:
         gate = HealthGate.from_offer(offer.get("health") or {})
         s = self.host.agent.stats()
+        now = time.monotonic()
         self._watch = _Watch(offer, gate, before, s["count"], s["errors"], self.host.agent.bundle_id,
-                             time.monotonic() + gate.window_s)
+                             now + gate.window_s, now + gate.window_s * SETTLE_FRACTION)
 
     def _finish_watch(self) -> None:
         w, self._watch = self._watch, None
         assert w is not None
         agent = self.host.agent
         s = agent.stats()
-        after = HealthSample(s["count"] - w.start_count, s["errors"] - w.start_errors,
-                             s["latency_ms"]["p95"])
+        p95 = s["latency_ms"]["p95"] if s["window"] >= MIN_LATENCY_SAMPLES else None
+        after = HealthSample(s["count"] - w.start_count, s["errors"] - w.start_errors, p95)
         figures = {"before": _dump(w.before), "after": _dump(after), "window_s": w.gate.window_s}
         if agent.bundle_id != w.bundle_id:  # the store rolled back by itself (failure counting)
             reason = f"the store rolled back to {agent.bundle_id} during the health window"

@@ -143,7 +143,10 @@ def bundle_v2(power_bundle_v2):
 def _deploy_args(broker, state_dir, keypair, bundle, *extra):
     return [sys.executable, "-m", "edgekit.cli", "deploy", str(bundle), "--fleet", FLEET,
             "--broker", broker.url, "--key", str(keypair[0]), "--state", str(state_dir),
-            "--health-s", "2", "--timeout", "60", "--json", *map(str, extra)]
+            "--health-s", "3", "--timeout", "60", "--json",
+            # five agents and the suite share two cores: scheduling stalls of several ms are
+            # normal here, a 2x p95 regression plus 25 ms is not
+            "--latency-slack-ms", "25", *map(str, extra)]
 
 
 def _deploy(*args, timeout=240):
