@@ -72,6 +72,9 @@ class Demo:
         try:
             self._story()
             ok = True
+        except SystemExit as exc:  # a signal (see procs.Supervisor): say so, then stop everything
+            self.say(f"\ndemo interrupted (exit {exc.code}): stopping every process it started")
+            raise
         finally:
             self.stop_all()
             if ok and not self.opts.keep:
