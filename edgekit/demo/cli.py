@@ -23,7 +23,9 @@ def add_parser(sub: Any) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from .run import DemoOptions, run_demo, summary_line
+    from .steps import broker_choice
 
+    broker_choice(args.broker_kind)  # a missing broker fails here, before packing
     result = run_demo(DemoOptions(quick=args.quick, as_json=args.json,
                                   broker_kind=args.broker_kind, keep=args.keep))
     if args.json:

@@ -97,6 +97,11 @@ def _cache_key(profile: dict, version: str, key: Path) -> str:
     h = hashlib.sha256()
     h.update(f"edgekit {__version__}\nversion {version}\n".encode())
     h.update(json.dumps(profile, sort_keys=True, default=str).encode())
+    # The packer's own code is part of what makes a bundle (the version string rarely moves).
+    package = Path(__file__).resolve().parents[1]
+    for path in sorted([*package.glob("packer/*.py"), *package.glob("targets/**/*.py"),
+                        *package.glob("targets/data/*.toml")]):
+        h.update(path.read_bytes())
     example = EXAMPLES["digits"]
     for path in (example.onnx, example.tflite, example.calib, example.eval, example.labels):
         h.update(path.read_bytes())

@@ -66,19 +66,29 @@ def deploy_available() -> bool:
 
 
 def mosquitto_path() -> str | None:
-    return shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)),
-        None)
+    return shutil.which("mosquitto")
+
+
+def broker_choice(kind: str = "auto") -> str:
+    """"mosquitto" or "amqtt" for ``--broker-kind``; checked before anything starts."""
+    if kind not in BROKER_KINDS:
+        raise EdgekitError(f"unknown broker kind {kind!r} (allowed: {', '.join(BROKER_KINDS)})")
+    if kind == "mosquitto" and mosquitto_path() is None:
+        raise EdgekitError("--broker-kind mosquitto: no mosquitto on PATH "
+                           "(apt-get install mosquitto, or use --broker-kind embedded)")
+    if kind == "mosquitto" or (kind == "auto" and mosquitto_path() is not None):
+        return "mosquitto"
+    if not has_module("amqtt"):
+        raise EdgekitError("no MQTT broker: mosquitto is not on PATH and the embedded broker's "
+                           "package is missing (pip install amqtt, or apt-get install mosquitto)")
+    return "amqtt"
 
 
 def start_broker(sup: Supervisor, kind: str = "auto") -> BrokerInfo:
-    """Mosquitto when installed (or asked for), else the embedded amqtt broker (MQTT 3.1.1)."""
-    binary = mosquitto_path()
-    if kind == "mosquitto" and binary is None:
-        raise EdgekitError("--broker-kind mosquitto: mosquitto is not installed "
-                           "(apt-get install mosquitto)")
+    """Mosquitto when on PATH (or asked for), else the embedded amqtt broker (MQTT 3.1.1)."""
     port = free_port()
-    if binary is not None and kind != "embedded":
+    binary = mosquitto_path()
+    if broker_choice(kind) == "mosquitto" and binary is not None:
         conf = sup.workdir / "mosquitto.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
                         + ("user root\n" if os.geteuid() == 0 else ""), encoding="utf-8")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.demo.steps import coordinator_available, deploy_available
+from edgekit.demo.steps import broker_choice, coordinator_available, deploy_available
 
 pytestmark = pytest.mark.host
 
@@ -93,3 +93,13 @@ def test_demo_stopped_by_sigterm_leaves_no_process():
     assert proc.returncode != 0
     assert group_members(proc.pid) == [], "processes left behind after SIGTERM"
     assert "Traceback" not in err, err[-2000:]
+
+
+def test_broker_choice_follows_path(monkeypatch, cli_error, edgekit_cli):
+    assert broker_choice("auto") == "mosquitto" and broker_choice("embedded") == "amqtt"
+    monkeypatch.setenv("PATH", "/nonexistent")  # no mosquitto on PATH: the embedded broker
+    assert broker_choice("auto") == "amqtt"
+    proc = edgekit_cli("demo", "--quick", "--json", "--broker-kind", "mosquitto",
+                       env={**os.environ, "PATH": "/nonexistent"})
+    cli_error(proc, "--broker-kind mosquitto: no mosquitto on PATH", "apt-get install mosquitto")
+    assert proc.stdout == ""
