@@ -18,7 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.demo.steps import broker_choice, coordinator_available, deploy_available
+from edgekit.demo.steps import (
+    broker_choice,
+    coordinator_available,
+    deploy_available,
+    last_json_object,
+)
 
 pytestmark = pytest.mark.host
 
@@ -103,3 +108,10 @@ def test_broker_choice_follows_path(monkeypatch, cli_error, edgekit_cli):
                        env={**os.environ, "PATH": "/nonexistent"})
     cli_error(proc, "--broker-kind mosquitto: no mosquitto on PATH", "apt-get install mosquitto")
     assert proc.stdout == ""
+
+
+def test_last_json_object_reads_a_command_summary():
+    text = 'resuming rollout r1\n{\n  "devices": ["a"],\n  "succeeded": ["a"]\n}\n'
+    assert last_json_object(text) == {"devices": ["a"], "succeeded": ["a"]}
+    assert last_json_object('{"a": 1}') == {"a": 1}
+    assert last_json_object("no json here") == {} and last_json_object("x\n{broken") == {}
