@@ -4,7 +4,8 @@
     edgekit fleet cmd DEVICE ACTION [--arg KEY=VALUE ...] --key FLEET.key [--fleet NAME] [--json]
     edgekit fleet broker-config --fleet NAME --devices a,b,c --out DIR [--tls] [--json]
 
-``status`` and ``cmd`` take ``--protocol auto|5|3.1.1`` (auto: MQTT 5, or 3.1.1 when the broker refuses 5).
+``status`` and ``cmd`` take ``--protocol auto|5|3.1.1`` (auto: MQTT 5, or 3.1.1 when the
+broker refuses 5).
 
 ``status`` subscribes to every device's retained ``status`` and live ``telemetry`` (topics and
 payloads from :mod:`edgekit_agent.schema`), collects for ``--wait`` seconds and prints one table;
