@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"edgekit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for register in (_pack, _recipes, _inspect, _verify, _targets, _keygen, _examples, _fleet,
-                     _flash, _deploy, coordinator_cli.add_parser):
+                     _flash, _deploy, coordinator_cli.add_parser, _demo):
         register(sub)
     return p
 
@@ -345,6 +345,21 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from .fleet.deploy.cli import main as deploy_main
 
     return deploy_main(args)
+
+
+# --- demo -----------------------------------------------------------------------------------------
+
+def _demo(sub: Any) -> None:
+    from .demo.cli import add_parser
+
+    add_parser(sub)
+
+
+@command
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo.cli import main as demo_main
+
+    return demo_main(args)
 
 
 if __name__ == "__main__":

@@ -254,6 +254,47 @@ def own_broker(tmp_path):
     b.stop()
 
 
+class EmbeddedBroker:
+    """The embedded amqtt broker (MQTT 3.1.1 only) that `edgekit demo` uses without Mosquitto,
+    as a subprocess of ``python -m edgekit.fleet.embedded``; the same surface as ``Broker``.
+    Tests using it need the host package (mark them ``host``)."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.dir, self.port, self.host = workdir, port or free_port(), "127.0.0.1"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "edgekit.fleet.embedded", "--bind",
+                                      f"{self.host}:{self.port}"], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()  # printed once the port is open
+        if not line.startswith("embedded MQTT 3.1.1 broker on"):
+            self.stop()
+            raise RuntimeError(f"amqtt did not start: {line!r}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@pytest.fixture(scope="session")
+def amqtt_broker(tmp_path_factory):
+    b = EmbeddedBroker(tmp_path_factory.mktemp("amqtt"))
+    b.start()
+    yield b
+    b.stop()
+
+
 @dataclass
 class Message:
     topic: str

@@ -4,6 +4,9 @@
     edgekit fleet cmd DEVICE ACTION [--arg KEY=VALUE ...] --key FLEET.key [--fleet NAME] [--json]
     edgekit fleet broker-config --fleet NAME --devices a,b,c --out DIR [--tls] [--json]
 
+``status`` and ``cmd`` take ``--protocol auto|5|3.1.1`` (auto: MQTT 5, or 3.1.1 when the
+broker refuses 5).
+
 ``status`` subscribes to every device's retained ``status`` and live ``telemetry`` (topics and
 payloads from :mod:`edgekit_agent.schema`), collects for ``--wait`` seconds and prints one table;
 ``--watch`` keeps printing (a JSON line per refresh with ``--json``). ``cmd`` signs a command
@@ -30,7 +33,7 @@ from edgekit_agent.telemetry import schema
 from .. import ui
 from ..defaults import DEFAULT_BROKER, MQTT_PORT
 from . import broker_config
-from .broker import connect
+from .broker import PROTOCOLS, connect
 from .status import FleetView, render
 
 
@@ -91,6 +94,8 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-file", type=Path, help="client private key for mTLS")
     p.add_argument("--username")
     p.add_argument("--password-file", type=Path, help="file whose first line is the password")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="auto",
+                   help="MQTT version (default auto: 5, else 3.1.1 when the broker refuses 5)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -207,4 +212,5 @@ def _parse_args(items: list[str]) -> dict[str, Any]:
 def _connect(args: argparse.Namespace, filters: list[str], on_message: Any) -> Any:
     return connect(args.broker, filters, on_message, tls=args.tls, ca_file=args.ca_file,
                    username=args.username, password_file=args.password_file,
-                   cert_file=args.cert_file, key_file=args.key_file)
+                   cert_file=args.cert_file, key_file=args.key_file,
+                   protocol=args.protocol)
