@@ -17,7 +17,7 @@ import numpy as np
 
 from edgekit_agent.runtime import Runner, load_backend
 
-from ..errors import EdgekitError
+from ..errors import CalibrationError, EdgekitError
 from .bias_correction import correct_bias
 from .decompose import hard_swish_to_mul
 from .equalize import equalize
@@ -33,6 +33,8 @@ def quantize_tuned(model: bytes, scheme: str, calib: list[dict[str, np.ndarray]]
     """(the best of plain and tuned quantization of ``model``, what was done and measured).
     ``quick``: per-tensor ranges + bias correction only, without the plain baseline and
     equalisation (for probes such as the refusal's, which only need a figure)."""
+    if not calib:
+        raise CalibrationError(f"{scheme} needs calibration samples (none given)")
     int8_ops: frozenset[str] = frozenset()
 
     def build(m: bytes, ranges: dict | None = None) -> bytes:
