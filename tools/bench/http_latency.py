@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--calls", type=int, default=1000)
     p.add_argument("--half-open", type=int, default=2000)
+    p.add_argument("--out", type=Path, help="also write the JSON result to this file")
     args = p.parse_args(argv)
     image = np.load(DIGITS / "test.npz")["image"][0].astype(np.float32)
     body = json.dumps({"inputs": {"image": image.tolist()}}).encode()
@@ -174,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     r, k, n = sides["runner"]["p50"], sides["keepalive"]["p50"], sides["new_connection"]["p50"]
     result.update(keepalive_over_runner=round(k / r, 2), new_connection_over_keepalive=round(n / k, 2),
                   http_overhead_ms_p50=round(k - r, 4), agent_fds_after=fds)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     return 0
 

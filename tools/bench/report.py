@@ -70,8 +70,13 @@ def _overhead(record: dict[str, Any]) -> str:
                            "overhead µs p50"), rows)
 
 
+def _transcript(record: dict[str, Any]) -> str:
+    result = record.get("result") or {}
+    return f"```\n$ {result.get('command', '')}\n{str(result.get('text', '')).rstrip()}\n```"
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
-    "pack_vs_raw": _pack, "agent_overhead": _overhead,
+    "pack_vs_raw": _pack, "agent_overhead": _overhead, "pack_example": _transcript,
 }
 
 

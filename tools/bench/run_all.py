@@ -38,6 +38,7 @@ class Bench:
     name: str
     args: tuple[str, ...] = ()
     quick: tuple[str, ...] = ()  # extra arguments for --quick
+    out_dir: str = ""  # the script takes a folder for --out and writes this file in it
 
     @property
     def script(self) -> Path:
@@ -45,15 +46,19 @@ class Bench:
 
 
 BENCHES = (
+    Bench("pack_example"),
     Bench("pack_vs_raw"),
-    Bench("real_models", quick=("--quick",)),
+    Bench("real_models", quick=("--model", "face_detector", "--model", "ocr_direction_cls"),
+          out_dir="real_models.json"),
+    Bench("streaming_vad"),
     Bench("agent_overhead", quick=("--calls", "300", "--small-calls", "1000")),
-    Bench("http_latency", quick=("--requests", "300")),
+    Bench("http_latency", quick=("--calls", "300", "--half-open", "500")),
     Bench("serial_throughput", quick=("--runs", "1", "--no-noisy")),
     Bench("fleet_scale@1000", args=("--devices", "1000", "--seconds", "20"),
           quick=("--seconds", "8")),
     Bench("fleet_scale@10000", args=("--devices", "10000", "--seconds", "30"),
           quick=("--seconds", "10")),
+    Bench("ota_transfer", quick=("--size-mb", "2", "--chunk-kib", "64")),
 )
 
 
@@ -72,11 +77,12 @@ def _lines(path: str) -> list[str]:
 
 
 def run(bench: Bench, quick: bool, raw_dir: Path) -> dict[str, object]:
-    out = raw_dir / f"{bench.name.replace('@', '_')}.json"
+    out = raw_dir / bench.name.replace("@", "_")
+    out = out / bench.out_dir if bench.out_dir else out.with_suffix(".json")
     if not bench.script.exists():
         return {"ok": False, "error": f"{bench.script.name} is not in this checkout"}
     cmd = [sys.executable, str(bench.script), *bench.args, *(bench.quick if quick else ()),
-           "--out", str(out)]
+           "--out", str(out.parent if bench.out_dir else out)]
     print(f"==> {bench.name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     start = time.monotonic()
     proc = subprocess.run(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -83,6 +83,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--version", default="6.2.3")
     ap.add_argument("--targets", default="rpi4,coral-usb,stm32h7")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgekit-vad-") as tmp:
         work = Path(tmp)
@@ -93,8 +94,8 @@ def main() -> None:
         rows = [pack_one(model, t, work) for t in args.targets.split(",")]
     summary = {"model": f"silero-vad {args.version} silero_vad.onnx", "frames": [600, 400],
                "results": rows}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
     for r in rows:
         print(r["target"], r.get("recipe") or "refused", r.get("size_ratio", ""),
               r.get("sqnr_db", ""), r.get("pre_activation_sqnr_db", ""), r.get("error", ""))
