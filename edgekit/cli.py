@@ -200,7 +200,7 @@ def parse_states(items: list[str]) -> tuple[tuple[str, str], ...]:
 def _recipes(sub: Any) -> None:
     p = sub.add_parser("recipes",
                        help="list the recipe ladder the packer searches, least lossy first")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the ladder as JSON")
 
 
 @command
@@ -253,7 +253,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def _targets(sub: Any) -> None:
     p = sub.add_parser("targets", help="list target profiles and their budgets")
     p.add_argument("--targets-dir", action="append", default=[], help="extra folder of profiles")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the profiles as JSON")
 
 
 @command
@@ -274,7 +274,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 def _keygen(sub: Any) -> None:
     p = sub.add_parser("keygen", help="make an ed25519 key pair: PREFIX.key and PREFIX.pub")
-    p.add_argument("--out", required=True, metavar="PREFIX")
+    p.add_argument("--out", required=True, metavar="PREFIX", help="write PREFIX.key and PREFIX.pub")
 
 
 @command
@@ -286,7 +286,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 def _examples(sub: Any) -> None:
     p = sub.add_parser("examples", help="list the built-in example models and their data files")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the examples as JSON")
 
 
 @command

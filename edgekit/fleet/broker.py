@@ -9,6 +9,7 @@ has no shared subscriptions: every subscriber then gets every message).
 
 from __future__ import annotations
 
+import argparse
 import threading
 import uuid
 from collections.abc import Callable
@@ -22,6 +23,14 @@ from edgekit_agent.service.offload import no_delay
 
 PROTOCOLS = ("auto", "5", "3.1.1")
 _SHARE = "$share/"
+
+
+def add_auth_args(p: argparse.ArgumentParser) -> None:
+    """The broker login flags every fleet command takes (TLS, CA, user and password file)."""
+    p.add_argument("--tls", action="store_true", help="connect with TLS")
+    p.add_argument("--ca-file", type=Path, help="CA certificate for --tls")
+    p.add_argument("--username", help="MQTT user name (with --password-file)")
+    p.add_argument("--password-file", type=Path, help="file whose first line is the password")
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from edgekit_agent.telemetry import schema
 from .. import ui
 from ..defaults import DEFAULT_BROKER, MQTT_PORT
 from . import broker_config
-from .broker import PROTOCOLS, connect
+from .broker import PROTOCOLS, add_auth_args, connect
 from .status import FleetView, render
 
 
@@ -59,14 +59,14 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--key", required=True, type=Path, help="fleet ed25519 private key (PREFIX.key)")
     c.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
     _connection_args(c)
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help="print the answer as one JSON object")
     _broker_config_parser(fleet_sub)
 
 
 def _broker_config_parser(fleet_sub: Any) -> None:
     b = fleet_sub.add_parser("broker-config", help="write a Mosquitto config with per-device "
                              "credentials and ACLs (mosquitto.conf, acl, passwords)")
-    b.add_argument("--fleet", required=True)
+    b.add_argument("--fleet", required=True, help="fleet name (the ACL's topic prefix)")
     b.add_argument("--devices", required=True, help="comma-separated device names (= usernames)")
     b.add_argument("--out", required=True, type=Path, help="folder to write (must be empty)")
     b.add_argument("--conf-dir", type=Path, help="where the files will live on the broker host "
@@ -76,24 +76,22 @@ def _broker_config_parser(fleet_sub: Any) -> None:
     b.add_argument("--admin", default="admin", help="operator/coordinator user (default admin)")
     b.add_argument("--tls", action="store_true", help="mTLS listener instead: a fleet CA, a broker "
                    "certificate and one client certificate per device (CN = device)")
-    b.add_argument("--tls-port", type=int, default=8883)
+    b.add_argument("--tls-port", type=int, default=8883, help="mTLS listener port (default 8883)")
     b.add_argument("--host", action="append", dest="hosts", metavar="NAME",
                    help="broker host name/IP for the certificate and the snippets (repeatable; "
                    "default localhost, 127.0.0.1)")
-    b.add_argument("--max-packet-bytes", type=int, default=broker_config.MQTT_MAX_PACKET_BYTES)
-    b.add_argument("--json", action="store_true")
+    b.add_argument("--max-packet-bytes", type=int, default=broker_config.MQTT_MAX_PACKET_BYTES,
+                   help=f"broker max_packet_size (default {broker_config.MQTT_MAX_PACKET_BYTES})")
+    b.add_argument("--json", action="store_true", help="list the written files as JSON")
 
 
 def _connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", default=DEFAULT_BROKER, metavar="HOST:PORT",
                    help=f"MQTT broker (default {DEFAULT_BROKER})")
     p.add_argument("--fleet", default="+", help="fleet name (default: every fleet)")
-    p.add_argument("--tls", action="store_true", help="connect with TLS")
-    p.add_argument("--ca-file", type=Path, help="CA certificate for --tls")
+    add_auth_args(p)
     p.add_argument("--cert-file", type=Path, help="client certificate for mTLS (with --key-file)")
     p.add_argument("--key-file", type=Path, help="client private key for mTLS")
-    p.add_argument("--username")
-    p.add_argument("--password-file", type=Path, help="file whose first line is the password")
     p.add_argument("--protocol", choices=PROTOCOLS, default="auto",
                    help="MQTT version (default auto: 5, else 3.1.1 when the broker refuses 5)")
 

@@ -23,6 +23,7 @@ from edgekit_agent.errors import ConfigError
 from edgekit_agent.telemetry.schema import check_name
 
 from ...defaults import DEFAULT_BROKER
+from ..broker import add_auth_args
 from .registry import Registry
 from .routing import CostModel
 from .server import CoordinatorHttp, parse_listen
@@ -33,7 +34,8 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("coordinator", help="fleet registry, offload routing, /api and /metrics")
     csub = p.add_subparsers(dest="coordinator_command", metavar="SUBCOMMAND", required=True)
     r = csub.add_parser("run", help="run the coordinator until interrupted")
-    r.add_argument("--broker", default=DEFAULT_BROKER, metavar="HOST:PORT")
+    r.add_argument("--broker", default=DEFAULT_BROKER, metavar="HOST:PORT",
+                   help=f"MQTT broker (default {DEFAULT_BROKER})")
     r.add_argument("--fleet", required=True, help="fleet name")
     r.add_argument("--http", default="127.0.0.1:8480", metavar="HOST:PORT",
                    help="where to serve /, /api/devices and /metrics (default 127.0.0.1:8480)")
@@ -44,10 +46,7 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--energy-weight", type=float, default=0.0, metavar="MS_PER_J",
                    help="add this many ms to a worker's cost per joule it spends an inference "
                    "(from its telemetry); 0 = route by latency only")
-    r.add_argument("--tls", action="store_true")
-    r.add_argument("--ca-file", type=Path)
-    r.add_argument("--username")
-    r.add_argument("--password-file", type=Path)
+    add_auth_args(r)
 
 
 def main(args: argparse.Namespace) -> int:

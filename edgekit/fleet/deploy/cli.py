@@ -26,7 +26,7 @@ from edgekit_agent.telemetry import schema
 
 from ... import ui
 from ...defaults import DEFAULT_BROKER
-from ..broker import connect
+from ..broker import add_auth_args, connect
 from . import engine, transfer
 from .rollout import RolloutOptions, parse_selectors, parse_waves, plan_waves, select
 from .state import DB_FILE, RUNNING, StateDB, default_state_dir
@@ -39,7 +39,8 @@ def add_parser(sub: Any) -> None:
                        description="edgekit deploy BUNDLE | status | cancel")
     p.add_argument("target", metavar="BUNDLE|status|cancel")
     p.add_argument("--fleet", help="fleet name")
-    p.add_argument("--broker", default=DEFAULT_BROKER, metavar="HOST:PORT")
+    p.add_argument("--broker", default=DEFAULT_BROKER, metavar="HOST:PORT",
+                   help=f"MQTT broker (default {DEFAULT_BROKER})")
     p.add_argument("--key", type=Path, help="fleet ed25519 private key (signs offers, rollbacks)")
     p.add_argument("--select", action="append", default=[], metavar="KEY=VALUE",
                    help="only devices whose status has KEY=VALUE (repeatable)")
@@ -58,17 +59,15 @@ def add_parser(sub: Any) -> None:
                    help="inference error rate allowed in the health window (default 0)")
     p.add_argument("--max-latency-ratio", type=float, default=2.0,
                    help="p95 latency allowed vs before, plus --latency-slack-ms (default 2)")
-    p.add_argument("--latency-slack-ms", type=float, default=5.0)
+    p.add_argument("--latency-slack-ms", type=float, default=5.0, metavar="MS",
+                   help="absolute p95 slack added to --max-latency-ratio (default 5)")
     p.add_argument("--chunk-size", type=int, default=64 << 10, help="bytes per chunk (default 65536)")
     p.add_argument("--window", type=int, default=16, help="chunks per request (default 16)")
     p.add_argument("--allow-downgrade", action="store_true",
                    help="let devices install a bundle with a lower security_version (signed in "
                         "the offer, recorded in each device's install event)")
     p.add_argument("--state", type=Path, metavar="DIR", help="rollout state folder")
-    p.add_argument("--tls", action="store_true")
-    p.add_argument("--ca-file", type=Path)
-    p.add_argument("--username")
-    p.add_argument("--password-file", type=Path)
+    add_auth_args(p)
     p.add_argument("--json", action="store_true", help="end with one JSON object")
 
 
