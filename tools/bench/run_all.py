@@ -47,6 +47,7 @@ class Bench:
 
 BENCHES = (
     Bench("pack_example"),
+    Bench("pack_example@stm32h7", args=("--target", "stm32h7", "--variants", "1")),
     Bench("pack_vs_raw"),
     Bench("real_models", quick=("--model", "face_detector", "--model", "ocr_direction_cls"),
           out_dir="real_models.json"),
