@@ -38,7 +38,8 @@ FILES = {"/": ("index.html", "text/html; charset=utf-8"),
          "/static/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
          "/static/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
          "/static/uPlot.iife.min.js": ("uPlot.iife.min.js", "text/javascript; charset=utf-8"),
-         "/static/uPlot.min.css": ("uPlot.min.css", "text/css; charset=utf-8")}
+         "/static/uPlot.min.css": ("uPlot.min.css", "text/css; charset=utf-8"),
+         "/favicon.ico": ("favicon.svg", "image/svg+xml")}
 # The page loads only its own files: injected markup could neither run script nor load images.
 CSP = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'"
 

@@ -119,6 +119,7 @@
     return tables.length ? uPlot.join(tables) : [[]];
   }
 
+  const short = (text) => (text.length > 12 ? `${text.slice(0, 11)}…` : text);
   const number = (v) => (typeof v === "number" && Number.isFinite(v) ? v : null);
 
   function renderCharts(history, devices) {
@@ -130,7 +131,7 @@
     const index = (m) => (typeof m === "string" ? modes.indexOf(m) : null);
     const modeOptions = () => ({
       scales: { y: { range: [-0.5, Math.max(modes.length - 0.5, 0.5)] } },
-      axes: [{}, { size: 90, incrs: [1], values: (u, ticks) => ticks.map((t) => modes[t] ?? "") }],
+      axes: [{}, { size: 100, incrs: [1], values: (u, ticks) => ticks.map((t) => short(modes[t] ?? "")) }],
     });
     const stepped = { paths: uPlot.paths.stepped({ align: 1 }),
       value: (u, v) => (v === null || v === undefined ? "–" : modes[v] ?? "–") };
