@@ -70,8 +70,11 @@ def _devices(reg: Registry) -> Iterator[Metric]:
 
 
 def bounded_modes(modes: dict[str, int]) -> dict[str, int]:
+    """At most ``MAX_MODES`` label values of at most 64 characters (the rest count as other)."""
     ranked = sorted(modes.items(), key=lambda kv: (-kv[1], kv[0]))
-    out = dict(ranked[:MAX_MODES])
+    out: dict[str, int] = {}
+    for mode, n in ranked[:MAX_MODES]:
+        out[mode[:64]] = out.get(mode[:64], 0) + n
     rest = sum(n for _, n in ranked[MAX_MODES:])
     if rest:
         out["other"] = out.get("other", 0) + rest

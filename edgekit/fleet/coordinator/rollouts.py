@@ -8,6 +8,8 @@ server answers on many threads and a deploy process writes the file meanwhile.
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from edgekit_agent.errors import ConfigError
 from ..deploy.rollout import STATES
 from ..deploy.state import DB_FILE, StateDB
 
+log = logging.getLogger("edgekit.coordinator")
 RECENT = 10  # rollouts shown and exported: the newest ones
 MAX_FAILURES = 20  # failed devices listed per rollout (the report of `edgekit deploy` has all)
 
@@ -30,10 +33,14 @@ class RolloutView:
             return []
         try:
             db = StateDB(self.folder, create=False)
-        except ConfigError:
+        except ConfigError as exc:
+            log.warning("rollouts not shown: %s", exc)
             return []
         try:
             return [_summary(db, r) for r in db.rollouts(self.fleet)[-RECENT:]]
+        except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:  # a damaged state file
+            log.warning("rollouts not shown: %s: %s", db.path, exc)
+            return []
         finally:
             db.close()
 

@@ -143,3 +143,18 @@ def test_grafana_sample_uses_only_metrics_the_coordinator_exports(fed):
     assert used and used <= scraped, sorted(used - scraped)
     kinds = {p["type"] for p in dashboard["panels"]}
     assert kinds <= {"stat", "timeseries", "bargauge"}
+
+
+def test_mode_labels_and_rollout_state_stay_bounded(tmp_path):
+    from edgekit.fleet.coordinator.metrics import MAX_MODES, bounded_modes
+    from edgekit.fleet.coordinator.rollouts import RolloutView
+
+    modes = {f"forged-{i:03d}" + "x" * 100: 1 for i in range(500)} | {"eco": 7}
+    bounded = bounded_modes(modes)
+    assert len(bounded) == MAX_MODES + 1 and bounded["eco"] == 7
+    assert bounded["other"] == 500 - (MAX_MODES - 1) and max(map(len, bounded)) == 64
+    assert sum(bounded.values()) == sum(modes.values())
+
+    assert RolloutView(tmp_path / "none", "lab").summaries() == []
+    (tmp_path / "rollouts.sqlite").write_bytes(b"not a database" * 100)
+    assert RolloutView(tmp_path, "lab").summaries() == []  # logged, not raised into /metrics
