@@ -2,7 +2,7 @@
 
     edgekit coordinator run --broker HOST:PORT --fleet NAME --http HOST:PORT [--state DIR]
         [--name NAME] [--group NAME] [--energy-weight MS_PER_J] [--tls] [--ca-file F]
-        [--username U] [--password-file F]
+        [--username U] [--password-file F] [--rollouts DIR]
 
 The first stdout line is ``coordinator NAME serving http://HOST:PORT`` (the real port when
 ``--http`` asks for port 0). Several coordinators of one ``--group`` share the offload
@@ -24,6 +24,7 @@ from edgekit_agent.telemetry.schema import check_name
 
 from ...defaults import DEFAULT_BROKER
 from ..broker import add_auth_args
+from ..deploy.state import default_state_dir
 from .registry import Registry
 from .routing import CostModel
 from .server import CoordinatorHttp, parse_listen
@@ -38,8 +39,12 @@ def add_parser(sub: Any) -> None:
                    help=f"MQTT broker (default {DEFAULT_BROKER})")
     r.add_argument("--fleet", required=True, help="fleet name")
     r.add_argument("--http", default="127.0.0.1:8480", metavar="HOST:PORT",
-                   help="where to serve /, /api/devices and /metrics (default 127.0.0.1:8480)")
+                   help="where to serve the dashboard (/), /api/... and /metrics "
+                   "(default 127.0.0.1:8480)")
     r.add_argument("--state", type=Path, metavar="DIR", help="keep the registry in DIR (SQLite)")
+    r.add_argument("--rollouts", type=Path, metavar="DIR",
+                   help="show the rollouts `edgekit deploy --state DIR` keeps (default: deploy's "
+                   "default state folder)")
     r.add_argument("--name", help="this coordinator's name (default: coordinator-<random>)")
     r.add_argument("--group", default="edgekit",
                    help="shared-subscription group of the coordinators that split requests")
@@ -61,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
                                                    args.username, args.password_file),
                               name=name, group=args.group,
                               model=CostModel(energy_weight_ms_per_j=_weight(args.energy_weight)))
-    http = CoordinatorHttp(coordinator, host, port)
+    http = CoordinatorHttp(coordinator, host, port, args.rollouts or default_state_dir())
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

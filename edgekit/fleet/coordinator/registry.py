@@ -8,6 +8,11 @@ restarted coordinator loads them and then lets the broker's retained ``status`` 
 them. A device's last will (``status`` ``offline``, published by the broker when the agent's
 keepalive runs out) marks it offline. Messages with an implausible ``ts`` are refused and a
 forged high ``seq`` cannot mask a device (``edgekit_agent.telemetry.receiver``).
+
+For the dashboard and ``/metrics`` each accepted telemetry message also costs one append to the
+device's bounded history (a deque of ``history_points``, for the first ``history_devices``
+devices: memory stays bounded on a 10k fleet) and one bucket increment of the reported-latency
+histogram.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import sqlite3
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,9 @@ _FIELDS = ("device", "online", "mode", "bundle", "bundle_id", "bundle_version", 
            "temperature_c", "battery_pct", "latency_ms_p50", "inferences_per_s", "queue_depth",
            "offload_allowed", "worker", "service_ms_p50", "rtt_ms", "bandwidth_bps", "energy_j",
            "last_seen", "telemetry_seq")
+HISTORY_FIELDS = ("ts", "latency_ms_p50", "temperature_c", "battery_pct", "mode")
+# Upper bounds (ms) of the device-reported latency histogram; the last bucket is +Inf.
+LATENCY_BUCKETS_MS = (0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0)
 
 
 class DeviceRecord:
@@ -55,7 +64,8 @@ class DeviceRecord:
 class Registry:
     """Devices of one fleet, fed by MQTT messages, persisted to ``state_dir`` when given."""
 
-    def __init__(self, fleet: str, state_dir: Path | None = None, *, flush_s: float = 0.5) -> None:
+    def __init__(self, fleet: str, state_dir: Path | None = None, *, flush_s: float = 0.5,
+                 history_points: int = 300, history_devices: int = 1000) -> None:
         self.fleet = fleet
         self.prefix = f"edgekit/v1/{fleet}/"
         self.devices: dict[str, DeviceRecord] = {}
@@ -63,6 +73,11 @@ class Registry:
         self.rules = Plausibility()
         self._seq: dict[str, SeqTracker] = {}
         self.lag_ms: deque[float] = deque(maxlen=100_000)
+        self.history: dict[str, deque[tuple[Any, ...]]] = {}
+        self.history_points, self.history_devices = history_points, history_devices
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS_MS) + 1)  # per bucket, not cumulative
+        self.latency_sum_ms = 0.0
+        self._modes: dict[str, str] = {}  # one string object per mode, not one per point
         self._dirty: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -150,6 +165,8 @@ class Registry:
                     changed = _status(record, obj, self.counts)
                 else:
                     changed = _telemetry(record, obj, self.counts, self._tracker(record))
+                    if changed:
+                        self._observe(record)
                 if changed:
                     self._dirty.add(device)
         except (TypeError, AttributeError, ValueError):
@@ -159,6 +176,24 @@ class Registry:
         if not retained and changed and isinstance(ts, (int, float)):
             self.lag_ms.append((time.time() - ts) * 1e3)
         return device
+
+    def _observe(self, r: DeviceRecord) -> None:
+        """One accepted telemetry message: a history point and the latency histogram."""
+        latency = r.latency_ms_p50
+        if isinstance(latency, (int, float)) and not isinstance(latency, bool) and latency >= 0:
+            self.latency_counts[bisect_left(LATENCY_BUCKETS_MS, latency)] += 1
+            self.latency_sum_ms += latency
+        points = self.history.get(r.device)
+        if points is None:
+            if len(self.history) >= self.history_devices:
+                return
+            points = self.history[r.device] = deque(maxlen=self.history_points)
+        mode = r.mode
+        if isinstance(mode, str):
+            mode = self._modes.get(mode, mode)
+            if len(self._modes) < 64:  # a fleet has a handful of modes; a forger gets no more
+                self._modes.setdefault(mode, mode)
+        points.append((r.last_seen, latency, r.temperature_c, r.battery_pct, mode))
 
     def _tracker(self, r: DeviceRecord) -> SeqTracker:
         tracker = self._seq.get(r.device)
@@ -183,6 +218,24 @@ class Registry:
     def rows(self) -> list[dict[str, Any]]:
         with self._lock:
             return [self.devices[d].to_dict() for d in sorted(self.devices)]
+
+    def series(self, devices: list[str] | None = None) -> dict[str, dict[str, list[Any]]]:
+        """Each device's history as columns (``HISTORY_FIELDS``), oldest point first."""
+        with self._lock:
+            names = sorted(self.history) if devices is None else [d for d in devices
+                                                                  if d in self.history]
+            copies = {d: list(self.history[d]) for d in names}
+        return {d: dict(zip(HISTORY_FIELDS, map(list, zip(*points)))) if points
+                else {f: [] for f in HISTORY_FIELDS} for d, points in copies.items()}
+
+    def modes(self) -> dict[str, int]:
+        """Online devices by their current mode."""
+        out: dict[str, int] = {}
+        for r in list(self.devices.values()):
+            if r.online:
+                key = r.mode if isinstance(r.mode, str) else "unknown"
+                out[key] = out.get(key, 0) + 1
+        return out
 
     def online_count(self) -> int:
         return sum(1 for r in list(self.devices.values()) if r.online)

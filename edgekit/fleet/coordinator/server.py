@@ -1,80 +1,57 @@
 """The coordinator's HTTP side (stdlib server, ``prometheus-client`` text):
 
-    GET /              a small HTML table of the devices (the dashboard builds on the API)
+    GET /              the live dashboard (static/index.html; its script polls the API below)
+    GET /static/NAME   the dashboard's files, from a fixed list (uPlot is vendored there)
     GET /api/devices   JSON list, one object per device (see ``registry.DeviceRecord``)
+    GET /api/history   {device: {ts, latency_ms_p50, temperature_c, battery_pct, mode}}: the
+                       last points of each device (``?device=NAME``, repeatable: only those)
+    GET /api/rollouts  the newest rollouts of the fleet (``--rollouts DIR``, see ``.rollouts``)
     GET /api/stats     routing and ingest counters, lag and overhead percentiles
                        (``?reset=1``: and start a new window for the percentiles)
-    GET /metrics       Prometheus text: edgekit_devices_online, _total, ingest and offload counters
+    GET /metrics       Prometheus text (see ``.metrics``)
 
 Metrics are produced when scraped, from the counters the ingest path already keeps: the hot
-path pays nothing for them.
+path pays one history append and one histogram bucket per telemetry message, nothing more.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from edgekit_agent.errors import ConfigError, TransportError
 
+from .metrics import FleetCollector
+from .rollouts import RolloutView
 from .service import Coordinator
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
-
-
-class FleetCollector:
-    """A prometheus-client collector over a coordinator's registry and counters."""
-
-    def __init__(self, coordinator: Coordinator) -> None:
-        self.coordinator = coordinator
-
-    def collect(self) -> Iterator[Metric]:
-        c, reg = self.coordinator, self.coordinator.registry
-        yield GaugeMetricFamily("edgekit_devices_online", "Devices whose status is online.",
-                                value=reg.online_count())
-        yield GaugeMetricFamily("edgekit_devices_total", "Devices the registry knows.",
-                                value=len(reg.devices))
-        yield GaugeMetricFamily("edgekit_offload_workers", "Online devices serving offloaded work.",
-                                value=len(reg.workers()))
-        messages = CounterMetricFamily("edgekit_registry_messages", "Messages taken into the "
-                                       "registry, by kind.", labels=["kind"])
-        for kind, n in reg.counts.items():
-            messages.add_metric([kind], n)
-        yield messages
-        stats = c.stats()
-        offload = CounterMetricFamily("edgekit_offload", "Offload requests by outcome.",
-                                      labels=["outcome"])
-        for key in ("requests", "dispatched", "redispatched", "run_local", "completed",
-                    "worker_errors", "duplicates", "rejected", "error_replies"):
-            offload.add_metric([key], stats[key])
-        yield offload
-        rejected = CounterMetricFamily("edgekit_offload_rejected", "Refused offload payloads, by "
-                                       "reason.", labels=["reason"])
-        for reason, n in sorted(stats["rejected_by_reason"].items()):
-            rejected.add_metric([reason], n)
-        yield rejected
-        yield GaugeMetricFamily("edgekit_offload_pending", "Offloaded work not answered yet.",
-                                value=stats["pending"])
-        per_device = GaugeMetricFamily("edgekit_device_temperature_celsius", "Last reported "
-                                       "temperature.", labels=["device"])
-        for row in reg.rows()[:1000]:  # a scrape must stay small on a big fleet
-            if isinstance(row["temperature_c"], (int, float)):
-                per_device.add_metric([row["device"]], row["temperature_c"])
-        yield per_device
+STATIC = Path(__file__).with_name("static")
+# URL -> (file under static/, content type). Nothing else on disk is ever served.
+FILES = {"/": ("index.html", "text/html; charset=utf-8"),
+         "/static/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+         "/static/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
+         "/static/uPlot.iife.min.js": ("uPlot.iife.min.js", "text/javascript; charset=utf-8"),
+         "/static/uPlot.min.css": ("uPlot.min.css", "text/css; charset=utf-8"),
+         "/favicon.ico": ("favicon.svg", "image/svg+xml")}
+# The page loads only its own files: injected markup could neither run script nor load images.
+CSP = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'"
 
 
 class CoordinatorHttp:
-    def __init__(self, coordinator: Coordinator, host: str, port: int) -> None:
+    def __init__(self, coordinator: Coordinator, host: str, port: int,
+                 rollouts: Path | None = None) -> None:
         self.coordinator = coordinator
+        self.rollouts = RolloutView(rollouts, coordinator.registry.fleet)
         self.metrics = CollectorRegistry(auto_describe=False)
-        self.metrics.register(FleetCollector(coordinator))
+        self.metrics.register(FleetCollector(coordinator, self.rollouts))
+        self.files = {url: ((STATIC / name).read_bytes(), kind) for url, (name, kind) in FILES.items()}
         try:
             self._server = ThreadingHTTPServer((host, port), _Handler)
         except OSError as exc:
@@ -117,46 +94,44 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server.app  # type: ignore[attr-defined]
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
-        path = self.path.split("?", 1)[0]
+        url = urlsplit(self.path)
+        path, query = url.path, parse_qs(url.query)
         c = self.app.coordinator
-        if path == "/api/devices":
-            self._send(200, json.dumps(_api_rows(c)).encode(), "application/json")
+        if path in self.app.files:
+            body, kind = self.app.files[path]
+            self._send(200, body, kind)
+        elif path == "/api/devices":
+            self._json(c.registry.rows())
+        elif path == "/api/history":
+            self._json(c.registry.series(query.get("device")))
+        elif path == "/api/rollouts":
+            self._json(self.app.rollouts.summaries())
         elif path == "/api/stats":
-            body = {"coordinator": c.stats(),
-                    "registry": {**c.registry.counts, **c.registry.lag(),
-                                 "devices": len(c.registry.devices)}}
-            if self.path.endswith("?reset=1"):  # start a new measurement window (benchmarks)
-                c.registry.lag_ms.clear()
-                c.overhead_ms.clear()
-            self._send(200, json.dumps(body).encode(), "application/json")
+            self._json(_stats(c, reset=query.get("reset") == ["1"]))
         elif path == "/metrics":
             self._send(200, generate_latest(self.app.metrics), PROMETHEUS_TEXT)
-        elif path == "/":
-            self._send(200, _page(_api_rows(c)).encode(), "text/html; charset=utf-8")
         else:
             self._send(404, json.dumps({"error": f"no such endpoint {path}"}).encode(),
                        "application/json")
+
+    def _json(self, obj: Any) -> None:
+        self._send(200, json.dumps(obj).encode(), "application/json")
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Cache-Control", "no-store")
         self.end_headers()
         self.wfile.write(body)
 
 
-def _api_rows(c: Coordinator) -> list[dict[str, Any]]:
-    return c.registry.rows()
-
-
-COLUMNS = ("device", "online", "mode", "bundle", "temperature_c", "latency_ms_p50", "worker",
-           "service_ms_p50", "queue_depth")
-
-
-def _page(rows: list[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{c}</th>" for c in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c)))}</td>" for c in COLUMNS)
-                   + "</tr>" for r in rows)
-    return (f"<!doctype html><title>edgekit fleet</title><h1>edgekit fleet</h1>"
-            f"<p>{sum(1 for r in rows if r['online'])} of {len(rows)} devices online</p>"
-            f"<table><tr>{head}</tr>{body}</table>")
+def _stats(c: Coordinator, reset: bool) -> dict[str, Any]:
+    body = {"fleet": c.registry.fleet, "coordinator": c.stats(),
+            "registry": {**c.registry.counts, **c.registry.lag(), "devices": len(c.registry.devices)}}
+    if reset:  # start a new measurement window (benchmarks)
+        c.registry.lag_ms.clear()
+        c.overhead_ms.clear()
+    return body

@@ -123,6 +123,21 @@ class StateDB:
                                 "FROM devices WHERE rollout = ? ORDER BY wave, device", (rid,))
         return [DeviceRow(*r) for r in rows]
 
+    def counts(self, rid: str) -> dict[str, int]:
+        """The rollout's devices by state."""
+        rows = self._db.execute("SELECT state, COUNT(*) FROM devices WHERE rollout = ? "
+                                "GROUP BY state", (rid,))
+        return dict(rows.fetchall())
+
+    def wave_count(self, rid: str) -> int:
+        row = self._db.execute("SELECT MAX(wave) FROM devices WHERE rollout = ?", (rid,)).fetchone()
+        return 0 if row[0] is None else row[0] + 1
+
+    def failures(self, rid: str, limit: int) -> list[dict[str, str]]:
+        rows = self._db.execute("SELECT device, reason FROM devices WHERE rollout = ? AND state = ? "
+                                "ORDER BY device LIMIT ?", (rid, "failed", limit))
+        return [{"device": d, "reason": r} for d, r in rows]
+
     def set_device(self, rid: str, device: str, **fields: Any) -> None:
         cols = ", ".join(f"{k} = ?" for k in fields)
         self._db.execute(f"UPDATE devices SET {cols} WHERE rollout = ? AND device = ?",

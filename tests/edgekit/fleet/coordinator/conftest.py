@@ -136,14 +136,15 @@ def fleet_agent(tmp_path, keypair, power_bundle, broker, fleet_name, start_agent
 
 @pytest.fixture
 def start_coordinator(tmp_path, broker, fleet_name):
-    """start_coordinator(state=None, name=None) -> CoordinatorProcess serving on a free port."""
+    """start_coordinator(state=None, name=None, broker_=None, *extra_args) -> CoordinatorProcess
+    serving on a free port."""
     started: list[CoordinatorProcess] = []
 
     def start(state: Path | None = None, name: str | None = None,
-              broker_: Any = None) -> CoordinatorProcess:
+              broker_: Any = None, *extra: str) -> CoordinatorProcess:
         b = broker_ or broker
         args = [sys.executable, "-m", "edgekit.cli", "coordinator", "run", "--broker", b.url,
-                "--fleet", fleet_name, "--http", "127.0.0.1:0"]
+                "--fleet", fleet_name, "--http", "127.0.0.1:0", *extra]
         if state is not None:
             args += ["--state", str(state)]
         if name is not None:
@@ -174,3 +175,58 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1) -> A
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class FakeDevice:
+    """A device as the coordinator sees it: agent-shaped ``status`` and ``telemetry`` JSON that
+    the test writes itself (paho, QoS 1), so every figure the coordinator reports is known."""
+
+    def __init__(self, broker: Any, fleet: str, name: str) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.base, self.name, self.seq = f"edgekit/v1/{fleet}/{name}", name, 0
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+
+    def _publish(self, kind: str, body: dict[str, Any], retain: bool = False) -> None:
+        self.seq += 1
+        payload = {"schema": f"edgekit.{kind}/1", "device": self.name, "seq": self.seq,
+                   "ts": round(time.time(), 6), **body}
+        self.client.publish(f"{self.base}/{kind}", json.dumps(payload), qos=1,
+                            retain=retain).wait_for_publish(5)
+
+    def status(self, state: str = "online", mode: str = "performance",
+               bundle: dict[str, Any] | None = None) -> None:
+        self._publish("status", {"state": state, "mode": mode, "bundle": bundle,
+                                 "offload_allowed": False, "offload": None}, retain=True)
+
+    def telemetry(self, latency_ms: float, temperature_c: float = 40.0, battery_pct: float = 80.0,
+                  mode: str = "performance") -> float:
+        self._publish("telemetry", {"interval_s": 1.0, "mode": mode,
+                                    "inference": {"count": 10, "errors": 0, "per_s": 10.0,
+                                                  "latency_ms": {"p50": latency_ms}},
+                                    "limits": {"offload_allowed": False},
+                                    "sensors": {"temperature_c": temperature_c,
+                                                "battery_pct": battery_pct}})
+        return latency_ms
+
+    def close(self) -> None:
+        self.client.publish(f"{self.base}/status", b"", qos=1, retain=True).wait_for_publish(5)
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def fake_device(broker, fleet_name):
+    """fake_device(name) -> FakeDevice on the session broker (its retained status is cleared
+    afterwards)."""
+    made: list[FakeDevice] = []
+
+    def make(name: str) -> FakeDevice:
+        made.append(FakeDevice(broker, fleet_name, name))
+        return made[-1]
+
+    yield make
+    for d in made:
+        d.close()

@@ -116,3 +116,22 @@ def test_lean_parser_handles_fragments_acks_and_bad_lengths():
         ingest.parse(bytearray(b"\x30\xff\xff\xff\xff\x01"), lambda *a: None, [])
     with pytest.raises(TransportError, match="refused a subscription"):
         ingest.parse(bytearray(b"\x90\x03\x00\x01\x80"), lambda *a: None, [])
+
+
+def test_history_is_bounded_and_only_accepted_telemetry_counts():
+    reg = Registry("lab", history_points=5, history_devices=2)
+    t = "edgekit/v1/lab/{}/telemetry"
+    for seq in range(1, 9):
+        latency = {"p50": float(seq)}
+        reg.feed(t.format("a"), _telemetry("a", seq, inference={"latency_ms": latency}))
+    reg.feed(t.format("a"), _telemetry("a", 8, mode="repeat"))  # a QoS 1 repeat: no point
+    reg.feed(t.format("a"), _telemetry("a", 9, inference={"latency_ms": {"p50": "slow"}}))
+    for device in ("b", "c"):
+        reg.feed(t.format(device), _telemetry(device, 1))
+    series = reg.series()
+    assert sorted(series) == ["a", "b"]  # c is past history_devices
+    assert series["a"]["latency_ms_p50"] == [5.0, 6.0, 7.0, 8.0, "slow"]  # the last 5 points
+    assert series["a"]["mode"] == ["eco"] * 5 and series["b"]["temperature_c"] == [71.0]
+    # the histogram took the 8 numeric latencies of a, and b's and c's 4.5 ms
+    assert sum(reg.latency_counts) == 10 and reg.latency_sum_ms == sum(range(1, 9)) + 9.0
+    assert reg.series(["c", "b"]) == {"b": series["b"]}
