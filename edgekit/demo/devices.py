@@ -51,9 +51,9 @@ mode = "eco"
 """
 # A cool board: the rpi4 profile's 2.2 W idle sits near 47 degC; inference adds little.
 COOL_SENSORS = {"kind": "simulated", "r_th_c_per_w": 10.0, "tau_s": 60.0, "speed": 10.0}
-# The hot board: 45 degC idle, +7 degC per 0.1 % of busy time. The demo's normal traffic keeps a
-# board about 0.1 % busy (near 55 degC), a burst about ten times that (far above HOT_C); 10x
-# simulated time gives a 6 s time constant.
+# The hot board: 45 degC idle, +7 degC per 0.1 % of busy time, capped at 85 degC where a Pi
+# throttles. The demo's normal traffic keeps a board about 0.1 % busy (near 55 degC), a burst
+# about ten times that (above HOT_C); 10x simulated time gives a 6 s time constant.
 HOT_SENSORS = {"kind": "simulated", "idle_w": 0.2, "active_w": 70.0, "r_th_c_per_w": 100.0,
                "tau_s": 60.0, "speed": 10.0, "battery_wh": 20.0}
 

@@ -312,6 +312,7 @@ class SimulatedDevice:
     battery_start_pct: float = 100.0
     speed: float = 1.0
     report_power: bool = False
+    throttle_c: float = 85.0  # a real SoC throttles here (Pi 4 firmware: 85 degC): it reads no higher
     clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
@@ -338,7 +339,8 @@ class SimulatedDevice:
             power = self.idle_w + (self.active_w - self.idle_w) * utilisation
             dt = wall_dt * self.speed
             steady = self.ambient_c + power * self.r_th_c_per_w
-            self.temperature_c = steady + (self.temperature_c - steady) * math.exp(-dt / self.tau_s)
+            relaxed = steady + (self.temperature_c - steady) * math.exp(-dt / self.tau_s)
+            self.temperature_c = min(relaxed, self.throttle_c)
             self.energy_j += power * dt
             self._last_power = power
 
@@ -363,7 +365,7 @@ class SimulatedDevice:
 
 
 _SIM_KEYS = ("idle_w", "active_w", "ambient_c", "r_th_c_per_w", "tau_s", "start_c", "battery_wh",
-             "battery_start_pct", "speed", "report_power")
+             "battery_start_pct", "speed", "report_power", "throttle_c")
 _POSITIVE = ("idle_w", "active_w", "tau_s", "r_th_c_per_w", "speed", "battery_wh")
 _SYSFS_KEYS = ("root", "zone_type", "vcgencmd")
 

@@ -201,6 +201,20 @@ def test_simulated_thermal_rc_matches_the_exact_solution():
     assert 45.0 < sim.read().temperature_c < 45.1
 
 
+def test_simulated_temperature_stops_where_a_soc_throttles():
+    clock = FakeClock()
+    sim = SimulatedDevice(idle_w=2.0, active_w=20.0, r_th_c_per_w=10.0, battery_wh=None,
+                          clock=clock, start_c=40.0)
+    for _ in range(600):  # steady state would be 225 degC
+        sim.add_busy(1.0)
+        clock.t += 1.0
+        sim.step()
+    assert sim.temperature_c == 85.0
+    hot = make_sensors("simulated", {"throttle_c": 70.0, "active_w": 20.0, "start_c": 69.0})
+    hot.add_busy(1e6)
+    assert hot.read().temperature_c <= 70.0
+
+
 def test_simulated_battery_drains_with_energy_and_speed():
     clock = FakeClock()
     sim = SimulatedDevice(idle_w=1.0, active_w=5.0, battery_wh=10.0, battery_start_pct=50.0,

@@ -95,7 +95,7 @@ def test_demo_stopped_by_sigterm_leaves_no_process():
     assert any(line.startswith("pi-03: online") for line in seen), "".join(seen)[-2000:]
     proc.send_signal(signal.SIGTERM)
     _, err = finish(proc, 60)
-    assert proc.returncode != 0
+    assert proc.returncode != 0, err[-3000:]
     assert group_members(proc.pid) == [], "processes left behind after SIGTERM"
     assert "Traceback" not in err, err[-2000:]
 
