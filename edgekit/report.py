@@ -44,6 +44,10 @@ def _signed(bundle: Bundle) -> str:
     return "yes (not checked: no --key)" if bundle.signed else "no"
 
 
+def _yes_no(value: object) -> str:
+    return "-" if value is None else "yes" if value else "no"
+
+
 def render_manifest(bundle: Bundle) -> str:
     m = bundle.manifest
     lines = [
@@ -60,10 +64,12 @@ def render_manifest(bundle: Bundle) -> str:
         rows.append((v.name, v.model.format, ui.human_bytes(v.model.size_bytes),
                      ui.human_bytes(v.model.compressed_bytes), fid.get("min_sqnr_db"),
                      fid.get("accuracy"), fid.get("accuracy_drop"), v.latency_ms,
-                     rep.get("arena_bytes"), len(rep.get("ops_on_accelerator", [])),
-                     len(rep.get("ops_on_cpu", [])), rep.get("fits")))
+                     v.latency_source or "-", rep.get("arena_bytes"),
+                     len(rep.get("ops_on_accelerator", [])), len(rep.get("ops_on_cpu", [])),
+                     _yes_no(rep.get("fits"))))
     lines += ["", ui.table(["variant", "format", "size", "zipped", "SQNR dB", "accuracy", "drop",
-                            "p50 ms", "arena B", "ops accel", "ops cpu", "fits"], rows)]
+                            "p50 ms", "p50 from", "arena B", "ops accel", "ops cpu", "fits"],
+                           rows)]
     io = [
         f"  in  {t.name} {list(t.shape)} {t.dtype}"
         + (f" scale={t.scale:.6g} zp={t.zero_point}" if t.scale else "")
