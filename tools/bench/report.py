@@ -70,6 +70,24 @@ def _overhead(record: dict[str, Any]) -> str:
                            "overhead µs p50"), rows)
 
 
+FLEET_COLUMNS = ("devices", "msgs_per_s", "coordinator_cpu_cores", "registry_lag_p99_ms",
+                 "offload_overhead_p50_ms", "requests", "lost_requests")
+
+
+def _fleet(record: dict[str, Any]) -> str:
+    """The issue's figures in one row (goal at 10,000 devices: <= 1 core, lag p99 <= 1 s,
+    overhead <= 5 ms, 0 lost); the rest stay in bench/results.json."""
+    return markdown_table(FLEET_COLUMNS, [record.get("summary") or record.get("result") or {}])
+
+
+def _runs(key: str) -> Callable[[dict[str, Any]], str]:
+    def render(record: dict[str, Any]) -> str:
+        rows = [r for r in (record.get("result") or {}).get(key, []) if isinstance(r, dict)]
+        columns = list(dict.fromkeys(k for r in rows for k in _scalars(r)))[:9]
+        return markdown_table(columns, rows)
+    return render
+
+
 def _transcript(record: dict[str, Any]) -> str:
     result = record.get("result") or {}
     return f"```\n$ {result.get('command', '')}\n{str(result.get('text', '')).rstrip()}\n```"
@@ -77,6 +95,7 @@ def _transcript(record: dict[str, Any]) -> str:
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "pack_vs_raw": _pack, "agent_overhead": _overhead, "pack_example": _transcript,
+    "fleet_scale": _fleet, "ota_transfer": _runs("runs"), "streaming_vad": _runs("results"),
 }
 
 
