@@ -47,7 +47,7 @@ from ..validate import NUMBER, REQUIRED, Table, invalid
 
 ROOT = "edgekit/v1"
 KINDS = ("status", "telemetry", "event", "cmd", "ota", "offload/req", "offload/resp",
-         "offload/work")
+         "offload/work", "offload/probe")
 SCHEMAS = {kind: f"edgekit.{kind.replace('/', '_')}/1" for kind in KINDS}
 EVENT_KINDS = ("start", "stop", "mode_change", "install", "rollback", "reload", "cmd_result",
                "cmd_error", "error",
@@ -98,6 +98,7 @@ class Topics:
     offload_req = property(lambda self: self.topic("offload/req"))
     offload_resp = property(lambda self: self.topic("offload/resp"))
     offload_work = property(lambda self: self.topic("offload/work"))
+    offload_probe = property(lambda self: self.topic("offload/probe"))
 
 
 def subscription(fleet: str = "+", kind: str = "#", device: str = "+") -> str:

@@ -41,7 +41,10 @@ class DeviceRecord:
         self.device, self.online, self.telemetry_seq = device, False, -1
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _FIELDS}
+        row = {name: getattr(self, name) for name in _FIELDS}
+        bps = row["bandwidth_bps"]
+        row["bandwidth_mbps"] = round(bps / 1e6, 3) if isinstance(bps, (int, float)) else None
+        return row
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DeviceRecord:
@@ -201,9 +204,19 @@ def _status(r: DeviceRecord, obj: dict[str, Any], counts: dict[str, int]) -> boo
     if isinstance(offload, dict):
         r.worker = bool(offload.get("worker"))
         r.service_ms_p50 = offload.get("service_ms_p50") or r.service_ms_p50
+    _link(r, obj.get("link"))
     if r.online:
         r.last_seen = obj.get("ts")
     return True
+
+
+def _link(r: DeviceRecord, link: Any) -> None:
+    """The device's own estimate of its link (see the agent's ``service/linkstats.py``)."""
+    if isinstance(link, dict):
+        for name in ("rtt_ms", "bandwidth_bps"):
+            value = link.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                setattr(r, name, float(value))
 
 
 def _telemetry(r: DeviceRecord, obj: dict[str, Any], counts: dict[str, int],
