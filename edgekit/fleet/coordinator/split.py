@@ -27,6 +27,7 @@ import numpy as np
 
 from edgekit_agent.bundle.manifest import ModelRef, RecipeStep, TensorSpec, Variant, sha256_hex
 from edgekit_agent.errors import ModelError
+from edgekit_agent.service.split import dequantize_cut, quantize_cut  # noqa: F401 (the wire form)
 
 SERVER_ONLY, DEVICE_ONLY = "server-only", "device-only"
 _ELEMENT_BYTES = {1: 4, 10: 2, 11: 8, 3: 1, 2: 1, 6: 4, 7: 8}  # onnx.TensorProto dtypes
@@ -124,19 +125,6 @@ def expected_ms(p: SplitProfile, cut: Cut, link: LinkState, *, device_factor: fl
 def choose(p: SplitProfile, link: LinkState, **factors: Any) -> tuple[Cut, float]:
     """The cut with the least expected latency on ``link``, and that latency."""
     return min(((c, expected_ms(p, c, link, **factors)) for c in p.cuts), key=lambda ce: ce[1])
-
-
-def quantize_cut(a: np.ndarray) -> tuple[np.ndarray, float, int]:
-    """Per-tensor affine int8 (the cut tensor on the wire) and its scale and zero point."""
-    lo, hi = min(float(a.min()), 0.0), max(float(a.max()), 0.0)
-    scale = (hi - lo) / 255.0 or 1.0
-    zero_point = int(round(-128 - lo / scale))
-    q = np.clip(np.round(a / scale) + zero_point, -128, 127).astype(np.int8)
-    return q, scale, zero_point
-
-
-def dequantize_cut(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    return ((q.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
 def split_variants(model: Any, p: SplitProfile) -> list[tuple[Variant, bytes]]:
