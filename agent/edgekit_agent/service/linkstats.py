@@ -111,9 +111,11 @@ class LinkProbe:
             self._thread.join(5)
 
     def _loop(self) -> None:
-        while not self._stop.wait(PROBE_INTERVAL_S):
+        wait = 0.1  # until the first probe: the RTT is wanted as soon as the link is up
+        while not self._stop.wait(wait):
             if self.ready():
                 self.probe()
+                wait = PROBE_INTERVAL_S
 
     def probe(self) -> None:
         if not self.estimate.wire.acquire(blocking=False):

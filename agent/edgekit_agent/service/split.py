@@ -330,7 +330,7 @@ class Splitter:
                 raise TransportError(f"split work for {cut.name!r}: int8 scale on a {mid.dtype} tensor")
             mid = dequantize_cut(mid, float(split["scale"]), int(split["zero_point"]))
         try:
-            return self._part(cut.tail)({cut.name: mid})
+            return self._slowed(cut.tail)({cut.name: mid})
         except InputError as exc:
             raise TransportError(str(exc)) from None
 

@@ -238,9 +238,9 @@ def _telemetry(r: DeviceRecord, obj: dict[str, Any], counts: dict[str, int],
         values.update(worker=bool(offload.get("worker")), queue_depth=offload.get("queue_depth"),
                       service_ms_p50=offload.get("service_ms_p50") or r.service_ms_p50,
                       rtt_ms=offload.get("rtt_ms_p50") or r.rtt_ms)
-    if link:
-        values.update(rtt_ms=link.get("rtt_ms", r.rtt_ms),
-                      bandwidth_bps=link.get("bandwidth_bps", r.bandwidth_bps))
+    if link:  # a figure not measured yet (null) keeps what we had
+        values.update(rtt_ms=link.get("rtt_ms") or values.get("rtt_ms", r.rtt_ms),
+                      bandwidth_bps=link.get("bandwidth_bps") or r.bandwidth_bps)
     bundle = obj.get("bundle")
     if bundle is not None and not isinstance(bundle, dict):
         raise TypeError("bundle")

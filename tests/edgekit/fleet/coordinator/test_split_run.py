@@ -213,7 +213,8 @@ def test_daemon_splits_and_the_registry_shows_its_link(split_bundle, image, keyp
             served.append(reply["served_by"])
         print(f"served_by: { {s: served.count(s) for s in set(served)} }")
         assert served[-1].startswith("split:") and served[-1].endswith("@server"), served
-        row = wait_until(lambda: _link_row(coordinator), 20, "the device's link in the registry")
+        seq = coordinator.devices()["device"]["telemetry_seq"]  # a report after these requests:
+        row = wait_until(lambda: _link_row(coordinator, seq + 2), 20, "the device's link")
         print(f"/api/devices: rtt_ms {row['rtt_ms']}, bandwidth_mbps {row['bandwidth_mbps']} "
               f"(shim {rate / 1e6:g} Mbit/s, {DELAY_MS} ms each way)")
         assert rate / 2e6 <= row["bandwidth_mbps"] <= 2 * rate / 1e6, row
@@ -223,9 +224,9 @@ def test_daemon_splits_and_the_registry_shows_its_link(split_bundle, image, keyp
         shim.close()
 
 
-def _link_row(coordinator):
+def _link_row(coordinator, seq: int):
     row = coordinator.devices().get("device") or {}
-    return row if row.get("bandwidth_mbps") and row.get("rtt_ms") else None
+    return row if row.get("bandwidth_mbps") and row["telemetry_seq"] >= seq else None
 
 
 def test_routing_prices_the_measured_bandwidth():
