@@ -164,6 +164,7 @@ def pack(opts: PackOptions) -> PackResult:
                                        chosen, notes)
     if opts.split:
         manifest, files = _with_split(manifest, files, float_onnx, ctx)
+        notes.append(manifest.notes[-1])
     write_bundle(opts.out, manifest, files, opts.sign_key)
     uncalibrated = ctx.calib is None and any(r.needs_calibration for r in recipes)
     return PackResult(Path(opts.out), manifest, tried, chosen, source, notes, uncalibrated)
@@ -400,14 +401,19 @@ def _with_split(manifest: Manifest, files: list[MemberFile], onnx_model: bytes |
                           key="--split", value=f"{len(model.graph.input)} inputs, "
                           f"{len(model.graph.output)} outputs")
     sample = np.asarray(next(iter(ctx.eval.samples(1)))[0], dtype=np.float32)
-    parts = split.split_variants(model, split.profile(model, sample))
+    profiled = split.profile(model, sample)
+    shipped = split.frontier(profiled)
+    parts = split.split_variants(model, shipped)
     if not parts:
         raise ConfigError("the model has no tensor that alone carries the head to the tail",
                           key="--split", value=manifest.name)
+    note = (f"split: {len(shipped.cuts) - 2} of {len(profiled.cuts) - 2} candidate cuts kept "
+            "(the others carry no fewer bytes than an earlier cut)")
     moved = [(replace(v, model=replace(v.model, path=f"variants/{v.model.path}")), d)
              for v, d in parts]
     files = files + [MemberFile(v.model.path, d, "variant") for v, d in moved]
-    return replace(manifest, variants=manifest.variants + tuple(v for v, _ in moved)), files
+    return replace(manifest, variants=manifest.variants + tuple(v for v, _ in moved),
+                   notes=(*manifest.notes, note)), files
 
 
 def _variant(cand: Candidate, path: str, doctor_steps: list[str],

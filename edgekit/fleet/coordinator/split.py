@@ -13,7 +13,8 @@ degenerate cuts are always there: ``server-only`` (the input travels) and ``devi
 ``device_factor``/``server_factor`` scale host-measured times to the two machines (a device's
 figure comes from its telemetry or its target profile). With ``int8=True`` the cut tensor
 travels as int8 with a per-tensor scale (a quarter of the bytes; :func:`quantize_cut`).
-:func:`split_variants` turns the profile into bundle variants (head and tail per cut, with the
+:func:`frontier` drops cuts not worth shipping, :func:`split_variants` turns the profile into
+bundle variants (head and tail per cut, with the
 cut's size and each part's latency as evidence) for the packer to add to a bundle.
 """
 
@@ -125,6 +126,20 @@ def expected_ms(p: SplitProfile, cut: Cut, link: LinkState, *, device_factor: fl
 def choose(p: SplitProfile, link: LinkState, **factors: Any) -> tuple[Cut, float]:
     """The cut with the least expected latency on ``link``, and that latency."""
     return min(((c, expected_ms(p, c, link, **factors)) for c in p.cuts), key=lambda ce: ce[1])
+
+
+def frontier(p: SplitProfile) -> SplitProfile:
+    """The cuts worth shipping: in graph order, each real cut must carry fewer bytes than every
+    earlier one. A later cut with no fewer bytes moves work to the device and saves no transfer,
+    which never pays while the device is no faster than the server (why it offloads at all)."""
+    kept, smallest = [], None
+    for cut in p.cuts:
+        if cut.name in (SERVER_ONLY, DEVICE_ONLY):
+            kept.append(cut)
+        elif smallest is None or cut.cut_bytes < smallest:
+            kept.append(cut)
+            smallest = cut.cut_bytes
+    return SplitProfile(p.input_name, p.output_name, p.output_bytes, tuple(kept))
 
 
 def split_variants(model: Any, p: SplitProfile) -> list[tuple[Variant, bytes]]:

@@ -38,7 +38,7 @@ from .linkshim import LinkShim
 
 pytestmark = pytest.mark.host
 SLOWDOWN = 700.0  # the device against this host as the server (an MCU-class part)
-RATES = {"slow": 0.25e6, "medium": 4e6, "fast": 200e6}
+RATES = {"slow": 0.15e6, "medium": 4e6, "fast": 200e6}
 DELAY_MS = 1.0
 REPS = 3
 ALWAYS_OFFLOAD = 'default_mode = "away"\n[modes.away]\noffload_allowed = true\n'
@@ -57,6 +57,21 @@ def split_bundle(tmp_path_factory, keypair):
 @pytest.fixture(scope="module")
 def image():
     return np.random.default_rng(5).random((1, 3, 64, 64), dtype=np.float32)
+
+
+def test_the_bundle_carries_each_cut_with_its_evidence(split_bundle):
+    manifest = split_bundle[1]
+    steps = [(v, next(s for s in v.recipe if s.step == "split")) for v in manifest.variants
+             if v.name.startswith("split")]
+    assert len(steps) >= 6 and any(n.startswith("split: ") for n in manifest.notes)
+    for v, step in steps:
+        p = step.params
+        assert p["part"] in ("head", "tail") and p["cut_bytes"] > 0
+        assert p["head_ms"] > 0 and p["tail_ms"] > 0 and v.model.path.startswith("variants/")
+        io = v.outputs if p["part"] == "head" else v.inputs
+        assert io[0].name == p["cut"] and 4 * np.prod(io[0].shape) == p["cut_bytes"]
+    heads = [s.params["cut_bytes"] for _, s in steps if s.params["part"] == "head"]
+    assert heads == sorted(heads, reverse=True) and len(set(heads)) == len(heads)  # the frontier
 
 
 def _agent_home(tmp_path, name, bundle, keypair, broker_port, fleet, **offload):
@@ -134,7 +149,7 @@ def test_three_bandwidths_three_cuts_run_end_to_end(split_bundle, image, keypair
     try:
         assert link.wait_connected(10)
         splitter.calibrate({"input": image})
-        assert len(splitter.plan.cuts) >= 8
+        assert len(splitter.plan.cuts) >= 3
         chosen, retries = {}, []
         for label, rate in RATES.items():
             shim.rate_bps = rate
@@ -250,7 +265,7 @@ def test_malformed_split_work_is_answered_with_an_error(split_bundle, image, key
     worker.split_tail = splitter.tail
     worker.start()
     answers = collect(broker, "edgekit/v1/splitbad/asker/offload/resp")
-    cut = next(c for c in splitter.plan.cuts if c.name == "c2_r")
+    cut = min(splitter.plan.cuts, key=lambda c: c.cut_bytes)
     head = splitter._part(cut.head)({"input": image})[cut.name]
 
     def work(cid: str, split, tensors) -> bytes:
