@@ -204,7 +204,11 @@ class Splitter:
     def _part(self, variant: str) -> _Part:
         part = self._parts.get(variant)
         if part is None:
-            part = self._parts[variant] = _Part(self.agent.bundle, variant, self.agent.threads)
+            with self._lock:  # one session per part, also when two requests race to load it
+                part = self._parts.get(variant)
+                if part is None:
+                    part = self._parts[variant] = _Part(self.agent.bundle, variant,
+                                                        self.agent.threads)
         return part
 
     def _slowed(self, variant: str) -> InferFn:
