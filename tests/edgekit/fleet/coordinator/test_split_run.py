@@ -318,3 +318,31 @@ def test_split_headers_are_validated():
 def test_split_needs_an_onnx_model(tmp_path, digits):
     with pytest.raises(ConfigError, match="--split"):
         pack(PackOptions(model=digits.tflite, target="x86-64", out=tmp_path / "x.ekb", split=True))
+
+
+def test_unanswered_split_finishes_locally(split_bundle, image, keypair, broker, collect):
+    """No coordinator listens: the split request times out and the full model runs here."""
+    agent = Agent(split_bundle[0], public_key=keypair[1])
+    mqtt = MqttConfig(host=broker.host, port=broker.port, reconnect_min_s=0.1, reconnect_max_s=0.5)
+    link = OffloadLink(mqtt, Topics("splitlone", "d"), OffloadConfig(enabled=True, deadline_ms=300.0),
+                       local=agent.infer,
+                       bundle=lambda: {"name": agent.manifest.name, "id": agent.bundle_id})
+    splitter = Splitter(agent, link, local=agent.infer, int8=True)
+    requests = collect(broker, "edgekit/v1/splitlone/d/offload/req")
+    link.start()
+    try:
+        assert link.wait_connected(10)
+        cut = splitter.plan.cuts[-1]
+        t0 = time.monotonic()
+        served = splitter.infer({"input": image}, cut=cut.name)
+        waited = time.monotonic() - t0
+        assert served.served_by == "d" and 0.3 <= waited < 2.0
+        np.testing.assert_allclose(served["logits"], agent.infer({"input": image})["logits"])
+        assert splitter.counts["split_fallbacks"] == 1 and link.counts["timeouts"] == 1
+        frame = offload_schema.parse(requests.wait_for(lambda m: True, 5).raw, "offload/req")
+        sent = tensorwire.decode(frame.blob)[cut.name]
+        assert frame.header["split"]["cut"] == cut.name and sent.dtype == np.int8
+        assert sent.nbytes == cut.cut_bytes // 4  # int8 on the wire
+    finally:
+        link.stop()
+        agent.close()
