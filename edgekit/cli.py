@@ -90,6 +90,8 @@ def _pack(sub: Any) -> None:
     p.add_argument("--preprocess", metavar="SPEC", help="for image folders: "
                    "size=HxW,mean=a/b/c,std=a/b/c,layout=nhwc|nchw,gray")
     p.add_argument("--variants", type=int, default=1, help="keep the best N fitting candidates")
+    p.add_argument("--split", action="store_true",
+                   help="also ship head/tail variants per cut (ONNX), for split execution")
     p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
                    help="CPU targets with ONNX input: auto measures both (needs the convert extra)")
     p.add_argument("--name", help="bundle name (default: the model file's stem)")
@@ -115,7 +117,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
                        states=parse_states(args.state), profile_on=args.profile_on,
                        ssh_options=tuple(args.ssh_option), agent_cmd=args.agent_cmd,
                        synthetic_calib=args.synthetic_calib,
-                       variants=args.variants, sign_key=args.sign,
+                       variants=args.variants, split=args.split, sign_key=args.sign,
                        preprocess=parse_preprocess(args.preprocess),
                        name=args.name, version=args.bundle_version, runtime=args.runtime,
                        security_version=args.security_version,

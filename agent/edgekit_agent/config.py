@@ -15,8 +15,8 @@ Layout (every section optional except the top-level ``device_id`` and ``[store] 
     [sensors]    kind ("sysfs" | "simulated" | "pi"), plus kind-specific keys kept in ``options``
     [telemetry]  interval_s
     [load]       rate (synthetic inferences/s for demos and tests; 0 = off), seed
-    [offload]    enabled, worker, deadline_ms, max_queue, simulated_latency_ms (see
-                 ``service/offload.py``)
+    [offload]    enabled, worker, deadline_ms, max_queue, simulated_latency_ms, split,
+                 split_int8, simulated_slowdown (see ``service/offload.py``, ``service/split.py``)
 
 Relative paths are resolved against the folder of the config file. Errors name the file, the
 key, the bad value and the allowed values (``ConfigError``).
@@ -152,13 +152,19 @@ class LoadConfig:
 class OffloadConfig:
     """``enabled``: send requests to a coordinator when the mode allows it; ``worker``: serve work
     offloaded by others. ``simulated_latency_ms`` is added to every inference this agent runs,
-    to stand in for slower hardware in tests and demos (0 on real devices)."""
+    to stand in for slower hardware in tests and demos (0 on real devices);
+    ``simulated_slowdown`` makes every local inference (and split head) that many times slower.
+    ``split``: use the bundle's split variants (head here, tail on a worker) when it has them;
+    ``split_int8``: the cut tensor travels int8 with a per-tensor scale."""
 
     enabled: bool = False
     worker: bool = False
     deadline_ms: float = 1000.0
     max_queue: int = 64
     simulated_latency_ms: float = 0.0
+    split: bool = True
+    split_int8: bool = False
+    simulated_slowdown: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -317,9 +323,13 @@ def _load(t: Table) -> LoadConfig:
 
 
 def _offload(t: Table) -> OffloadConfig:
-    t.only(("enabled", "worker", "deadline_ms", "max_queue", "simulated_latency_ms"))
+    t.only(("enabled", "worker", "deadline_ms", "max_queue", "simulated_latency_ms", "split",
+            "split_int8", "simulated_slowdown"))
     return OffloadConfig(enabled=t.boolean("enabled", False), worker=t.boolean("worker", False),
                          deadline_ms=t.number("deadline_ms", 1000.0, lo=10.0, hi=600_000.0),
                          max_queue=t.integer("max_queue", 64, lo=1, hi=100_000),
                          simulated_latency_ms=t.number("simulated_latency_ms", 0.0, lo=0.0,
-                                                       hi=60_000.0))
+                                                       hi=60_000.0),
+                         split=t.boolean("split", True), split_int8=t.boolean("split_int8", False),
+                         simulated_slowdown=t.number("simulated_slowdown", 1.0, lo=1.0,
+                                                     hi=100_000.0))

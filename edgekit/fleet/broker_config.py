@@ -47,7 +47,7 @@ from edgekit_agent.errors import ConfigError
 from ..defaults import MQTT_PORT
 
 MOSQUITTO_ITERATIONS = 101  # mosquitto_passwd's default; the passwords are random, not chosen
-DEVICE_WRITES = ("status", "telemetry", "event", "offload/req")
+DEVICE_WRITES = ("status", "telemetry", "event", "offload/req", "offload/probe")
 DEVICE_READS = ("cmd", "ota", "offload/resp")
 CERT_DAYS = 825
 

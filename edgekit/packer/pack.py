@@ -78,6 +78,7 @@ class PackOptions:
     agent_cmd: str = "edgekit-agent"  # the agent command on that board
     synthetic_calib: bool = False
     variants: int = 1
+    split: bool = False  # add head/tail variants per cut (split execution; ONNX models)
     sign_key: str | Path | None = None
     targets_dirs: tuple[str, ...] = ()
     preprocess: Preprocess | None = None  # how image folders become inputs (None: defaults)
@@ -138,6 +139,7 @@ def pack(opts: PackOptions) -> PackResult:
     labels_path = opts.labels or (defaults.get("labels") if not opts.calib else None)
     calib, evald, notes = _datasets(info, (model, fmt), calib_path, eval_path, opts, recipes)
     runtime = "onnxruntime" if flow else opts.runtime
+    float_onnx = model if fmt == "onnx" else None  # what --split cuts (before any conversion)
     choice = choose_format(model, fmt, family, profile.family, runtime, calib or evald)
     steps += choice.steps
     notes += [choice.note] if choice.note else []
@@ -160,6 +162,9 @@ def pack(opts: PackOptions) -> PackResult:
         raise BudgetError(refusal_message(ctx, tried, render_candidates(tried, source.size_bytes)))
     manifest, files = _bundle_contents(opts, model_path, original, source, profile, ctx, steps,
                                        chosen, notes)
+    if opts.split:
+        manifest, files = _with_split(manifest, files, float_onnx, ctx)
+        notes.append(manifest.notes[-1])
     write_bundle(opts.out, manifest, files, opts.sign_key)
     uncalibrated = ctx.calib is None and any(r.needs_calibration for r in recipes)
     return PackResult(Path(opts.out), manifest, tried, chosen, source, notes, uncalibrated)
@@ -182,6 +187,9 @@ def _check_options(opts: PackOptions) -> None:
                           value=opts.max_drop, allowed="[0, 1)")
     if opts.variants < 1:
         raise ConfigError("need at least one variant", key="--variants", value=opts.variants)
+    if opts.split and str(opts.model).lower().endswith(".tflite"):
+        raise ConfigError("split variants are cut from an ONNX model", key="--split",
+                          value=str(opts.model), allowed=".onnx models")
     if opts.security_version is not None and not 0 <= opts.security_version <= MAX_SECURITY_VERSION:
         raise ConfigError("the anti-rollback counter is an integer >= 0", key="--security-version",
                           value=opts.security_version, allowed=f"0..{MAX_SECURITY_VERSION}")
@@ -375,6 +383,37 @@ def _bundle_contents(opts: PackOptions, model_path: Path, original: bytes, sourc
                         security_version=(int(time.time()) if opts.security_version is None
                                           else opts.security_version))
     return manifest, files
+
+
+def _with_split(manifest: Manifest, files: list[MemberFile], onnx_model: bytes | None,
+                ctx: Context) -> tuple[Manifest, list[MemberFile]]:
+    """Head and tail variants per candidate cut, each measured here (``--split``)."""
+    if onnx_model is None:
+        raise ConfigError("split variants are cut from an ONNX model", key="--split",
+                          value=manifest.source.get("format"), allowed="onnx")
+    import onnx
+
+    from ..fleet.coordinator import split
+
+    model = onnx.load_from_string(onnx_model)
+    if len(model.graph.input) != 1 or len(model.graph.output) != 1:
+        raise ConfigError("split execution needs a model with one input and one output",
+                          key="--split", value=f"{len(model.graph.input)} inputs, "
+                          f"{len(model.graph.output)} outputs")
+    sample = np.asarray(next(iter(ctx.eval.samples(1)))[0], dtype=np.float32)
+    profiled = split.profile(model, sample)
+    shipped = split.frontier(profiled)
+    parts = split.split_variants(model, shipped)
+    if not parts:
+        raise ConfigError("the model has no tensor that alone carries the head to the tail",
+                          key="--split", value=manifest.name)
+    note = (f"split: {len(shipped.cuts) - 2} of {len(profiled.cuts) - 2} candidate cuts kept "
+            "(the others carry no fewer bytes than an earlier cut)")
+    moved = [(replace(v, model=replace(v.model, path=f"variants/{v.model.path}")), d)
+             for v, d in parts]
+    files = files + [MemberFile(v.model.path, d, "variant") for v, d in moved]
+    return replace(manifest, variants=manifest.variants + tuple(v for v, _ in moved),
+                   notes=(*manifest.notes, note)), files
 
 
 def _variant(cand: Candidate, path: str, doctor_steps: list[str],

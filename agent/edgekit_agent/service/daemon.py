@@ -38,6 +38,7 @@ from .commands import execute
 from .http_api import HttpApi
 from .offload import OffloadLink, Served, with_simulated_latency
 from .ota import OtaReceiver
+from .split import Splitter, make_splitter, with_simulated_slowdown
 
 log = logging.getLogger("edgekit_agent.daemon")
 SAMPLE_S = 0.25  # sensor/policy tick; rule hold times are measured at this resolution
@@ -88,10 +89,20 @@ class Daemon:
         except EdgekitError:
             self.agent.close()  # a clean stop: a typo in the config is not a crash of the bundle
             raise
-        self._slow_infer = with_simulated_latency(self.agent.infer, config.offload.simulated_latency_ms)
+        self._slow_infer = with_simulated_latency(
+            with_simulated_slowdown(self.agent.infer, config.offload.simulated_slowdown,
+                                    self.agent.manifest.primary.latency_ms),
+            config.offload.simulated_latency_ms)
+        self.splitter: Splitter | None = None
         if config.mqtt.enabled and (config.offload.enabled or config.offload.worker):
             self.offload = OffloadLink(config.mqtt, Topics(config.fleet, config.device_id),
                                        config.offload, local=self._local_infer, bundle=self._bundle_info)
+            if config.offload.split:
+                self.splitter = make_splitter(self.agent, self.offload, local=self._local_infer,
+                                              int8=config.offload.split_int8,
+                                              slowdown=config.offload.simulated_slowdown)
+        if self.splitter is not None and self.offload is not None:
+            self.offload.split_tail = self.splitter.tail
         self.verifier = CommandVerifier(config.device_id, config.store.public_key,
                                         replay_dir=config.store.root)  # durable replay state
         self.readings = Readings(ts=time.time())
@@ -115,6 +126,10 @@ class Daemon:
             if self.config.offload.worker:  # measure the service time we offer before saying so
                 for inputs in _synthetic_inputs(self.agent, self.config.load.seed, n=5):
                     self._local_infer(inputs)
+            if self.splitter is not None and self.config.offload.worker:
+                self.splitter.preload_tails()
+            if self.splitter is not None and self.config.offload.enabled:
+                self.splitter.calibrate(_synthetic_inputs(self.agent, self.config.load.seed, n=1)[0])
             self.offload.start()
         if self.telemetry is not None:
             self.telemetry.start()
@@ -207,6 +222,8 @@ class Daemon:
         if link is not None and self.config.offload.enabled and self.engine.current.offload_allowed:
             # Offloaded work costs no local compute, so the mode's rate limit does not apply;
             # the fallback runs even when the gate is shut: a request is served, never dropped.
+            if self.splitter is not None and self.splitter.plan is not None:
+                return self.splitter.infer(self.agent.prepare(inputs))
             return link.infer(self.agent.prepare(inputs), local_ms=link.service.p50())
         refusal = self.gate.try_enter()
         if refusal is not None:
@@ -264,7 +281,9 @@ class Daemon:
             "sensors": self.readings.to_dict(), "bundle": self._bundle_info(),
             "energy": energy.to_dict() if energy else None,
             "memory": {"rss_bytes": _rss_bytes()}, "uptime_s": round(stats["uptime_s"], 3),
-            "offload": self.offload.stats() if self.offload is not None else None}
+            "offload": self.offload.stats() if self.offload is not None else None,
+            "link": self.offload.estimate.to_dict() if self.offload is not None else None,
+            "split": self.splitter.stats() if self.splitter is not None else None}
         return self.telemetry.publish_telemetry(body)
 
     def _health(self) -> dict[str, Any]:
@@ -282,7 +301,8 @@ class Daemon:
         offload = None if self.offload is None else {
             "worker": self.config.offload.worker, "service_ms_p50": self.offload.service.p50()}
         return {"bundle": self._bundle_info(), "mode": self.engine.mode, "agent_version": __version__,
-                "offload_allowed": self.engine.current.offload_allowed, "offload": offload}
+                "offload_allowed": self.engine.current.offload_allowed, "offload": offload,
+                "link": None if self.offload is None else self.offload.estimate.to_dict()}
 
     def _event(self, kind: str, message: str, *, level: str = "info", data: dict[str, Any] | None = None,
                correlation_id: str | None = None) -> None:

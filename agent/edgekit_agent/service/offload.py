@@ -33,6 +33,7 @@ from ..config import MqttConfig, OffloadConfig
 from ..errors import EdgekitError, TransportError, first_line
 from ..telemetry import offload_schema, tensorwire
 from ..telemetry.schema import SCHEMAS, Topics
+from .linkstats import LinkEstimate, LinkProbe
 
 log = logging.getLogger("edgekit_agent.offload")
 BREAKER_TIMEOUTS = 3    # unanswered requests in a row before offload pauses ...
@@ -52,9 +53,11 @@ def no_delay(client: Any, userdata: Any, sock: Any) -> None:
 class Served(dict):
     """Inference outputs ``{name: array}`` that also say which device computed them."""
 
-    def __init__(self, outputs: dict[str, np.ndarray], served_by: str) -> None:
+    def __init__(self, outputs: dict[str, np.ndarray], served_by: str,
+                 service_ms: float | None = None) -> None:
         super().__init__(outputs)
         self.served_by = served_by
+        self.service_ms = service_ms  # the worker's own time for it, when it says
 
 
 def with_simulated_latency(fn: InferFn, latency_ms: float) -> InferFn:
@@ -91,6 +94,7 @@ class _Pending:
     header: dict[str, Any] | None = None
     blob: bytes = b""
     sent: float = 0.0
+    nbytes: int = 0  # request and answer payloads, for the link estimate
 
 
 @dataclass(frozen=True)
@@ -108,9 +112,14 @@ class OffloadLink:
         self.mqtt_options, self.topics, self.options = mqtt_options, topics, options
         self.local, self.bundle = local, bundle
         self.counts = {"requests": 0, "remote": 0, "local_fallbacks": 0, "timeouts": 0, "late": 0,
-                       "rejected": 0, "served": 0, "work_errors": 0, "paused": 0}
+                       "rejected": 0, "served": 0, "work_errors": 0, "paused": 0,
+                       "split_errors": 0}
         self.service = Timings()
         self.rtt = Timings()
+        self.estimate = LinkEstimate()
+        # Set by the daemon when the bundle has split variants: runs the tail of a cut.
+        self.split_tail: Callable[[dict[str, Any], dict[str, np.ndarray]],
+                                  dict[str, np.ndarray]] | None = None
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.RLock()
         self._seen_work: OrderedDict[str, None] = OrderedDict()
@@ -123,6 +132,9 @@ class OffloadLink:
         self._client = self._make_client()
         self._worker = threading.Thread(target=self._work_loop, name="edgekit-offload-worker",
                                         daemon=True)
+        # Not while a request is out: the probe would queue behind its bytes and time them.
+        self.probe = LinkProbe(self.estimate, self._publish_probe,
+                               lambda: self._connected.is_set() and not self._pending)
 
     # -- lifecycle --
 
@@ -155,9 +167,12 @@ class OffloadLink:
         self._client.loop_start()
         if self.options.worker:
             self._worker.start()
+        if self.options.enabled:
+            self.probe.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self.probe.stop()
         self._client.disconnect()
         self._client.loop_stop()
         if self._worker.is_alive():
@@ -181,6 +196,16 @@ class OffloadLink:
             self._on_response(bytes(message.payload))
         elif message.topic == self.topics.offload_work and self.options.worker:
             self._on_work(bytes(message.payload))
+
+    def _publish_probe(self, payload: bytes) -> float | None:
+        """Publish to our own ``offload/probe`` (QoS 1); ms until the broker's PUBACK."""
+        t0 = time.perf_counter()
+        try:
+            info = self._client.publish(self.topics.offload_probe, payload, qos=QOS)
+            info.wait_for_publish(2.0)
+        except (RuntimeError, ValueError):  # paho: not connected, or the queue is full
+            return None
+        return (time.perf_counter() - t0) * 1e3 if info.is_published() else None
 
     def _header(self, kind: str, **body: Any) -> dict[str, Any]:
         with self._lock:
@@ -207,6 +232,15 @@ class OffloadLink:
         self._count("local_fallbacks")
         return Served(self.local(inputs), self.topics.device)
 
+    def request(self, tensors: dict[str, np.ndarray], *, split: dict[str, Any],
+                local_ms: float | None = None, deadline_ms: float | None = None) -> Served | None:
+        """Send a split request (the cut tensor); the worker's outputs, or None: run locally."""
+        self._count("requests")
+        deadline_s = (deadline_ms or self.options.deadline_ms) / 1e3
+        remote = self._ask(tensors, local_ms, deadline_s, split) if self._should_ask() else None
+        self._count("remote" if remote is not None else "local_fallbacks")
+        return remote
+
     def _should_ask(self) -> bool:
         """Not while the link is down, nor for a while after requests kept going unanswered (no
         coordinator listening): each would wait for its whole deadline before running locally."""
@@ -223,7 +257,7 @@ class OffloadLink:
                             BREAKER_TIMEOUTS)
 
     def _ask(self, inputs: dict[str, np.ndarray], local_ms: float | None,
-             deadline_s: float) -> Served | None:
+             deadline_s: float, split: dict[str, Any] | None = None) -> Served | None:
         try:
             blob = tensorwire.encode({k: _compact(v) for k, v in inputs.items()})
         except TransportError as exc:
@@ -236,12 +270,23 @@ class OffloadLink:
                               bundle_id=str(bundle["id"]))
         if local_ms is not None:
             header["local_ms"] = round(local_ms, 3)
-        pending = _Pending(sent=time.monotonic())
+        if split is not None:
+            header["split"] = split
+        payload = offload_schema.frame(header, blob)
+        pending = _Pending(sent=time.monotonic(), nbytes=len(payload))
         with self._lock:
             self._pending[cid] = pending
         try:
-            self._client.publish(self.topics.offload_req, offload_schema.frame(header, blob), qos=QOS)
-            answered = pending.done.wait(deadline_s)
+            timed = self.estimate.wire.acquire(blocking=False)
+            try:
+                t0 = time.perf_counter()
+                info = self._client.publish(self.topics.offload_req, payload, qos=QOS)
+                if timed:
+                    self._note_upload(info, len(payload), t0, deadline_s)
+            finally:
+                if timed:
+                    self.estimate.wire.release()
+            answered = pending.done.wait(max(0.0, deadline_s - (time.monotonic() - pending.sent)))
         finally:
             with self._lock:
                 self._pending.pop(cid, None)
@@ -250,6 +295,15 @@ class OffloadLink:
             self._count("timeouts")
             return None
         return self._outputs(pending)
+
+    def _note_upload(self, info: Any, nbytes: int, t0: float, deadline_s: float) -> None:
+        """The request's publish-to-PUBACK time: its bytes on the wire (a bandwidth sample)."""
+        try:
+            info.wait_for_publish(deadline_s)
+        except (RuntimeError, ValueError):  # paho: not queued (link down); the deadline decides
+            return
+        if info.is_published():
+            self.estimate.note_upload(nbytes, (time.perf_counter() - t0) * 1e3)
 
     def _outputs(self, pending: _Pending) -> Served | None:
         header = pending.header or {}
@@ -262,8 +316,10 @@ class OffloadLink:
             log.warning("offload answer rejected: %s", exc)
             return None
         elapsed_ms = (time.monotonic() - pending.sent) * 1e3
-        self.rtt.add(max(0.0, elapsed_ms - float(header.get("service_ms") or 0.0)))
-        return Served(outputs, str(header["served_by"]))
+        service_ms = header.get("service_ms")
+        self.rtt.add(max(0.0, elapsed_ms - float(service_ms or 0.0)))
+        self.estimate.note_exchange(pending.nbytes, elapsed_ms, float(service_ms or 0.0))
+        return Served(outputs, str(header["served_by"]), service_ms)
 
     def _on_response(self, payload: bytes) -> None:
         try:
@@ -278,6 +334,7 @@ class OffloadLink:
                 self._count("late")  # after the deadline, a duplicate, or not ours
                 return
             pending.header, pending.blob = frame.header, frame.blob
+            pending.nbytes += len(payload)
             pending.done.set()
 
     # -- worker --
@@ -323,15 +380,23 @@ class OffloadLink:
             return
         t0 = time.perf_counter()
         try:
-            outputs = self.local(tensorwire.decode(item.blob))
+            outputs = self._run_work(header, item.blob)
             blob = tensorwire.encode(outputs)
         except EdgekitError as exc:
-            self._count("work_errors")
+            self._count("split_errors" if "split" in header else "work_errors")
             self._answer(header, "error", error=first_line(exc))
             return
         service_ms = (time.perf_counter() - t0) * 1e3  # self.local notes it in self.service
         self._count("served")
         self._answer(header, "ok", blob, service_ms=round(service_ms, 3))
+
+    def _run_work(self, header: dict[str, Any], blob: bytes) -> dict[str, np.ndarray]:
+        tensors = tensorwire.decode(blob)
+        if "split" not in header:
+            return self.local(tensors)
+        if self.split_tail is None:
+            raise TransportError("this worker has no split variants")
+        return self.split_tail(header["split"], tensors)
 
     def _answer(self, work: dict[str, Any], status: str, blob: bytes = b"", **extra: Any) -> None:
         header = self._header("offload/resp", correlation_id=work["correlation_id"], status=status,
@@ -348,7 +413,7 @@ class OffloadLink:
         return {"enabled": self.options.enabled, "worker": self.options.worker,
                 "connected": self._connected.is_set(), "queue_depth": self._work.qsize(),
                 "service_ms_p50": self.service.p50(), "rtt_ms_p50": self.rtt.p50(),
-                **self.counts}
+                "link": self.estimate.to_dict(), **self.counts, **self.probe.counts}
 
 
 def _compact(a: Any) -> np.ndarray:

@@ -11,9 +11,10 @@ Header keys (besides ``schema``, ``device`` = the sender, ``seq``, ``ts``):
 
 - req:  ``correlation_id``, ``reply_to`` (the requester's own ``offload/resp`` topic),
   ``deadline_ms`` (the requester runs locally after that), ``bundle`` (name), ``bundle_id``,
-  optional ``local_ms`` (its own expected latency) and ``exclude`` (workers not to use).
+  optional ``local_ms`` (its own expected latency), ``exclude`` (workers not to use) and
+  ``split`` (the blob is a cut tensor: see :func:`validate_split`).
 - work: ``correlation_id``, ``reply_to``, ``origin`` (the requester), ``deadline_ms`` (left),
-  ``bundle``, ``bundle_id``.
+  ``bundle``, ``bundle_id``, optional ``split`` (copied from the request).
 - resp: ``correlation_id``, ``status`` (see :data:`RESP_STATUSES`), ``served_by``, optional
   ``service_ms`` and ``error``.
 """
@@ -37,8 +38,8 @@ _ID_RULE = "an id of 1-64 letters, digits, '_.:-'"
 _COMMON = ("schema", "device", "seq", "ts", "correlation_id")
 _KEYS = {
     "offload/req": (*_COMMON, "reply_to", "deadline_ms", "bundle", "bundle_id", "local_ms",
-                    "exclude"),
-    "offload/work": (*_COMMON, "reply_to", "origin", "deadline_ms", "bundle", "bundle_id"),
+                    "exclude", "split"),
+    "offload/work": (*_COMMON, "reply_to", "origin", "deadline_ms", "bundle", "bundle_id", "split"),
     "offload/resp": (*_COMMON, "status", "served_by", "service_ms", "error"),
 }
 
@@ -96,12 +97,25 @@ def validate(header: Any, kind: str) -> None:
     t.number("deadline_ms", lo=1, hi=MAX_DEADLINE_MS)
     t.string("bundle", nonempty=True)
     t.get("bundle_id", str)
+    if "split" in t:
+        validate_split(t.table("split"))
     if kind == "offload/work":
         check_name(t.get("origin", str), f"{kind} payload: origin")
         return
     t.number("local_ms", None, lo=0)
     for name in t.items("exclude", str, ()):
         check_name(name, f"{kind} payload: exclude")
+
+
+def validate_split(t: Table) -> None:
+    """``{"cut": tensor name}``, plus ``scale`` and ``zero_point`` when the tensor is int8."""
+    t.only(("cut", "scale", "zero_point"))
+    t.string("cut", nonempty=True)
+    if len(t.data["cut"]) > 255:
+        raise t.fail("cut", t.data["cut"][:80], "a tensor name of at most 255 characters")
+    if "scale" in t or "zero_point" in t:
+        t.number("scale", lo=1e-30, hi=1e30)
+        t.integer("zero_point", lo=-128, hi=127)
 
 
 def reply_topic(topic: str, what: str = "reply_to") -> tuple[str, str]:

@@ -9,9 +9,12 @@ Payloads are UTF-8 JSON objects. Every one carries ``schema`` (``edgekit.<kind>/
   and never reused, also across restarts. QoS 1 is at-least-once: receivers drop duplicates by
   ``seq``. Gaps mean messages dropped by the bounded queue (counted in telemetry ``queue``).
   The last-will ``status`` is composed before the fact, so it carries ``seq`` 0 and ``will``.
-- ``status`` (retained): ``state`` ``online``/``offline``, ``bundle``, ``mode``.
+- ``status`` (retained): ``state`` ``online``/``offline``, ``bundle``, ``mode``, ``link``.
 - ``telemetry``: ``inference`` (count, errors, per_s, latency_ms p50/p95/p99), ``sensors``,
-  ``mode``, ``bundle``, ``energy``, ``memory``, ``queue``.
+  ``mode``, ``bundle``, ``energy``, ``memory``, ``queue``, ``offload``, ``link`` (the device's
+  estimate of its link: ``rtt_ms``, ``bandwidth_bps``, ``fixed_ms``, ``samples``; see
+  ``service/linkstats.py``), ``split`` (cuts, current choice, counts; ``service/split.py``).
+- ``offload/probe`` (outbound, QoS 1, no subscriber needed): link probes timed to their PUBACK.
 - ``event``: ``kind`` (see :data:`EVENT_KINDS`), ``level``, ``message``, ``data``, and the
   ``correlation_id`` of the command it answers, if any.
 - ``cmd`` (inbound): ``id``, ``action``, ``args``, ``sig`` — see :class:`CommandVerifier`.
@@ -47,7 +50,7 @@ from ..validate import NUMBER, REQUIRED, Table, invalid
 
 ROOT = "edgekit/v1"
 KINDS = ("status", "telemetry", "event", "cmd", "ota", "offload/req", "offload/resp",
-         "offload/work")
+         "offload/work", "offload/probe")
 SCHEMAS = {kind: f"edgekit.{kind.replace('/', '_')}/1" for kind in KINDS}
 EVENT_KINDS = ("start", "stop", "mode_change", "install", "rollback", "reload", "cmd_result",
                "cmd_error", "error",
@@ -98,6 +101,7 @@ class Topics:
     offload_req = property(lambda self: self.topic("offload/req"))
     offload_resp = property(lambda self: self.topic("offload/resp"))
     offload_work = property(lambda self: self.topic("offload/work"))
+    offload_probe = property(lambda self: self.topic("offload/probe"))
 
 
 def subscription(fleet: str = "+", kind: str = "#", device: str = "+") -> str:

@@ -50,7 +50,10 @@ class DeviceRecord:
         self.device, self.online, self.telemetry_seq = device, False, -1
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _FIELDS}
+        row = {name: getattr(self, name) for name in _FIELDS}
+        bps = row["bandwidth_bps"]
+        row["bandwidth_mbps"] = round(bps / 1e6, 3) if isinstance(bps, (int, float)) else None
+        return row
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DeviceRecord:
@@ -254,9 +257,19 @@ def _status(r: DeviceRecord, obj: dict[str, Any], counts: dict[str, int]) -> boo
     if isinstance(offload, dict):
         r.worker = bool(offload.get("worker"))
         r.service_ms_p50 = offload.get("service_ms_p50") or r.service_ms_p50
+    _link(r, obj.get("link"))
     if r.online:
         r.last_seen = obj.get("ts")
     return True
+
+
+def _link(r: DeviceRecord, link: Any) -> None:
+    """The device's own estimate of its link (see the agent's ``service/linkstats.py``)."""
+    if isinstance(link, dict):
+        for name in ("rtt_ms", "bandwidth_bps"):
+            value = link.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                setattr(r, name, float(value))
 
 
 def _telemetry(r: DeviceRecord, obj: dict[str, Any], counts: dict[str, int],
@@ -278,9 +291,9 @@ def _telemetry(r: DeviceRecord, obj: dict[str, Any], counts: dict[str, int],
         values.update(worker=bool(offload.get("worker")), queue_depth=offload.get("queue_depth"),
                       service_ms_p50=offload.get("service_ms_p50") or r.service_ms_p50,
                       rtt_ms=offload.get("rtt_ms_p50") or r.rtt_ms)
-    if link:
-        values.update(rtt_ms=link.get("rtt_ms", r.rtt_ms),
-                      bandwidth_bps=link.get("bandwidth_bps", r.bandwidth_bps))
+    if link:  # a figure not measured yet (null) keeps what we had
+        values.update(rtt_ms=link.get("rtt_ms") or values.get("rtt_ms", r.rtt_ms),
+                      bandwidth_bps=link.get("bandwidth_bps") or r.bandwidth_bps)
     bundle = obj.get("bundle")
     if bundle is not None and not isinstance(bundle, dict):
         raise TypeError("bundle")

@@ -253,6 +253,8 @@ class Coordinator:
                   "reply_to": p.header["reply_to"], "origin": p.origin,
                   "deadline_ms": round(max(1.0, (p.deadline - now) * 1e3), 3),
                   "bundle": p.header["bundle"], "bundle_id": p.header["bundle_id"]}
+        if "split" in p.header:  # the blob is a cut tensor: the worker runs that cut's tail
+            header["split"] = p.header["split"]
         self._client.publish(f"{self.prefix}{p.worker}/offload/work",
                              offload_schema.frame(header, p.blob), qos=QOS)
         self.counts["dispatched"] += 1

@@ -13,7 +13,8 @@ degenerate cuts are always there: ``server-only`` (the input travels) and ``devi
 ``device_factor``/``server_factor`` scale host-measured times to the two machines (a device's
 figure comes from its telemetry or its target profile). With ``int8=True`` the cut tensor
 travels as int8 with a per-tensor scale (a quarter of the bytes; :func:`quantize_cut`).
-:func:`split_variants` turns the profile into bundle variants (head and tail per cut, with the
+:func:`frontier` drops cuts not worth shipping, :func:`split_variants` turns the profile into
+bundle variants (head and tail per cut, with the
 cut's size and each part's latency as evidence) for the packer to add to a bundle.
 """
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from edgekit_agent.bundle.manifest import ModelRef, RecipeStep, TensorSpec, Variant, sha256_hex
 from edgekit_agent.errors import ModelError
+from edgekit_agent.service.split import dequantize_cut, quantize_cut  # noqa: F401 (the wire form)
 
 SERVER_ONLY, DEVICE_ONLY = "server-only", "device-only"
 _ELEMENT_BYTES = {1: 4, 10: 2, 11: 8, 3: 1, 2: 1, 6: 4, 7: 8}  # onnx.TensorProto dtypes
@@ -126,17 +128,18 @@ def choose(p: SplitProfile, link: LinkState, **factors: Any) -> tuple[Cut, float
     return min(((c, expected_ms(p, c, link, **factors)) for c in p.cuts), key=lambda ce: ce[1])
 
 
-def quantize_cut(a: np.ndarray) -> tuple[np.ndarray, float, int]:
-    """Per-tensor affine int8 (the cut tensor on the wire) and its scale and zero point."""
-    lo, hi = min(float(a.min()), 0.0), max(float(a.max()), 0.0)
-    scale = (hi - lo) / 255.0 or 1.0
-    zero_point = int(round(-128 - lo / scale))
-    q = np.clip(np.round(a / scale) + zero_point, -128, 127).astype(np.int8)
-    return q, scale, zero_point
-
-
-def dequantize_cut(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    return ((q.astype(np.float32) - zero_point) * scale).astype(np.float32)
+def frontier(p: SplitProfile) -> SplitProfile:
+    """The cuts worth shipping: in graph order, each real cut must carry fewer bytes than every
+    earlier one. A later cut with no fewer bytes moves work to the device and saves no transfer,
+    which never pays while the device is no faster than the server (why it offloads at all)."""
+    kept, smallest = [], None
+    for cut in p.cuts:
+        if cut.name in (SERVER_ONLY, DEVICE_ONLY):
+            kept.append(cut)
+        elif smallest is None or cut.cut_bytes < smallest:
+            kept.append(cut)
+            smallest = cut.cut_bytes
+    return SplitProfile(p.input_name, p.output_name, p.output_bytes, tuple(kept))
 
 
 def split_variants(model: Any, p: SplitProfile) -> list[tuple[Variant, bytes]]:
