@@ -58,8 +58,9 @@ def _pack(sub: Any) -> None:
     p = sub.add_parser(
         "pack",
         help="compress, quantize and fit a model to a target; write a bundle",
-        description="Search recipes from least to most lossy and keep the first that "
-        "fits the target's budgets. MODEL is a .onnx/.tflite file or example:NAME.",
+        description="Search recipes and keep the least lossy one that fits the target's "
+        "budgets (ties within 0.5 dB: smaller, then faster; on CPU targets a candidate "
+        "predicted <= 0.8x as slow wins). MODEL is a .onnx/.tflite file or example:NAME.",
     )
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--target", required=True, help="target profile name (see `edgekit targets`)")
