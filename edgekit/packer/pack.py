@@ -25,6 +25,7 @@ from ..bundle_writer import MemberFile, write_bundle
 from ..dataset import Dataset, Preprocess, load_dataset, load_labels, synthetic_dataset
 from ..errors import BudgetError, CalibrationError, ConfigError, ModelError
 from ..examples import get_example
+from ..flash.bench_ssh import parse_profile_uri
 from ..report import render_candidates
 from ..targets import Profile, family_for, get_profile
 from ..targets.mcu.csource import selftest_header
@@ -205,8 +206,6 @@ def _check_options(opts: PackOptions) -> None:
         raise ConfigError("the anti-rollback counter is an integer >= 0", key="--security-version",
                           value=opts.security_version, allowed=f"0..{MAX_SECURITY_VERSION}")
     if opts.profile_on:
-        from ..flash.bench_ssh import parse_profile_uri
-
         parse_profile_uri(opts.profile_on)  # a bad URI fails before any work
     out = Path(opts.out)
     if out.is_dir():
