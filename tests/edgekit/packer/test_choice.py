@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 import edgekit
 from edgekit.packer.recipes import Recipe
-from edgekit.packer.search import TIE_DB, lossier_by_construction
+from edgekit.packer.search import FASTER_CHOICE, TIE_DB, lossier_by_construction, preference
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +66,19 @@ def test_recipes_that_only_take_more_away_are_not_built_after_a_fit():
     assert not lossier_by_construction(Recipe("static_int16x8"), int8)
     assert not lossier_by_construction(Recipe("static_int8", calibration="tuned"), int8)
     assert not lossier_by_construction(Recipe("static_int8", mixed_precision=True), int8)
+
+
+def _cand(name: str, db: float, size: int, ms: float) -> SimpleNamespace:
+    return SimpleNamespace(name=name, fidelity=SimpleNamespace(decision_sqnr_db=db),
+                           shipped=b"\0" * size, latency=SimpleNamespace(p50_ms=ms))
+
+
+def test_the_rule_on_its_own_ties_then_speed():
+    a, b, c = _cand("a", 40.0, 900, 1.0), _cand("b", 40.0 - TIE_DB / 2, 800, 1.0), \
+        _cand("c", 30.0, 800, 0.5)
+    assert [x.name for x in preference([a, b, c])] == ["b", "a", "c"]  # tie: smaller first
+    same = _cand("d", 40.0, 800, 0.9)
+    assert preference([b, same])[0] is same  # tied and as small: faster
+    # where speed is judged, c at 0.5x the p50 of the least lossy one wins
+    assert preference([a, b, c], prefer_speed=True)[0] is c
+    assert preference([a, _cand("e", 30.0, 800, FASTER_CHOICE * 1.01)], prefer_speed=True)[0] is a
