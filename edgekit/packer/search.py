@@ -322,7 +322,9 @@ def why_chosen(chosen: Candidate, tried: Sequence[Candidate]) -> str:
                 f"less lossy {rival.recipe.name} ({theirs:.1f} dB vs {mine:.1f} dB): speed is "
                 f"judged on this target, <= {FASTER_CHOICE:.2f}x wins")
     if theirs >= mine - TIE_DB:
-        return (f"ties {rival.recipe.name} within {TIE_DB} dB ({mine:.1f} vs {theirs:.1f}); "
-                f"smaller ({len(chosen.shipped)} B vs {len(rival.shipped)} B), then faster")
+        size, other = len(chosen.shipped), len(rival.shipped)
+        how = (f"smaller ({size} B vs {other} B)" if size < other else
+               f"faster ({chosen.latency.p50_ms:.3g} vs {rival.latency.p50_ms:.3g} ms p50)")
+        return f"ties {rival.recipe.name} within {TIE_DB} dB ({mine:.1f} vs {theirs:.1f}); {how}"
     return (f"least lossy that fits: {mine:.1f} dB vs {theirs:.1f} dB ({rival.recipe.name}, "
             f"the next best of {len(others)} other fitting)")

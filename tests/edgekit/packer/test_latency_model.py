@@ -39,6 +39,9 @@ def test_digits_for_rpi4_ends_in_int8_on_the_cortex_a72_estimate(tmp_path, digit
     assert tried[:2] == ["fp32", "fp16"] and result.candidates[1].fits
     assert result.candidates[1].latency.source == "estimated"
     assert result.candidates[1].latency.ratio == pytest.approx(1.0, abs=0.02)
+    # fp16 is less lossy; int8 won by the speed preference, and the summary says so
+    assert result.candidates[1].fidelity.min_sqnr_db > result.chosen[0].fidelity.min_sqnr_db
+    assert "less lossy fp16" in result.why and "speed is judged" in result.why
     # the key survives a manifest round trip, and the table marks estimates
     assert Manifest.from_dict(m.to_dict()).to_dict()["latency_source"] == "estimated"
     assert " est" in result.render()
