@@ -227,14 +227,15 @@ def format_supports(recipe: Recipe, fmt: str) -> bool:
 
 def run_search(ctx: Context, recipes: Sequence[Recipe], variants: int, bar: Any) -> list[Candidate]:
     """Every candidate tried, in ladder order. Once ``variants`` compressing ones fit, a recipe is
-    still built when it could be less lossy than the best of them, or when the target's cost
-    model predicts it clearly faster (int8 on Arm)."""
+    still built when it could be preferred to the best of them (``could_be_preferred``), or when
+    the target's cost model predicts it clearly faster (int8 on Arm)."""
     tried: list[Candidate] = []
     hint = ctx.timing.worth_trying if ctx.timing is not None else (lambda _r: False)
     for recipe in recipes:
         bar.update(1)
         fitted = [c for c in tried if c.fits and c.recipe.quantization != "none"]
-        if len(fitted) >= variants and not (hint(recipe) or could_be_less_lossy(recipe, fitted)):
+        if len(fitted) >= variants and not (
+                hint(recipe) or could_be_preferred(recipe, fitted, ctx.criteria.check_speed)):
             continue
         if not format_supports(recipe, ctx.format):
             continue
@@ -257,9 +258,10 @@ def lossier_by_construction(recipe: Recipe, than: Recipe) -> bool:
     return w <= tw and a <= ta and takes_more
 
 
-def could_be_less_lossy(recipe: Recipe, fitted: Sequence[Candidate]) -> bool:
-    best = _least_lossy(fitted)
-    return not lossier_by_construction(recipe, best.recipe)
+def could_be_preferred(recipe: Recipe, fitted: Sequence[Candidate], prefer_speed: bool) -> bool:
+    """Not lossier by construction than the candidate preferred so far (after a speed win on a
+    CPU target, that is the faster one: a better calibration of it may still beat it)."""
+    return not lossier_by_construction(recipe, _preferred(fitted, prefer_speed).recipe)
 
 
 def _sqnr(c: Candidate) -> float:
