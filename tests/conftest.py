@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,7 +180,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Broker:
+class _BrokerProcess:
+    """A broker subprocess on a loopback port: ``start`` is the broker's own, ``stop`` and
+    ``url`` are shared."""
+
+    host = "127.0.0.1"
+    port: int
+    proc: subprocess.Popen | None = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class Broker(_BrokerProcess):
     """mosquitto on a loopback port with persistence, so sessions survive a restart."""
 
     def __init__(self, workdir: Path, port: int | None = None, *, listener: str = "",
@@ -220,27 +243,16 @@ class Broker:
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not open its port in 10 s")
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
 
-    @property
-    def url(self) -> str:
-        return f"{self.host}:{self.port}"
+def _serving(b: _BrokerProcess) -> Iterator[_BrokerProcess]:
+    b.start()
+    yield b
+    b.stop()
 
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory):
-    b = Broker(tmp_path_factory.mktemp("mosquitto"))
-    b.start()
-    yield b
-    b.stop()
+    yield from _serving(Broker(tmp_path_factory.mktemp("mosquitto")))
 
 
 @pytest.fixture
@@ -248,13 +260,10 @@ def own_broker(tmp_path):
     """A broker of the test's own, for tests that stop and restart it."""
     d = tmp_path / "mosquitto"
     d.mkdir()
-    b = Broker(d)
-    b.start()
-    yield b
-    b.stop()
+    yield from _serving(Broker(d))
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(_BrokerProcess):
     """The embedded amqtt broker (MQTT 3.1.1 only) that `edgekit demo` uses without Mosquitto,
     as a subprocess of ``python -m edgekit.fleet.embedded``; the same surface as ``Broker``.
     Tests using it need the host package (mark them ``host``)."""
@@ -272,27 +281,10 @@ class EmbeddedBroker:
             self.stop()
             raise RuntimeError(f"amqtt did not start: {line!r}")
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    @property
-    def url(self) -> str:
-        return f"{self.host}:{self.port}"
-
 
 @pytest.fixture(scope="session")
 def amqtt_broker(tmp_path_factory):
-    b = EmbeddedBroker(tmp_path_factory.mktemp("amqtt"))
-    b.start()
-    yield b
-    b.stop()
+    yield from _serving(EmbeddedBroker(tmp_path_factory.mktemp("amqtt")))
 
 
 @dataclass

@@ -23,7 +23,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..flash.bench_ssh import bench_on_device, parse_profile_uri
+from ..onnx_model import parse_onnx
+from ..tflite import model as tfl
 from .evaluate import Latency, interleaved_latency
+from .ingest import onnx_value_spec
 
 SOURCES = ("measured-host", "measured-device", "estimated")
 PREFER_FASTER = 0.80  # a later recipe is worth trying for speed when predicted <= 0.8x
@@ -58,8 +62,6 @@ def op_costs(model: bytes, fmt: str) -> list[OpCost]:
 
 
 def _tflite_costs(model: bytes) -> list[OpCost]:
-    from ..tflite import model as tfl
-
     m = tfl.load(model)
     sg = m.subgraphs[0]
     const = {i for i, t in enumerate(sg.tensors) if t.buffer and m.buffers[t.buffer].data is not None
@@ -99,10 +101,7 @@ def _tflite_macs(name: str, sg: Any, ins: list[int], outs: list[int]) -> int:
 
 
 def _onnx_costs(model: bytes) -> list[OpCost]:
-    import onnx
-
-    from ..onnx_model import parse_onnx
-    from .ingest import onnx_value_spec
+    import onnx  # deferred like everywhere in the packer: ~0.65 s, and TFLite packs never need it
 
     m = parse_onnx(model)
     try:
@@ -273,8 +272,6 @@ class DeviceTiming(Timing):
 
     def __init__(self, profile: Any, model: bytes, fmt: str, uri: str,
                  ssh_options: tuple[str, ...] = (), agent_cmd: str = "edgekit-agent") -> None:
-        from ..flash.bench_ssh import bench_on_device, parse_profile_uri
-
         super().__init__(profile, model, fmt)
         if profile.family != "cpu":
             raise ConfigError(f"measures on Linux boards running edgekit-agent (CPU targets); "

@@ -25,6 +25,7 @@ from ..bundle_writer import MemberFile, write_bundle
 from ..dataset import Dataset, Preprocess, load_dataset, load_labels, synthetic_dataset
 from ..errors import BudgetError, CalibrationError, ConfigError, ModelError
 from ..examples import get_example
+from ..flash.bench_ssh import parse_profile_uri
 from ..report import render_candidates
 from ..targets import Profile, family_for, get_profile
 from ..targets.mcu.csource import selftest_header
@@ -44,7 +45,15 @@ from .latency_model import target_timing
 from .preact import PreActivation, saturated_outputs
 from .recipes import LADDER, Recipe, recipe_by_name
 from .refusal import refusal_message
-from .search import Candidate, Context, Criteria, choose, format_supports, run_search
+from .search import (
+    Candidate,
+    Context,
+    Criteria,
+    choose,
+    format_supports,
+    run_search,
+    why_chosen,
+)
 from .source import keep_source
 
 EVAL_FRACTION = 0.5  # without --eval, the second half of --calib is held out for evaluation
@@ -99,11 +108,12 @@ class PackResult:
     notes: list[str] = field(default_factory=list)
     # the target takes (full) int8, but no calibration data was given: int8 was never built
     uncalibrated: bool = False
+    why: str = ""  # why the first chosen candidate won (search.why_chosen)
 
     def to_dict(self) -> dict[str, Any]:
         return {"bundle": str(self.bundle), "bundle_bytes": self.bundle.stat().st_size,
                 "uncalibrated": self.uncalibrated,
-                "chosen": [c.recipe.name for c in self.chosen],
+                "chosen": [c.recipe.name for c in self.chosen], "why": self.why,
                 "candidates": [c.to_dict() for c in self.candidates],
                 "manifest": self.manifest.to_dict()}
 
@@ -119,6 +129,7 @@ class PackResult:
             f"(bundle {ui.human_bytes(self.bundle.stat().st_size)}{extra})"
         ) + (f"; no int8: {NO_CALIB_HINT}" if self.uncalibrated else "")
         return "\n".join([render_candidates(self.candidates, self.source.size_bytes), "", head,
+                          f"chosen {self.chosen[0].recipe.name}: {self.why}",
                           *(f"note: {n}" for n in self.notes)])
 
 
@@ -156,7 +167,7 @@ def pack(opts: PackOptions) -> PackResult:
     ctx.source_bytes = len(original)
     with ui.progress(len(recipes), f"pack {profile.name}", opts.show_progress) as bar:
         tried = run_search(ctx, recipes, opts.variants, bar)
-    chosen = choose(tried, opts.variants) or _forced(opts, tried, notes)
+    chosen = choose(tried, opts.variants, ctx.criteria.check_speed) or _forced(opts, tried, notes)
     chosen = keep_source(ctx, original, source.format, chosen)
     if not chosen:
         raise BudgetError(refusal_message(ctx, tried, render_candidates(tried, source.size_bytes)))
@@ -167,7 +178,16 @@ def pack(opts: PackOptions) -> PackResult:
         notes.append(manifest.notes[-1])
     write_bundle(opts.out, manifest, files, opts.sign_key)
     uncalibrated = ctx.calib is None and any(r.needs_calibration for r in recipes)
-    return PackResult(Path(opts.out), manifest, tried, chosen, source, notes, uncalibrated)
+    why = _why(opts, chosen[0], tried)
+    return PackResult(Path(opts.out), manifest, tried, chosen, source, notes, uncalibrated, why)
+
+
+def _why(opts: PackOptions, chosen: Candidate, tried: list[Candidate]) -> str:
+    if opts.recipe:
+        return "forced by --recipe"
+    if chosen.stats.get("source_unchanged"):
+        return "no compressing recipe fits; the source file is smaller than its float32 form"
+    return why_chosen(chosen, tried)
 
 
 def _forced(opts: PackOptions, tried: list[Candidate], notes: list[str]) -> list[Candidate]:
@@ -194,8 +214,6 @@ def _check_options(opts: PackOptions) -> None:
         raise ConfigError("the anti-rollback counter is an integer >= 0", key="--security-version",
                           value=opts.security_version, allowed=f"0..{MAX_SECURITY_VERSION}")
     if opts.profile_on:
-        from ..flash.bench_ssh import parse_profile_uri
-
         parse_profile_uri(opts.profile_on)  # a bad URI fails before any work
     out = Path(opts.out)
     if out.is_dir():

@@ -1,6 +1,8 @@
-"""A precise refusal when full integer cannot reach the fidelity floor.
+"""A precise refusal when no recipe fits: the first line names the binding constraint.
 
-It names the best SQNR any full-integer candidate reached, the layers that limit it (the ops
+When the float model itself misses a budget (RAM, flash) that comes first: it is why anything
+had to be compressed. Then, when full integer cannot reach the fidelity floor, it names
+the best SQNR any full-integer candidate reached, the layers that limit it (the ops
 adding the most quantization noise, by output tensor name), and what would reach the floor:
 int16 activations (measured, and which profiles run 16x8 kernels), or keeping layers on the
 CPU in float (measured, with the MACs moved and an estimated CPU time). For the Edge TPU the
@@ -15,8 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import ui
 from ..errors import EdgekitError
-from ..targets import load_profiles
+from ..targets import Profile, load_profiles
 from ..tflite import model as tm
 from .evaluate import compare, make_runner, run_all
 from .quantize_tflite import fallback_order
@@ -77,17 +80,53 @@ class Refusal:
 
 
 def refusal_message(ctx: Context, tried: Sequence[Candidate], table: str) -> str:
-    """The BudgetError text: one line (with the best SQNR when full integer missed the floor),
-    the candidates table, then the refusal's details."""
+    """The BudgetError text: one line naming the binding constraint, the candidates table, then
+    the refusal's details. The line: when full integer missed the fidelity floor, the float
+    model's budget miss (why it could not ship) and the best SQNR reached; when every candidate
+    breaks a budget, what even the smallest needs."""
     floor = ctx.criteria.min_sqnr_db
     if floor is None:
         floor = DEFAULT_MIN_SQNR_DB
     refusal = None
     if ctx.family.FULL_INT8 or ctx.profile.family == "mcu":
         refusal = refuse(ctx, tried, floor)
-    if refusal is None or refusal.best_db >= floor:
-        return f"no recipe fits {ctx.profile.name}:\n{table}"
-    return f"no recipe fits {ctx.profile.name}: {refusal.headline}\n{table}\n{refusal.render()}"
+    fidelity_bound = refusal is not None and refusal.best_db < floor
+    reference = next((c for c in tried if c.recipe.quantization == "none"), None)
+    float_miss = budget_miss(reference, ctx.profile) if reference else ""
+    float_line = f"the float model needs {float_miss}" if float_miss else ""
+    if fidelity_bound:
+        lead = [float_line, refusal.headline]
+    else:
+        lead = [_smallest_miss(tried, ctx.profile) or float_line]
+    head = f"no recipe fits {ctx.profile.name}: {'; '.join(p for p in lead if p)}".rstrip(": ")
+    details = f"\n{refusal.render()}" if fidelity_bound else ""
+    return f"{head}\n{table}{details}"
+
+
+def budget_miss(cand: Candidate, profile: Profile) -> str:
+    """'14.7 KiB of RAM (14.4 KiB arena), stm32h7 has 11.7 KiB', or '' within the budgets."""
+    r = cand.compiled.report if cand.compiled else None
+    if r is None:
+        return ""
+    parts = []
+    if r.sram_bytes is not None and r.sram_bytes > profile.ram_bytes:
+        arena = (f" ({ui.human_bytes(r.arena_bytes)} arena)"
+                 if r.arena_bytes and r.arena_bytes != r.sram_bytes else "")
+        parts.append(f"{ui.human_bytes(r.sram_bytes)} of RAM{arena}, {profile.name} has "
+                     f"{ui.human_bytes(profile.ram_bytes)}")
+    if r.flash_bytes is not None and r.flash_bytes > profile.flash_bytes:
+        parts.append(f"{ui.human_bytes(r.flash_bytes)} of flash, {profile.name} has "
+                     f"{ui.human_bytes(profile.flash_bytes)}")
+    return " and ".join(parts)
+
+
+def _smallest_miss(tried: Sequence[Candidate], profile: Profile) -> str:
+    """When every built candidate breaks a budget: what even the smallest one needs."""
+    built = [c for c in tried if c.model and c.compiled is not None]
+    if not built or any(not budget_miss(c, profile) for c in built):
+        return ""
+    small = min(built, key=lambda c: len(c.shipped))
+    return f"even the smallest candidate ({small.recipe.name}) needs {budget_miss(small, profile)}"
 
 
 def refuse(ctx: Context, tried: Sequence[Candidate], floor_db: float) -> Refusal | None:

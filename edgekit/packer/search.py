@@ -1,9 +1,11 @@
 """Recipe search: build each candidate, run it, measure it, compile it for the target, judge it.
 
-Candidates are walked from least to most lossy. float32 is measured first as the reference and
-kept only when no compressing recipe fits. A candidate is rejected, by measurement, when it does
-not run, misses the fidelity tolerance, breaks a target budget, is larger than the float model,
-or (on CPU targets) is slower than the float model.
+Candidates are walked in ladder order. float32 is measured first as the reference and kept only
+when no compressing recipe fits. A candidate is rejected, by measurement, when it does not run,
+misses the fidelity tolerance, breaks a target budget, is larger than the float model, or (on
+CPU targets) is slower than the float model. Among the candidates that fit, ``preference``
+decides: the least lossy wins (see its docstring). The ladder order is only a prior, so the
+search keeps building, after enough candidates fit, every recipe that could still be preferred.
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ from .tuned import quantize_tuned
 SPEED_TOLERANCE = 1.10  # p50 within 10 % of float counts as "not slower" on a shared, noisy host
 DEFAULT_MIN_SQNR_DB = 15.0  # used when no labels give an accuracy to hold
 MIXED_STEPS = (1, 2, 4, 8, 16)
-FASTER_CHOICE = 0.80  # a later fitting candidate replaces the first one at <= 0.8x its latency
+FASTER_CHOICE = 0.80  # where speed is judged, a candidate at <= 0.8x the p50 of a less lossy one wins
+TIE_DB = 0.5  # SQNRs this close count as equal: the smaller, then the faster candidate wins
+# (weight bits, activation bits) each quantization computes with; dynamic int8 quantizes the
+# activations to 8 bits at run time
+_BITS = {"none": (32, 32), "fp16": (16, 32), "dynamic_int8": (8, 8), "static_int8": (8, 8),
+         "static_int16x8": (8, 16), "weight_int8": (8, 32), "weight_int4": (4, 32)}
 
 
 @dataclass(frozen=True)
@@ -219,37 +226,107 @@ def format_supports(recipe: Recipe, fmt: str) -> bool:
 
 
 def run_search(ctx: Context, recipes: Sequence[Recipe], variants: int, bar: Any) -> list[Candidate]:
-    """Every candidate tried, in ladder order; stops once ``variants`` compressing ones fit,
-    except for one recipe the target's cost model predicts clearly faster (int8 on Arm)."""
+    """Every candidate tried, in ladder order. Once ``variants`` compressing ones fit, a recipe is
+    still built when it could be preferred to the best of them (``could_be_preferred``), or when
+    the target's cost model predicts it clearly faster (int8 on Arm)."""
     tried: list[Candidate] = []
     hint = ctx.timing.worth_trying if ctx.timing is not None else (lambda _r: False)
     for recipe in recipes:
-        enough = sum(c.fits and c.recipe.quantization != "none" for c in tried) >= variants
-        if enough and not hint(recipe):
-            bar.update(1)
+        bar.update(1)
+        fitted = [c for c in tried if c.fits and c.recipe.quantization != "none"]
+        if len(fitted) >= variants and not (
+                hint(recipe) or could_be_preferred(recipe, fitted, ctx.criteria.check_speed)):
             continue
         if not format_supports(recipe, ctx.format):
-            bar.update(1)
             continue
         bar.set_postfix_str(recipe.name)
         if recipe.mixed_precision:
             int8 = next((c for c in tried if c.recipe == Recipe("static_int8")), None)
-            cand = evaluate_mixed(ctx, recipe, int8)
+            tried.append(evaluate_mixed(ctx, recipe, int8))
         else:
-            cand = evaluate(ctx, recipe)
-        tried.append(cand)
-        bar.update(1)
-        if enough:
-            break
+            tried.append(evaluate(ctx, recipe))
     return tried
 
 
-def choose(tried: Sequence[Candidate], variants: int) -> list[Candidate]:
-    """The first fitting compressing candidates; float32 only when nothing else fits."""
+def lossier_by_construction(recipe: Recipe, than: Recipe) -> bool:
+    """``recipe`` computes with no more bits than ``than`` and takes something more away (fewer
+    bits, more pruning, fewer clusters). Calibration, per-channel and mixed-precision choices at
+    the same bits are not ordered: only measurement tells them apart."""
+    (w, a), (tw, ta) = _BITS[recipe.quantization], _BITS[than.quantization]
+    fewer_clusters = recipe.clusters > 0 and (than.clusters == 0 or recipe.clusters < than.clusters)
+    takes_more = w < tw or a < ta or recipe.sparsity > than.sparsity or fewer_clusters
+    return w <= tw and a <= ta and takes_more
+
+
+def could_be_preferred(recipe: Recipe, fitted: Sequence[Candidate], prefer_speed: bool) -> bool:
+    """Not lossier by construction than the candidate preferred so far (after a speed win on a
+    CPU target, that is the faster one: a better calibration of it may still beat it)."""
+    return not lossier_by_construction(recipe, _preferred(fitted, prefer_speed).recipe)
+
+
+def _sqnr(c: Candidate) -> float:
+    db = c.fidelity.decision_sqnr_db if c.fidelity else None
+    return float("-inf") if db is None else db
+
+
+def _least_lossy(cands: Sequence[Candidate]) -> Candidate:
+    top = max(_sqnr(c) for c in cands)
+    tied = [c for c in cands if _sqnr(c) >= top - TIE_DB]
+    return min(tied, key=lambda c: (len(c.shipped), c.latency.p50_ms if c.latency else 0.0))
+
+
+def _preferred(cands: Sequence[Candidate], prefer_speed: bool) -> Candidate:
+    best = _least_lossy(cands)
+    if prefer_speed and best.latency is not None:
+        faster = [c for c in cands if c.latency is not None
+                  and c.latency.p50_ms <= FASTER_CHOICE * best.latency.p50_ms]
+        if faster:
+            return _least_lossy(faster)
+    return best
+
+
+def preference(fits: Sequence[Candidate], prefer_speed: bool = False) -> list[Candidate]:
+    """The product rule: of the candidates that fit every budget, the least lossy wins.
+
+    Loss is the lowest output SQNR judged (before final activations where measured); SQNRs
+    within ``TIE_DB`` are a tie, broken by the smaller model, then the lower p50 latency.
+    Where the target judges speed (CPU targets: nothing slower than float ships), a candidate
+    predicted at <= ``FASTER_CHOICE`` x the p50 of the least lossy one is preferred to it, the
+    least lossy of those (int8 on a Cortex-A72 whose estimate says int8 is faster).
+    Returns all of ``fits``, most preferred first."""
+    left, ranked = list(fits), []
+    while left:
+        ranked.append(_preferred(left, prefer_speed))
+        left.remove(ranked[-1])
+    return ranked
+
+
+def choose(tried: Sequence[Candidate], variants: int,
+           prefer_speed: bool = False) -> list[Candidate]:
+    """The preferred fitting compressing candidates; float32 only when nothing else fits."""
     fits = [c for c in tried if c.fits and c.recipe.quantization != "none"]
     if fits:
-        fast = min(fits, key=lambda c: c.latency.ratio)
-        if fast is not fits[0] and fast.latency.ratio <= FASTER_CHOICE * fits[0].latency.ratio:
-            fits = [fast, *(c for c in fits if c is not fast)]
-        return fits[:variants]
+        return preference(fits, prefer_speed)[:variants]
     return [c for c in tried if c.fits][:1]
+
+
+def why_chosen(chosen: Candidate, tried: Sequence[Candidate]) -> str:
+    """One line: why ``chosen`` won over the other fitting candidates."""
+    others = [c for c in tried if c.fits and c is not chosen and c.recipe.quantization != "none"]
+    if chosen.recipe.quantization == "none":
+        return "float: no compressing recipe fits"
+    if not others:
+        return "the only compressing recipe that fits"
+    rival = max(others, key=_sqnr)
+    mine, theirs = _sqnr(chosen), _sqnr(rival)
+    if theirs > mine + TIE_DB:
+        return (f"predicted {chosen.latency.p50_ms / rival.latency.p50_ms:.2f}x the p50 of the "
+                f"less lossy {rival.recipe.name} ({theirs:.1f} dB vs {mine:.1f} dB): speed is "
+                f"judged on this target, <= {FASTER_CHOICE:.2f}x wins")
+    if theirs >= mine - TIE_DB:
+        size, other = len(chosen.shipped), len(rival.shipped)
+        how = (f"smaller ({size} B vs {other} B)" if size < other else
+               f"faster ({chosen.latency.p50_ms:.3g} vs {rival.latency.p50_ms:.3g} ms p50)")
+        return f"ties {rival.recipe.name} within {TIE_DB} dB ({mine:.1f} vs {theirs:.1f}); {how}"
+    return (f"least lossy that fits: {mine:.1f} dB vs {theirs:.1f} dB ({rival.recipe.name}, "
+            f"the next best of {len(others)} other fitting)")

@@ -26,7 +26,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -38,33 +37,17 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from local_broker import start_mosquitto
+
 FLEET = "scale"
 BUNDLE = {"id": "bench-bundle", "name": "bench", "version": "1", "target": "x86-64",
           "variant": "float", "threads": 1}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_broker(workdir: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
-                    "max_queued_messages 1000000\nmax_inflight_messages 1000\n"
-                    f"persistence false\nlog_dest file {workdir}/mosquitto.log\n")
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("error: mosquitto did not start")
+    return start_mosquitto(workdir, "set_tcp_nodelay true\nmax_queued_messages 1000000\n"
+                           "max_inflight_messages 1000\npersistence false\n"
+                           f"log_dest file {workdir}/mosquitto.log\n")
 
 
 def _client(name: str, host: str, port: int):

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from local_broker import start_mosquitto
 
 from edgekit.bundle_writer import MemberFile, write_bundle
 from edgekit_agent.bundle.manifest import Manifest, ModelRef, Variant, sha256_hex
@@ -53,27 +52,6 @@ def _bundle(out: Path, version: str, extra: bytes, key: Path) -> Path:
     if extra:
         files.append(MemberFile("payload.bin", extra, "extra"))
     return write_bundle(out, manifest, files, key)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _mosquitto(workdir: Path) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n")
-    proc = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("mosquitto did not start")
 
 
 def _agent(root: Path, name: str, port: int, pub: Path, v1: Path) -> subprocess.Popen:
@@ -132,7 +110,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         key, pub = generate_keypair(tmp / "fleet")
-        broker, port = _mosquitto(tmp)
+        broker, port = start_mosquitto(tmp, "user root\n")
         agents = []
         try:
             v1 = _bundle(tmp / "v1.ekb", "1", b"", key)

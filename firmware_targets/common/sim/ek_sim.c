@@ -12,21 +12,18 @@
 #define _XOPEN_SOURCE 600
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <termios.h>
 #include <unistd.h>
 
 #include "ek_flash.h"
+#include "ek_pty.h"
 #include "ek_update.h"
 
-static int flash_fd = -1, pty_fd = -1;
+static int flash_fd = -1;
 static uint32_t slot_size = 1024u * 1024u;
 static const char *board = "";
-static volatile sig_atomic_t stop;
 static int reboot_requested;
 
 static long area_base(unsigned area) { return (long)area * (long)slot_size; }
@@ -71,21 +68,7 @@ const char *ek_port_board(void) { return board; }
 
 void ek_port_reboot(void) { reboot_requested = 1; }
 
-/* A UART has no receiver to wait for: if nobody drains the pty, bytes are lost. */
-void ek_port_tx(const uint8_t *data, size_t len) {
-    while (len) {
-        ssize_t n = write(pty_fd, data, len);
-        if (n > 0) {
-            data += n, len -= (size_t)n;
-        } else if (n < 0 && errno == EAGAIN) {
-            struct pollfd p = {0};
-            p.fd = pty_fd, p.events = POLLOUT;
-            if (poll(&p, 1, 50) <= 0) return;
-        } else if (!(n < 0 && errno == EINTR)) {
-            return;
-        }
-    }
-}
+void ek_port_tx(const uint8_t *data, size_t len) { ek_pty_write(data, len); }
 
 static void boot(void) {
     int slot = ek_boot();
@@ -153,62 +136,20 @@ static int dump_active(void) {
     return fflush(stdout) == 0 ? 0 : 1;
 }
 
-static void set_raw(int fd) {
-    struct termios t;
-    if (tcgetattr(fd, &t)) return;
-    t.c_iflag &= ~(tcflag_t)(IGNBRK | BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IXON | IXOFF);
-    t.c_oflag &= ~(tcflag_t)OPOST;
-    t.c_lflag &= ~(tcflag_t)(ECHO | ECHONL | ICANON | ISIG | IEXTEN);
-    t.c_cflag &= ~(tcflag_t)(CSIZE | PARENB);
-    t.c_cflag |= CS8;
-    t.c_cc[VMIN] = 1;
-    t.c_cc[VTIME] = 0;
-    tcsetattr(fd, TCSANOW, &t);
+static void after_rx(void) {
+    if (reboot_requested) {
+        reboot_requested = 0;
+        boot();
+    }
 }
-
-/* The pty: raw from the start (an echoing line discipline would feed our replies back), and
- * we hold the slave open ourselves so the master never hangs up between host sessions. */
-static int open_pty(int *slave_fd) {
-    const char *name;
-    pty_fd = posix_openpt(O_RDWR | O_NOCTTY);
-    if (pty_fd < 0 || grantpt(pty_fd) || unlockpt(pty_fd) || !(name = ptsname(pty_fd))) return -1;
-    *slave_fd = open(name, O_RDWR | O_NOCTTY);
-    if (*slave_fd < 0) return -1;
-    set_raw(*slave_fd);
-    fcntl(pty_fd, F_SETFL, fcntl(pty_fd, F_GETFL) | O_NONBLOCK);
-    printf("%s\n", name);
-    return fflush(stdout);
-}
-
-static void on_signal(int sig) { (void)sig, stop = 1; }
 
 static int serve(void) {
-    uint8_t buf[4096];
-    int slave_fd;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    if (open_pty(&slave_fd)) {
+    if (ek_pty_open()) {
         fprintf(stderr, "error: cannot open a pty: %s\n", strerror(errno));
         return 1;
     }
     boot();
-    while (!stop) {
-        struct pollfd p = {0};
-        ssize_t n;
-        p.fd = pty_fd, p.events = POLLIN;
-        if (poll(&p, 1, 200) <= 0) continue;
-        n = read(pty_fd, buf, sizeof buf);
-        if (n > 0) ek_rx(buf, (size_t)n);
-        if (reboot_requested) {
-            reboot_requested = 0;
-            boot();
-        }
-    }
-    close(slave_fd);
-    return 0;
+    return ek_pty_serve(ek_rx, after_rx);
 }
 
 static void usage(void) {

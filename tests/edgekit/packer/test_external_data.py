@@ -19,28 +19,22 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from edgekit_agent.bundle.reader import open_bundle
 
-N = 16  # floats of external data the model reads (64 bytes)
+# the agent's store tests build the same hostile model (the device refuses it too)
+sys.path.insert(0, str(Path(__file__).parents[2] / "agent" / "store"))
+from hostile import LEAK_FLOATS, leaky_onnx  # noqa: E402
+
+N = LEAK_FLOATS  # floats of external data the model reads (64 bytes)
 
 
 def leaky_model(folder: Path, location: str, n: int = N) -> Path:
     """y = x + w, where w's bytes are 'stored' in ``location`` (the attack: w = a secret)."""
-    w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1, n])
-    w.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", "0"), ("length", str(4 * n))):
-        entry = w.external_data.add()
-        entry.key, entry.value = key, value
-    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "leak",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "leak.onnx"
-    path.write_bytes(model.SerializeToString())
+    path.write_bytes(leaky_onnx(location, n))
     return path
 
 

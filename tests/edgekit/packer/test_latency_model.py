@@ -29,7 +29,12 @@ def test_digits_for_rpi4_ends_in_int8_on_the_cortex_a72_estimate(tmp_path, digit
     result = edgekit.pack(str(digits.onnx), "rpi4", out, calib=digits.calib,
                           eval_data=digits.eval, labels=digits.labels)
     m = open_bundle(out).manifest
-    assert result.chosen[0].recipe.name == "static_int8"
+    chosen = result.chosen[0]
+    assert chosen.recipe.quantization == "static_int8" and chosen.latency.ratio <= 0.8
+    # of the int8 candidates the estimate favours, the least lossy (a better calibration of the
+    # plain int8 the cost model nominated)
+    faster = [c for c in result.candidates if c.fits and c.latency.ratio <= 0.8]
+    assert chosen.fidelity.min_sqnr_db == max(c.fidelity.min_sqnr_db for c in faster)
     assert m.model.size_bytes <= 0.30 * m.source["size_bytes"]
     assert m.primary.fidelity.accuracy_drop <= 0.01
     assert m.primary.latency_source == "estimated" and m.source["latency_source"] == "estimated"
@@ -39,6 +44,9 @@ def test_digits_for_rpi4_ends_in_int8_on_the_cortex_a72_estimate(tmp_path, digit
     assert tried[:2] == ["fp32", "fp16"] and result.candidates[1].fits
     assert result.candidates[1].latency.source == "estimated"
     assert result.candidates[1].latency.ratio == pytest.approx(1.0, abs=0.02)
+    # fp16 is less lossy; int8 won by the speed preference, and the summary says so
+    assert result.candidates[1].fidelity.min_sqnr_db > result.chosen[0].fidelity.min_sqnr_db
+    assert "less lossy fp16" in result.why and "speed is judged" in result.why
     # the key survives a manifest round trip, and the table marks estimates
     assert Manifest.from_dict(m.to_dict()).to_dict()["latency_source"] == "estimated"
     assert " est" in result.render()
