@@ -251,21 +251,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
 @command
 def cmd_serve(args: argparse.Namespace) -> int:
     config = AgentConfig.from_file(args.config)
+    stop = _stop_on_signal()  # before anything is served: a client may stop us at once
     with Agent.from_config(config) as agent:
         api = HttpApi.from_config(agent, config).start()
         print(printable(f"edgekit-agent: serving {agent.manifest.name} {agent.manifest.version} "
                         f"({agent.bundle_id}) on {api.url}"), file=sys.stderr, flush=True)
-        _wait_for_stop_signal()
+        while not stop.wait(3600):
+            pass
         api.stop()
     return 0
 
 
-def _wait_for_stop_signal() -> None:
+def _stop_on_signal() -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(3600):
-        pass
+    return stop
 
 
 @command

@@ -76,6 +76,7 @@ class Supervisor:
         self.children: list[Child] = []
         self._lock = threading.Lock()
         self._previous: dict[int, Any] = {}
+        self.signalled = 0
 
     def install_handlers(self) -> None:
         atexit.register(self.stop_all)
@@ -91,7 +92,15 @@ class Supervisor:
         atexit.unregister(self.stop_all)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        # Remembered as well as raised: a SystemExit raised while the main thread happens to run
+        # a __del__ or a GC callback is swallowed by Python, so steps check this flag too.
+        self.signalled = signum
         raise SystemExit(128 + signum)
+
+    def check_signal(self) -> None:
+        """SystemExit if a stop signal came (see _on_signal)."""
+        if self.signalled:
+            raise SystemExit(128 + self.signalled)
 
     def spawn(self, name: str, argv: list[str], *, pipe_stdout: bool = False,
               env: dict[str, str] | None = None) -> Child:

@@ -63,6 +63,7 @@ class Demo:
         print(text, file=self.out, flush=True)
 
     def step(self, n: int, title: str) -> None:
+        self.sup.check_signal()
         self.say(f"\n== {n}/7 {title}")
 
     def run(self) -> dict[str, Any]:
@@ -71,6 +72,7 @@ class Demo:
         ok = False
         try:
             self._story()
+            self.sup.check_signal()
             ok = True
         except SystemExit as exc:  # a signal (see procs.Supervisor): say so, then stop everything
             self.say(f"\ndemo interrupted (exit {exc.code}): stopping every process it started")
