@@ -94,7 +94,11 @@ def _layer(f_t: Any, q_t: Any, f_op: Any, q_op: Any, f_in: str) -> _Layer | None
         flat = w.reshape(w.shape[0], -1)
     if scale.size != flat.shape[0] or flat.shape[1] > MAX_TAPS or np.any(scale <= 0):
         return None
-    q_in = tm.tensor_name(q_sg.tensors[tm.ints(q_op.inputs)[0]])
+    x = q_sg.tensors[tm.ints(q_op.inputs)[0]]
+    in_ch = int(x.shape[-1]) if x.shape is not None and len(x.shape) else -1
+    if in_ch != int(w.shape[-1]):  # a depth multiplier > 1 (or an FC that reshapes its input)
+        return None
+    q_in = tm.tensor_name(x)
     return _Layer(op, f_in, q_in, flat.astype(np.float64), scale, w_i, tuple(w.shape),
                   _geometry(op, q_op.builtinOptions, w.shape))
 
