@@ -11,8 +11,9 @@ import edgekit
 from edgekit.errors import BudgetError
 from edgekit.packer.adaround import adaround
 from edgekit.packer.bias_correction import correct_bias
+from edgekit.packer.decompose import prelu_to_relu_mul
 from edgekit.packer.equalize import equalize
-from edgekit.packer.quantize_tflite import quantize_tflite
+from edgekit.packer.quantize_tflite import float_compute_ops, quantize_tflite
 from edgekit.packer.ranges import as_ranges, choose_ranges
 from edgekit.packer.tuned import quantize_tuned
 from edgekit.tflite.rewrite import split_fused_activation
@@ -133,3 +134,24 @@ def test_learned_rounding_beats_round_to_nearest(v3):
     assert after >= before + 1.0, (before, after)
     # only int8 weight values changed: same size, same scales
     assert abs(len(rounded) - len(nearest)) <= 64
+
+
+def test_prelu_model_becomes_full_integer_in_tuned_int8():
+    """ai-edge-quantizer leaves PRELU in float (an int8 model Vela and TFLM-only targets refuse);
+    the tuned rung rewrites it as alpha*x + (1-alpha)*relu(x), the same function in int8 ops."""
+    from mobile_models import digits_images, trained_tflite
+
+    images, labels = digits_images()
+    model = trained_tflite("prelu", images[:1297], labels[:1297])
+    feeds = [{"image": images[i:i + 1]} for i in range(64)]
+    evals = images[1297:1329]
+    ref = _outputs(model, evals)
+    decomposed, n = prelu_to_relu_mul(model)
+    assert n == 9  # the stem + two per block in the four PReLU blocks (the last is ReLU6)
+    assert _sqnr(ref, _outputs(decomposed, evals)) > 90.0
+    plain = quantize_tflite(model, "static_int8", feeds)
+    assert "PRELU" in float_compute_ops(plain)
+    tuned, stats = quantize_tuned(model, "static_int8", feeds)
+    assert stats["tuning"]["prelu_decomposed"] == n
+    assert float_compute_ops(tuned) == frozenset()
+    assert _sqnr(ref, _outputs(tuned, evals)) >= _sqnr(ref, _outputs(plain, evals)) - 0.5
