@@ -9,7 +9,7 @@ without signatures) and RapidOCR 1.4.4 (PaddleOCR direction classifier and text 
 ONNX with dynamic dims). Calibration (32) and evaluation (8) inputs are made offline: crops
 of scikit-learn's bundled sample photos, and text lines rendered with PIL for OCR.
 
-For every model x target (rpi4, coral-usb, ethos-u55-128, stm32h7) the packer runs with the
+For every model x target (rpi4, coral-usb, ethos-u55-128, ethos-u65-256, stm32h7) the packer runs with the
 fidelity floor ``--floor`` (for coral-usb at least the best anchor + 3 dB, see
 ``target_floor``); a refusal is recorded with its first line. Anchors, all full
 int8, measured on the same evaluation data against the same float outputs (SQNR, size, host
@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 WHEELS = {"mediapipe": "mediapipe==0.10.14", "rapidocr": "rapidocr-onnxruntime==1.4.4"}
-TARGETS = ("rpi4", "coral-usb", "ethos-u55-128", "stm32h7")
+TARGETS = ("rpi4", "coral-usb", "ethos-u55-128", "ethos-u65-256", "stm32h7")
 N_CALIB, N_EVAL = 32, 8
 
 
