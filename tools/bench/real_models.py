@@ -415,7 +415,10 @@ def _judge(entry: dict) -> None:
     """Per target: edgekit's full-int8 margin over the best anchor (the acceptance figure)."""
     best = best_anchor(entry)
     for r in entry["targets"].values():
-        db = r.get("sqnr_db") if r.get("status") == "packed" else r.get("best_full_int")
+        r.pop("vs_best_anchor_db", None)
+        r.pop("best_anchor", None)
+        full_int = r.get("status") == "packed" and r.get("recipe", "").startswith("static_")
+        db = r.get("sqnr_db") if full_int else r.get("best_full_int")
         if best and db is not None:
             r["vs_best_anchor_db"] = round(db - best[1]["sqnr_db"], 2)
             r["best_anchor"] = best[0]
@@ -450,8 +453,11 @@ def _target_cell(r: dict) -> str:
         return (f"{r['recipe']}: {r['sqnr_db']} dB, {r['size_ratio']:.2f}x, "
                 f"{r['latency_ms']} ms ({r['latency_source']}){vs}")
     best = r.get("best_full_int")
+    why = r.get("message", "")[:90]
+    if why.endswith(":") and r.get("details"):  # "no recipe fits X:" + the table's reasons
+        why += " " + "; ".join(d.split("  no  ")[-1].strip()[:80] for d in r["details"][:2])
     return (f"{r.get('status', '-')}" + (f" (best full int {best} dB{vs})" if best else "")
-            + f": {r.get('message', '')[:90]}")
+            + f": {why}")
 
 
 def main() -> None:
