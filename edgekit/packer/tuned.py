@@ -1,6 +1,7 @@
 """``static_int8_tuned``: full int8 with the techniques plain post-training quantization lacks.
 
-0. PRELU written as RELU/MUL/ADD (``decompose``: ai-edge-quantizer leaves PRELU in float);
+0. PRELU and RELU_0_TO_1 written in ops ai-edge-quantizer quantizes (``decompose``; it leaves
+   PRELU in float, and TFLM has no RELU_0_TO_1 kernel);
 1. cross-layer equalisation of conv pairs (``equalize``), on the float model;
 2. per-tensor activation ranges: min-max, percentile or MSE-optimal (``ranges``);
 3. learned rounding of the int8 conv/FC weights (``adaround``: each layer's output error on
@@ -23,7 +24,7 @@ from edgekit_agent.runtime import Runner, load_backend
 from ..errors import CalibrationError, EdgekitError
 from .adaround import adaround
 from .bias_correction import correct_bias
-from .decompose import hard_swish_to_mul, prelu_to_relu_mul
+from .decompose import hard_swish_to_mul, prelu_to_relu_mul, relu_0_to_1_to_relu6
 from .equalize import equalize
 from .quantize_tflite import float_compute_ops, quantize_tflite
 from .ranges import as_ranges, choose_ranges
@@ -52,9 +53,11 @@ def quantize_tuned(model: bytes, scheme: str, calib: list[dict[str, np.ndarray]]
         if n:
             log["hard_swish_decomposed"] = n
     if not float_ops:  # float_ops index the model as given: no rewrite then
-        model, n = prelu_to_relu_mul(model)
-        if n:
-            log["prelu_decomposed"] = n
+        for key, rewrite in (("prelu_decomposed", prelu_to_relu_mul),
+                             ("relu_0_to_1_decomposed", relu_0_to_1_to_relu6)):
+            model, n = rewrite(model)
+            if n:
+                log[key] = n
     if quick:
         return _quick(model, scheme, calib, build, score, log)
     best = build(model)
