@@ -39,7 +39,6 @@ _SEED = 0
 class _Layer:
     op: str
     f_in: str  # the input tensor's name in the float model
-    q_in: str  # ... in the quantized model
     w: np.ndarray  # float weights, (channels, taps)
     scale: np.ndarray  # (channels,)
     w_index: int  # the quantized weight tensor
@@ -47,8 +46,8 @@ class _Layer:
     geometry: tuple[int, int, int, int, int, int, int]  # kh, kw, sh, sw, dh, dw, same
 
 
-def adaround(float_model: bytes, quant_model: bytes, calib: list[dict[str, np.ndarray]],
-             *, progress: Any = None) -> tuple[bytes, dict[str, Any]]:
+def adaround(float_model: bytes, quant_model: bytes,
+             calib: list[dict[str, np.ndarray]]) -> tuple[bytes, dict[str, Any]]:
     """(the quantized model with learned int8 weight rounding, stats). ``float_model`` is the
     model ``quant_model`` was quantized from (the equalised one when equalised)."""
     f_t, q_t = tm.load(float_model), tm.load(quant_model)
@@ -59,8 +58,6 @@ def adaround(float_model: bytes, quant_model: bytes, calib: list[dict[str, np.nd
     stats = _statistics(float_model, layers, calib)
     gains, flipped = [], 0
     for lay in layers:
-        if progress is not None:
-            progress()
         if lay.w_index not in stats:
             continue
         q, gain, n = _round_layer(lay, stats[lay.w_index])
@@ -98,8 +95,7 @@ def _layer(f_t: Any, q_t: Any, f_op: Any, q_op: Any, f_in: str) -> _Layer | None
     in_ch = int(x.shape[-1]) if x.shape is not None and len(x.shape) else -1
     if in_ch != int(w.shape[-1]):  # a depth multiplier > 1 (or an FC that reshapes its input)
         return None
-    q_in = tm.tensor_name(x)
-    return _Layer(op, f_in, q_in, flat.astype(np.float64), scale, w_i, tuple(w.shape),
+    return _Layer(op, f_in, flat.astype(np.float64), scale, w_i, tuple(w.shape),
                   _geometry(op, q_op.builtinOptions, w.shape))
 
 
