@@ -11,11 +11,12 @@ import edgekit
 from edgekit.errors import BudgetError
 from edgekit.packer.adaround import adaround
 from edgekit.packer.bias_correction import correct_bias
-from edgekit.packer.decompose import prelu_to_relu_mul
+from edgekit.packer.decompose import prelu_to_relu_mul, relu_0_to_1_to_relu6
 from edgekit.packer.equalize import equalize
 from edgekit.packer.quantize_tflite import float_compute_ops, quantize_tflite
 from edgekit.packer.ranges import as_ranges, choose_ranges
 from edgekit.packer.tuned import quantize_tuned
+from edgekit.tflite import model as tm
 from edgekit.tflite.rewrite import split_fused_activation
 from edgekit_agent.bundle.reader import open_bundle
 from edgekit_agent.runtime import Runner, load_backend
@@ -155,3 +156,47 @@ def test_prelu_model_becomes_full_integer_in_tuned_int8():
     assert stats["tuning"]["prelu_decomposed"] == n
     assert float_compute_ops(tuned) == frozenset()
     assert _sqnr(ref, _outputs(tuned, evals)) >= _sqnr(ref, _outputs(plain, evals)) - 0.5
+
+
+def test_relu_0_to_1_model_becomes_full_integer_in_tuned_int8():
+    """clip(x, 0, 1) (PaddleOCR's hard-sigmoid after onnx2tf) is RELU_0_TO_1, which TFLM has no
+    kernel for; the tuned rung writes it as MUL(x, 6; fused RELU6) * 1/6, all int8."""
+    import tensorflow as tf
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = (d.data / 16.0).astype(np.float32), d.target
+    tf.keras.utils.set_random_seed(0)
+    inp = tf.keras.Input((64,), batch_size=1, name="image")
+    h = tf.keras.layers.Lambda(lambda t: tf.clip_by_value(t, 0.0, 1.0))(
+        tf.keras.layers.Dense(48)(inp))
+    net = tf.keras.Model(inp, tf.keras.layers.Dense(10)(h))
+    net.compile("adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    net.fit(x[:1400], y[:1400], epochs=3, batch_size=1, verbose=0)
+    model = _as_relu_0_to_1(tf.lite.TFLiteConverter.from_keras_model(net).convert())
+    assert "RELU_0_TO_1" in tm.op_names(model)
+    feeds = [{"image": x[i:i + 1]} for i in range(64)]
+    evals = x[1400:1432]
+    ref = _outputs(model, evals)
+    decomposed, n = relu_0_to_1_to_relu6(model)
+    assert n == 1 and "RELU_0_TO_1" not in tm.op_names(decomposed)
+    assert _sqnr(ref, _outputs(decomposed, evals)) > 90.0
+    tuned, stats = quantize_tuned(model, "static_int8", feeds)
+    assert stats["tuning"]["relu_0_to_1_decomposed"] == 1
+    assert float_compute_ops(tuned) == frozenset()
+    assert _sqnr(ref, _outputs(tuned, evals)) > 25.0
+
+
+def _as_relu_0_to_1(model: bytes) -> bytes:
+    """TF's converter writes clip(x, 0, 1) as MINIMUM(x, 1) -> RELU; onnx2tf writes one op."""
+    model_t = tm.load(model)
+    ops = model_t.subgraphs[0].operators
+    names = tm.op_names(model_t)
+    first, second = ops[names.index("MINIMUM")], ops[names.index("RELU")]
+    first.opcodeIndex = tm.opcode_index(model_t, "RELU_0_TO_1")
+    first.inputs = np.asarray(tm.ints(first.inputs)[:1], np.int32)
+    first.outputs = second.outputs
+    first.builtinOptionsType, first.builtinOptions = 0, None
+    ops.remove(second)
+    tm.remove_unused(model_t)
+    return tm.save(model_t)
