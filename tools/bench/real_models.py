@@ -296,7 +296,9 @@ def pack_one(path: Path, spec: Spec, target: str, data_dir: Path, floor: float) 
                 "best_full_int": _best_full_int(str(exc)), "seconds": round(time.time() - t0)}
     c = result.chosen[0]
     lat = result.manifest.primary.latency_ms
+    pre = c.fidelity.pre_activation_sqnr_db  # what the packer decides on behind a sigmoid
     return {"status": "packed", "recipe": c.recipe.name, "sqnr_db": round(c.fidelity.min_sqnr_db, 2),
+            **({"pre_activation_sqnr_db": round(pre, 2)} if pre is not None else {}),
             "size_bytes": len(c.shipped), "size_ratio": round(len(c.shipped) / path.stat().st_size, 3),
             "latency_ms": lat, "latency_source": result.manifest.primary.latency_source,
             "candidates": {x.recipe.name: (round(x.fidelity.min_sqnr_db, 2) if x.fidelity else None)
@@ -450,7 +452,8 @@ def _target_cell(r: dict) -> str:
     margin = r.get("vs_best_anchor_db")
     vs = f" ({margin:+.1f} dB vs best anchor)" if margin is not None else ""
     if r.get("status") == "packed":
-        return (f"{r['recipe']}: {r['sqnr_db']} dB, {r['size_ratio']:.2f}x, "
+        pre = f" (pre-act {r['pre_activation_sqnr_db']})" if "pre_activation_sqnr_db" in r else ""
+        return (f"{r['recipe']}: {r['sqnr_db']} dB{pre}, {r['size_ratio']:.2f}x, "
                 f"{r['latency_ms']} ms ({r['latency_source']}){vs}")
     best = r.get("best_full_int")
     why = r.get("message", "")[:90]
