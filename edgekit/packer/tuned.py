@@ -1,8 +1,12 @@
 """``static_int8_tuned``: full int8 with the techniques plain post-training quantization lacks.
 
+0. PRELU and RELU_0_TO_1 written in ops ai-edge-quantizer quantizes (``decompose``; it leaves
+   PRELU in float, and TFLM has no RELU_0_TO_1 kernel);
 1. cross-layer equalisation of conv pairs (``equalize``), on the float model;
 2. per-tensor activation ranges: min-max, percentile or MSE-optimal (``ranges``);
-3. empirical bias correction of the int8 conv/FC biases (``bias_correction``).
+3. learned rounding of the int8 conv/FC weights (``adaround``: each layer's output error on
+   the calibration inputs, not each weight's own, decides up or down);
+4. empirical bias correction of the int8 conv/FC biases (``bias_correction``).
 
 Each step is kept only when it raises the output SQNR on the calibration samples, so the
 tuned model is never worse there than plain min-max int8 (which is built as the baseline).
@@ -18,8 +22,9 @@ import numpy as np
 from edgekit_agent.runtime import Runner, load_backend
 
 from ..errors import CalibrationError, EdgekitError
+from .adaround import adaround
 from .bias_correction import correct_bias
-from .decompose import hard_swish_to_mul
+from .decompose import hard_swish_to_mul, prelu_to_relu_mul, relu_0_to_1_to_relu6
 from .equalize import equalize
 from .quantize_tflite import float_compute_ops, quantize_tflite
 from .ranges import as_ranges, choose_ranges
@@ -47,6 +52,12 @@ def quantize_tuned(model: bytes, scheme: str, calib: list[dict[str, np.ndarray]]
         model, n = hard_swish_to_mul(model)
         if n:
             log["hard_swish_decomposed"] = n
+    if not float_ops:  # float_ops index the model as given: no rewrite then
+        for key, rewrite in (("prelu_decomposed", prelu_to_relu_mul),
+                             ("relu_0_to_1_decomposed", relu_0_to_1_to_relu6)):
+            model, n = rewrite(model)
+            if n:
+                log[key] = n
     if quick:
         return _quick(model, scheme, calib, build, score, log)
     best = build(model)
@@ -66,16 +77,12 @@ def quantize_tuned(model: bytes, scheme: str, calib: list[dict[str, np.ndarray]]
         except EdgekitError:
             continue
         log.setdefault("ranges", dict(Counter(c.method for c in choices.values())))
-        db = score(cand)
-        log[f"{label}_calib_sqnr_db"] = round(db, 2)
-        corrected, n = correct_bias(reference, cand, calib)
-        db_bc = score(corrected)
-        log[f"{label}+bias_calib_sqnr_db"] = round(db_bc, 2)
-        for m, d, steps in ((cand, db, label), (corrected, db_bc, f"{label}+bias")):
-            if d > best_db:
-                best, best_db, log["kept"] = m, d, steps
-                log["bias_corrected_layers"] = n if m is corrected else 0
-                log.update(extra)
+        for steps, m, stats in _refinements(label, reference, cand, calib):
+            db = score(m)
+            log[f"{steps}_calib_sqnr_db"] = round(db, 2)
+            if db > best_db:
+                best, best_db, log["kept"] = m, db, steps
+                log.update(extra, **stats)
     log.setdefault("kept", "plain")
     log["calib_sqnr_db"] = round(best_db, 2)
     return best, {"tuning": log}
@@ -85,11 +92,26 @@ def _quick(model: bytes, scheme: str, calib: list[dict[str, np.ndarray]], build:
            score: Any, log: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
     bits = 16 if scheme == "static_int16x8" else 8
     cand = build(model, as_ranges(choose_ranges(model, calib, bits=bits)))
-    corrected, n = correct_bias(model, cand, calib)
-    db, db_bc = score(cand), score(corrected)
-    log.update(kept="ranges+bias" if db_bc > db else "ranges", calib_sqnr_db=round(max(db, db_bc), 2),
-               bias_corrected_layers=n if db_bc > db else 0)
-    return (corrected if db_bc > db else cand), {"tuning": log}
+    scored = [(score(m), steps, m, stats)
+              for steps, m, stats in _refinements("ranges", model, cand, calib)]
+    db, steps, best, stats = max(scored, key=lambda t: t[0])
+    log.update(kept=steps, calib_sqnr_db=round(db, 2), **stats)
+    return best, {"tuning": log}
+
+
+def _refinements(label: str, reference: bytes, cand: bytes, calib: list[dict[str, np.ndarray]]
+                 ) -> list[tuple[str, bytes, dict[str, Any]]]:
+    """(steps, model, stats) of ``cand`` as it is, bias corrected, with learned rounding, and
+    with both (rounding first: bias correction removes the mean shift rounding leaves)."""
+    out = [(label, cand, {"bias_corrected_layers": 0, "adaround_layers": 0})]
+    corrected, n = correct_bias(reference, cand, calib)
+    out.append((f"{label}+bias", corrected, {"bias_corrected_layers": n, "adaround_layers": 0}))
+    rounded, stats = adaround(reference, cand, calib)
+    if stats["adaround_layers"]:
+        out.append((f"{label}+adaround", rounded, {"bias_corrected_layers": 0, **stats}))
+        both, n = correct_bias(reference, rounded, calib)
+        out.append((f"{label}+adaround+bias", both, {"bias_corrected_layers": n, **stats}))
+    return out
 
 
 def _variants(model: bytes) -> list[tuple[str, bytes, bytes, dict[str, int]]]:

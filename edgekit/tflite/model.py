@@ -229,6 +229,7 @@ def remove_unused(model_t: Any) -> None:
         sg.tensors = [sg.tensors[i] for i in keep]
         _remap_tensor_refs(model_t, sg_index, remap)
     used = {0} | {m.buffer for m in model_t.metadata or []}
+    used |= set(ints(model_t.metadataBuffer))  # the deprecated list MediaPipe's models still set
     used |= {t.buffer for sg in model_t.subgraphs for t in sg.tensors}
     keep_buffers = sorted(b for b in used if b < len(model_t.buffers))
     remap_buf = {old: new for new, old in enumerate(keep_buffers)}
@@ -238,6 +239,9 @@ def remove_unused(model_t: Any) -> None:
             t.buffer = remap_buf[t.buffer]
     for m in model_t.metadata or []:
         m.buffer = remap_buf[m.buffer]
+    if model_t.metadataBuffer is not None and len(model_t.metadataBuffer):
+        model_t.metadataBuffer = np.asarray(
+            [remap_buf[b] for b in ints(model_t.metadataBuffer) if b in remap_buf], np.int32)
 
 
 def _referenced_tensors(model_t: Any, sg_index: int) -> set[int]:

@@ -45,6 +45,8 @@ def _block(x, expand: int, out: int, stride: int, act: str, se: bool):
     def activation(y):
         if act == "hswish":
             return L.Activation(_hard_swish)(y)
+        if act == "prelu":  # MediaPipe's face landmark model uses PReLU throughout
+            return L.PReLU(shared_axes=[1, 2])(y)
         return L.ReLU(6.0 if act == "relu6" else None)(y)
 
     y = L.Conv2D(ch * expand, 1, use_bias=False)(x)
@@ -68,11 +70,14 @@ def build_mobile(kind: str, seed: int = 0, batch: int | None = 1):
 
     tf.keras.utils.set_random_seed(seed)
     L = tf.keras.layers
-    act = {"v2": "relu", "v3": "hswish"}[kind]
+    act = {"v2": "relu", "v3": "hswish", "prelu": "prelu"}[kind]
     x_in = tf.keras.Input((SIDE, SIDE, 3), batch_size=batch, name="image")
     x = L.Conv2D(16, 3, strides=2, padding="same", use_bias=False)(x_in)
     x = L.BatchNormalization(momentum=0.8)(x)
-    x = L.Activation(_hard_swish)(x) if act == "hswish" else L.ReLU(6.0)(x)
+    if act == "prelu":
+        x = L.PReLU(shared_axes=[1, 2])(x)
+    else:
+        x = L.Activation(_hard_swish)(x) if act == "hswish" else L.ReLU(6.0)(x)
     x = _block(x, 1, 16, 1, act, se=False)
     x = _block(x, 4, 24, 2, act, se=kind == "v3")
     x = _block(x, 3, 24, 1, act, se=kind == "v3")

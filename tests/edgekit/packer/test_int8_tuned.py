@@ -9,11 +9,14 @@ import pytest
 
 import edgekit
 from edgekit.errors import BudgetError
+from edgekit.packer.adaround import adaround
 from edgekit.packer.bias_correction import correct_bias
+from edgekit.packer.decompose import prelu_to_relu_mul, relu_0_to_1_to_relu6
 from edgekit.packer.equalize import equalize
-from edgekit.packer.quantize_tflite import quantize_tflite
+from edgekit.packer.quantize_tflite import float_compute_ops, quantize_tflite
 from edgekit.packer.ranges import as_ranges, choose_ranges
 from edgekit.packer.tuned import quantize_tuned
+from edgekit.tflite import model as tm
 from edgekit.tflite.rewrite import split_fused_activation
 from edgekit_agent.bundle.reader import open_bundle
 from edgekit_agent.runtime import Runner, load_backend
@@ -117,3 +120,83 @@ def test_ethos_u_ships_int16x8_when_int8_cannot_and_coral_refuses_precisely(tmp_
     assert "int16 activations (16x8) reaches" in text and "ethos-u55-128" in text
     assert "on the CPU in float" in text and "rpi4 (cortex-a72)" in text
     assert not (tmp_path / "r.ekb").exists()
+
+
+def test_learned_rounding_beats_round_to_nearest(v3):
+    """AdaRound-style rounding on the same int8 model (same scales, same ranges): each layer's
+    output error on the calibration inputs falls, and so does the model's on held-out data."""
+    model, feeds, evals, ref = v3
+    nearest = quantize_tflite(model, "static_int8", feeds,
+                              ranges=as_ranges(choose_ranges(model, feeds)))
+    rounded, stats = adaround(model, nearest, feeds)
+    assert stats["adaround_layers"] >= 20 and stats["adaround_flipped_weights"] > 1000
+    assert stats["adaround_median_layer_gain_db"] >= 2.0, stats
+    before, after = _sqnr(ref, _outputs(nearest, evals)), _sqnr(ref, _outputs(rounded, evals))
+    assert after >= before + 1.0, (before, after)
+    # only int8 weight values changed: same size, same scales
+    assert abs(len(rounded) - len(nearest)) <= 64
+
+
+def test_prelu_model_becomes_full_integer_in_tuned_int8():
+    """ai-edge-quantizer leaves PRELU in float (an int8 model Vela and TFLM-only targets refuse);
+    the tuned rung rewrites it as alpha*x + (1-alpha)*relu(x), the same function in int8 ops."""
+    from mobile_models import digits_images, trained_tflite
+
+    images, labels = digits_images()
+    model = trained_tflite("prelu", images[:1297], labels[:1297])
+    feeds = [{"image": images[i:i + 1]} for i in range(64)]
+    evals = images[1297:1329]
+    ref = _outputs(model, evals)
+    decomposed, n = prelu_to_relu_mul(model)
+    assert n == 9  # the stem + two per block in the four PReLU blocks (the last is ReLU6)
+    assert _sqnr(ref, _outputs(decomposed, evals)) > 90.0
+    plain = quantize_tflite(model, "static_int8", feeds)
+    assert "PRELU" in float_compute_ops(plain)
+    tuned, stats = quantize_tuned(model, "static_int8", feeds)
+    assert stats["tuning"]["prelu_decomposed"] == n
+    assert float_compute_ops(tuned) == frozenset()
+    assert _sqnr(ref, _outputs(tuned, evals)) >= _sqnr(ref, _outputs(plain, evals)) - 0.5
+
+
+def test_relu_0_to_1_model_becomes_full_integer_in_tuned_int8():
+    """clip(x, 0, 1) (PaddleOCR's hard-sigmoid after onnx2tf) is RELU_0_TO_1, which TFLM has no
+    kernel for; the tuned rung writes it as MUL(x, 6; fused RELU6) * 1/6, all int8."""
+    import tensorflow as tf
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = (d.data / 16.0).astype(np.float32), d.target
+    tf.keras.utils.set_random_seed(0)
+    inp = tf.keras.Input((64,), batch_size=1, name="image")
+    h = tf.keras.layers.Lambda(lambda t: tf.clip_by_value(t, 0.0, 1.0))(
+        tf.keras.layers.Dense(48)(inp))
+    net = tf.keras.Model(inp, tf.keras.layers.Dense(10)(h))
+    net.compile("adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    net.fit(x[:1400], y[:1400], epochs=3, batch_size=1, verbose=0)
+    model = _as_relu_0_to_1(tf.lite.TFLiteConverter.from_keras_model(net).convert())
+    assert "RELU_0_TO_1" in tm.op_names(model)
+    feeds = [{"image": x[i:i + 1]} for i in range(64)]
+    evals = x[1400:1432]
+    ref = _outputs(model, evals)
+    decomposed, n = relu_0_to_1_to_relu6(model)
+    assert n == 1 and "RELU_0_TO_1" not in tm.op_names(decomposed)
+    assert _sqnr(ref, _outputs(decomposed, evals)) > 90.0
+    tuned, stats = quantize_tuned(model, "static_int8", feeds)
+    assert stats["tuning"]["relu_0_to_1_decomposed"] == 1
+    assert float_compute_ops(tuned) == frozenset()
+    assert _sqnr(ref, _outputs(tuned, evals)) > 25.0
+
+
+def _as_relu_0_to_1(model: bytes) -> bytes:
+    """TF's converter writes clip(x, 0, 1) as MINIMUM(x, 1) -> RELU; onnx2tf writes one op."""
+    model_t = tm.load(model)
+    ops = model_t.subgraphs[0].operators
+    names = tm.op_names(model_t)
+    first, second = ops[names.index("MINIMUM")], ops[names.index("RELU")]
+    first.opcodeIndex = tm.opcode_index(model_t, "RELU_0_TO_1")
+    first.inputs = np.asarray(tm.ints(first.inputs)[:1], np.int32)
+    first.outputs = second.outputs
+    first.builtinOptionsType, first.builtinOptions = 0, None
+    ops.remove(second)
+    tm.remove_unused(model_t)
+    return tm.save(model_t)
