@@ -43,6 +43,15 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+def _wait_js(page, expression: str, timeout_s: float = 30.0) -> None:
+    """Poll a page expression from here. (Playwright's wait_for_function re-evaluates a string
+    with eval() in the page once it has to poll, which the dashboard's CSP rightly refuses.)"""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"not true in {timeout_s:g} s: {expression}"
+        time.sleep(0.1)
+
+
 def _points(page, chart: str) -> int:
     return int(page.get_attribute(f"#chart-{chart}", "data-points"))
 
@@ -70,19 +79,17 @@ def test_dashboard_in_chromium(fleet_agent, fake_device, start_coordinator, flee
                     if r.status >= 400 else None)
             page.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
             page.goto(coordinator.url + "/")
-            page.wait_for_function("document.querySelectorAll('#devices tbody tr').length === 3",
-                                   timeout=20_000)
+            _wait_js(page, "document.querySelectorAll('#devices tbody tr').length === 3")
             cells = page.locator("#devices tbody td:first-child").all_inner_texts()
             assert cells == ["cam-1", "cam-2", "evil"]
             assert page.inner_text("#summary") == "3 of 3 devices online"
 
-            page.wait_for_function("Number(document.querySelector('#chart-latency')"
-                                   ".dataset.points) >= 4", timeout=20_000)
+            _wait_js(page, "Number(document.querySelector('#chart-latency').dataset.points) >= 4")
             first = {c: _points(page, c) for c in ("latency", "temperature", "mode")}
             time.sleep(3.5)  # agents report every 0.5 s; the page polls every 1.5 s
             evil.telemetry(4.0, mode=HOSTILE)
-            page.wait_for_function(f"Number(document.querySelector('#chart-latency')"
-                                   f".dataset.points) >= {first['latency'] + 4}", timeout=20_000)
+            _wait_js(page, "Number(document.querySelector('#chart-latency').dataset.points) >= "
+                     f"{first['latency'] + 4}")
             later = {c: _points(page, c) for c in ("latency", "temperature", "mode")}
             assert all(later[c] > first[c] for c in first), (first, later)
             drawn = page.evaluate("window.edgekitDashboard.charts.latency.plot.data.length")
