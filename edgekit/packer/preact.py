@@ -3,14 +3,17 @@
 A sigmoid output that sits at 0 … 1e-5 makes SQNR meaningless: float runtimes disagree at
 ~21 dB in that tail and an int8 output rounds it all to 0. So for each output produced by a final
 Sigmoid/Softmax (through Q/DQ, casts, shape ops and a mean), an evaluation copy of the model also returns the
-activation's input; its SQNR is reported beside the output's and the packer decides on it. An
-output the calibration data leaves saturated is reported as such.
+activation's input; its SQNR is reported beside the output's and the packer decides on it. A
+softmax does not see a shift of its logits, so they are compared centred (each row minus its
+mean): a constant offset is no error. An output the calibration data leaves saturated is reported
+as such.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -60,13 +63,23 @@ def _probe_onnx(data: bytes, names: Sequence[str]) -> Probe | None:
         node = producer.get(out.name)
         while node is not None and node.op_type in _ONNX_PASS:
             node = producer.get(node.input[0])
-        if node is not None and node.op_type in ONNX_ACTIVATIONS:
+        if node is not None and node.op_type in ONNX_ACTIVATIONS and _last_axis(node, model, out):
             acts[name] = ONNX_ACTIVATIONS[node.op_type]
             extra.append(node.input[0])
     if not acts:
         return None
     g.output.extend(helper.make_empty_tensor_value_info(t) for t in extra)
     return Probe(model.SerializeToString(), acts, len(names))
+
+
+def _last_axis(node: Any, model: Any, out: Any) -> bool:
+    """A Softmax over the last axis (what centring assumes; TFLite's SOFTMAX always is)."""
+    if node.op_type != "Softmax":
+        return True
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    axis = next((a.i for a in node.attribute if a.name == "axis"), -1 if opset >= 13 else 1)
+    rank = len(out.type.tensor_type.shape.dim)
+    return axis == -1 or (rank > 0 and axis == rank - 1)
 
 
 def _probe_tflite(data: bytes, names: Sequence[str]) -> Probe | None:
@@ -100,7 +113,17 @@ def pre_activation_outputs(model: bytes, fmt: str, names: Sequence[str],
         outs = run_all(make_runner(probe.model, fmt), data)
     except EdgekitError:
         return None
-    return dict(zip(probe.activations, outs[probe.n_outputs:], strict=True))
+    return {name: decision_signal(probe.activations[name], out)
+            for name, out in zip(probe.activations, outs[probe.n_outputs:], strict=True)}
+
+
+def decision_signal(activation: str, logits: np.ndarray) -> np.ndarray:
+    """What fidelity is judged on before ``activation``: softmax logits centred along the class
+    axis (softmax(x + c) == softmax(x)), sigmoid logits as they are."""
+    if activation != "softmax":
+        return logits
+    x = logits.astype(np.float64)
+    return x - x.mean(axis=-1, keepdims=True)
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,12 @@ import numpy as np
 from edgekit_agent.runtime import Runner, load_backend
 
 from ..errors import CalibrationError, EdgekitError
+from ..tflite import model as tm
 from .adaround import adaround
 from .bias_correction import correct_bias
 from .decompose import hard_swish_to_mul, prelu_to_relu_mul, relu_0_to_1_to_relu6
 from .equalize import equalize
+from .preact import decision_signal, probe_model
 from .quantize_tflite import float_compute_ops, quantize_tflite
 from .ranges import as_ranges, choose_ranges
 
@@ -132,21 +134,34 @@ def _try_equalize(model: bytes) -> tuple[bytes, int]:
 
 
 class _Scorer:
-    """Output SQNR (dB, worst output) of a quantized model against the float one."""
+    """SQNR (dB, worst output) of a quantized model against the float one, on what the packer
+    decides on: before a final sigmoid/softmax where there is one (``preact``). A saturated
+    softmax on a few calibration samples would otherwise pick the steps that suit those."""
 
     def __init__(self, float_model: bytes, samples: list[dict[str, np.ndarray]]) -> None:
         self.samples = samples
-        self.ref = self._outputs(float_model)
+        self.ref, self.judged = self._outputs(float_model)
 
-    def _outputs(self, model: bytes) -> list[np.ndarray]:
-        runner = Runner(load_backend(model, "tflite"))
+    def _outputs(self, model: bytes) -> tuple[list[np.ndarray], tuple[str, ...]]:
+        """(the outputs, each replaced by its decision signal where judged; which were)."""
+        n = len(tm.load(model).subgraphs[0].outputs)
+        probe = probe_model(model, "tflite", [str(i) for i in range(n)])
+        runner = Runner(load_backend(probe.model if probe else model, "tflite"))
         outs = [runner([s[spec.name] for spec in runner.inputs]) for s in self.samples]
-        return [np.concatenate([o[j] for o in outs]).astype(np.float64)
-                for j in range(len(runner.outputs))]
+        joined = [np.concatenate([o[j] for o in outs]).astype(np.float64)
+                  for j in range(len(runner.outputs))]
+        if probe is None:
+            return joined, ()
+        for k, (name, act) in enumerate(probe.activations.items()):
+            joined[int(name)] = decision_signal(act, joined[n + k])
+        return joined[:n], tuple(probe.activations)
 
     def __call__(self, model: bytes) -> float:
+        outs, judged = self._outputs(model)
+        if judged != self.judged:  # the quantized graph hides an activation: no fair figure
+            return float("-inf")
         dbs = []
-        for r, t in zip(self.ref, self._outputs(model), strict=True):
-            noise = float(np.sum((r - t) ** 2))
+        for r, t in zip(self.ref, outs, strict=True):
+            noise = float(np.sum((r - t.reshape(r.shape)) ** 2))
             dbs.append(100.0 if noise == 0 else 10 * np.log10(max(np.sum(r ** 2), 1e-30) / noise))
         return float(min(dbs))
