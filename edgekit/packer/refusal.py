@@ -135,7 +135,7 @@ def refuse(ctx: Context, tried: Sequence[Candidate], floor_db: float) -> Refusal
              and c.model]
     if not built or ctx.format != "tflite":
         return None
-    best = max(built, key=lambda c: c.fidelity.min_sqnr_db)
+    best = max(built, key=lambda c: c.fidelity.decision_sqnr_db)
     calib = (ctx.calib or ctx.eval).feeds(limit=16)
     try:
         order = fallback_order(ctx.model, best.model, calib)
@@ -143,14 +143,14 @@ def refuse(ctx: Context, tried: Sequence[Candidate], floor_db: float) -> Refusal
         order = []
     names = _op_labels(ctx.model)
     int16 = next((c for c in built if c.recipe.quantization == "static_int16x8"), None)
-    int16_db = int16.fidelity.min_sqnr_db if int16 else _measure(ctx, _INT16)
-    return Refusal(floor_db, best.recipe.name, best.fidelity.min_sqnr_db,
+    int16_db = int16.fidelity.decision_sqnr_db if int16 else _measure(ctx, _INT16)
+    return Refusal(floor_db, best.recipe.name, best.fidelity.decision_sqnr_db,
                    tuple(names[i] for i in order[:LIMITING_SHOWN] if i in names), int16_db,
                    _int16_targets(), _cpu_split(ctx, order, names, floor_db))
 
 
 def _measure(ctx: Context, recipe: Recipe, exclude: Sequence[int] = ()) -> float | None:
-    """Min output SQNR of a recipe (tuned, quick) on the evaluation data, without the target's
+    """Decision SQNR of a recipe (tuned, quick) on the evaluation data, without the target's
     compile step (which would refuse it: that is the point)."""
     feeds = (ctx.calib or ctx.eval).feeds()
     try:
@@ -160,7 +160,10 @@ def _measure(ctx: Context, recipe: Recipe, exclude: Sequence[int] = ()) -> float
     except EdgekitError:
         return None
     names = [s.name for s in ctx.reference.outputs]
-    return compare(names, ctx.reference_outputs, outputs, ctx.eval, None, None).min_sqnr_db
+    fid = compare(names, ctx.reference_outputs, outputs, ctx.eval, None, None)
+    if ctx.pre_activation is not None:  # judged as the search judges: before a final activation
+        fid = ctx.pre_activation.add_to(fid, model, ctx.format, ctx.eval)
+    return fid.decision_sqnr_db
 
 
 def _cpu_split(ctx: Context, order: list[int], names: dict[int, str],
