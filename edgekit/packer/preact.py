@@ -41,7 +41,19 @@ class Probe:
 
     model: bytes
     activations: dict[str, str]  # output name -> sigmoid | softmax
-    n_outputs: int
+    names: tuple[str, ...]  # the model's outputs, in order (the probe returns them first)
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.names)
+
+    def judged(self, outs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """What fidelity is judged on, from ``outs`` (what ``model`` returned): the model's
+        outputs, each one behind a final activation replaced by its decision signal."""
+        judged = list(outs[:self.n_outputs])
+        for k, (name, act) in enumerate(self.activations.items()):
+            judged[self.names.index(name)] = decision_signal(act, outs[self.n_outputs + k])
+        return judged
 
 
 def probe_model(model: bytes, fmt: str, output_names: Sequence[str]) -> Probe | None:
@@ -69,7 +81,7 @@ def _probe_onnx(data: bytes, names: Sequence[str]) -> Probe | None:
     if not acts:
         return None
     g.output.extend(helper.make_empty_tensor_value_info(t) for t in extra)
-    return Probe(model.SerializeToString(), acts, len(names))
+    return Probe(model.SerializeToString(), acts, tuple(names))
 
 
 def _last_axis(node: Any, model: Any, out: Any) -> bool:
@@ -99,7 +111,7 @@ def _probe_tflite(data: bytes, names: Sequence[str]) -> Probe | None:
     if not acts:
         return None
     sg.outputs = np.asarray([*tfl.ints(sg.outputs), *extra], dtype=np.int32)
-    return Probe(tfl.save(m), acts, len(names))
+    return Probe(tfl.save(m), acts, tuple(names))
 
 
 def pre_activation_outputs(model: bytes, fmt: str, names: Sequence[str],

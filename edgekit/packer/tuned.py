@@ -27,7 +27,7 @@ from .adaround import adaround
 from .bias_correction import correct_bias
 from .decompose import hard_swish_to_mul, prelu_to_relu_mul, relu_0_to_1_to_relu6
 from .equalize import equalize
-from .preact import decision_signal, probe_model
+from .preact import probe_model
 from .quantize_tflite import float_compute_ops, quantize_tflite
 from .ranges import as_ranges, choose_ranges
 
@@ -152,9 +152,7 @@ class _Scorer:
                   for j in range(len(runner.outputs))]
         if probe is None:
             return joined, ()
-        for k, (name, act) in enumerate(probe.activations.items()):
-            joined[int(name)] = decision_signal(act, joined[n + k])
-        return joined[:n], tuple(probe.activations)
+        return probe.judged(joined), tuple(probe.activations)
 
     def __call__(self, model: bytes) -> float:
         outs, judged = self._outputs(model)

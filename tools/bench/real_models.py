@@ -185,32 +185,28 @@ def run_model(model: bytes, fmt: str, data: np.ndarray,
     return joined, round(float(np.median(times)) * 1e3, 2)
 
 
-def pre_activation(model: bytes, fmt: str, data: np.ndarray,
-                   layout: str = "") -> list[np.ndarray] | None:
-    """The inputs of the model's final sigmoid/softmax over ``data``, as the packer judges them
-    (softmax logits centred), or None without such outputs."""
-    from edgekit.packer.preact import decision_signal, probe_model
+def decision_outputs(model: bytes, fmt: str, data: np.ndarray, n_outputs: int,
+                     layout: str = "") -> list[np.ndarray] | None:
+    """The outputs as the packer judges them (``Probe.judged``: before a final sigmoid/softmax,
+    softmax logits centred), or None when no output has such an activation."""
+    from edgekit.packer.preact import probe_model
 
-    n = len(run_model(model, fmt, data[:1], layout)[0])
-    probe = probe_model(model, fmt, [str(i) for i in range(n)])
-    if probe is None:
-        return None
-    outs = run_model(probe.model, fmt, data, layout)[0][n:]
-    return [decision_signal(act, o) for act, o in zip(probe.activations.values(), outs)]
+    probe = probe_model(model, fmt, [str(i) for i in range(n_outputs)])
+    return probe.judged(run_model(probe.model, fmt, data, layout)[0]) if probe else None
 
 
 def judged(ref: list[np.ndarray], model: bytes, fmt: str, evals: np.ndarray,
-           layout: str = "", ref_pre: list[np.ndarray] | None = None) -> dict:
-    """SQNR, size, latency; with ``ref_pre`` also the SQNR before the final activations, the
-    figure the packer decides on (and so the one edgekit is compared on)."""
+           layout: str = "", ref_judged: list[np.ndarray] | None = None) -> dict:
+    """SQNR, size, latency; with ``ref_judged`` (the float model's ``decision_outputs``) also
+    the SQNR the packer decides on (and so the one edgekit is compared on)."""
     out, latency = run_model(model, fmt, evals, layout)
     if len(out) == len(ref):  # onnx2tf may reorder outputs: match them by shape
         out = _match_outputs(ref, out)
     got = {"sqnr_db": round(sqnr(ref, out), 2), "size_bytes": len(model),
            "latency_ms": latency, "latency_source": "measured-host"}
-    pre = pre_activation(model, fmt, evals, layout) if ref_pre else None
-    if pre is not None and len(pre) == len(ref_pre):
-        got["pre_activation_sqnr_db"] = round(sqnr(ref_pre, _match_outputs(ref_pre, pre)), 2)
+    mine = decision_outputs(model, fmt, evals, len(ref), layout) if ref_judged else None
+    if mine is not None and len(mine) == len(ref_judged):
+        got["decision_sqnr_db"] = round(sqnr(ref_judged, _match_outputs(ref_judged, mine)), 2)
     return got
 
 
@@ -227,7 +223,7 @@ def _match_outputs(ref: list[np.ndarray], out: list[np.ndarray]) -> list[np.ndar
 
 
 def anchor_aeq(model: bytes, calib: np.ndarray, evals: np.ndarray, ref: list[np.ndarray],
-               layout: str = "", ref_pre: list[np.ndarray] | None = None) -> dict:
+               layout: str = "", ref_judged: list[np.ndarray] | None = None) -> dict:
     """Plain ai-edge-quantizer static int8 (full integer I/O) after the doctor's repairs."""
     from edgekit.packer import doctor_tflite as d
     from edgekit.packer.quantize_tflite import quantize_tflite
@@ -240,7 +236,7 @@ def anchor_aeq(model: bytes, calib: np.ndarray, evals: np.ndarray, ref: list[np.
     name = next(iter(tm.signature_io(tm.load(repaired))[1]))
     feed = calib.transpose(0, 1, 3, 4, 2) if layout == "nhwc" else calib
     q = quantize_tflite(repaired, "static_int8", [{name: x} for x in feed])
-    return judged(ref, q, "tflite", evals, layout, ref_pre)
+    return judged(ref, q, "tflite", evals, layout, ref_judged)
 
 
 def _repaired_onnx(model: bytes, input_shape: str) -> bytes:
@@ -256,7 +252,7 @@ def _repaired_onnx(model: bytes, input_shape: str) -> bytes:
 
 
 def anchor_ort(fixed: bytes, calib: np.ndarray, evals: np.ndarray, ref: list[np.ndarray],
-               ref_pre: list[np.ndarray] | None = None) -> dict:
+               ref_judged: list[np.ndarray] | None = None) -> dict:
     """Plain ONNX Runtime quantize_static: QDQ, per channel, min-max."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
@@ -276,7 +272,7 @@ def anchor_ort(fixed: bytes, calib: np.ndarray, evals: np.ndarray, ref: list[np.
         quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=True)
         q = dst.read_bytes()
-    return judged(ref, q, "onnx", evals, ref_pre=ref_pre)
+    return judged(ref, q, "onnx", evals, ref_judged=ref_judged)
 
 
 def tf_route(fixed: bytes, calib: np.ndarray, work: Path) -> dict:
@@ -320,6 +316,7 @@ def pack_one(path: Path, spec: Spec, target: str, data_dir: Path, floor: float) 
     pre = c.fidelity.pre_activation_sqnr_db  # what the packer decides on behind a sigmoid
     return {"status": "packed", "recipe": c.recipe.name, "sqnr_db": round(c.fidelity.min_sqnr_db, 2),
             **({"pre_activation_sqnr_db": round(pre, 2)} if pre is not None else {}),
+            "decision_sqnr_db": round(c.fidelity.decision_sqnr_db, 2),
             "size_bytes": len(c.shipped), "size_ratio": round(len(c.shipped) / path.stat().st_size, 3),
             "latency_ms": lat, "latency_source": result.manifest.primary.latency_source,
             "candidates": {x.recipe.name: (round(x.fidelity.min_sqnr_db, 2) if x.fidelity else None)
@@ -344,11 +341,13 @@ def anchors(path: Path, spec: Spec, calib: np.ndarray, evals: np.ndarray, work: 
     judged against the source's float outputs on the same evaluation samples."""
     model = path.read_bytes()
     if path.suffix == ".tflite":
-        ref, pre = run_model(model, "tflite", evals)[0], pre_activation(model, "tflite", evals)
+        ref = run_model(model, "tflite", evals)[0]
+        pre = decision_outputs(model, "tflite", evals, len(ref))
         out = {"aeq_static_int8": _try(lambda: anchor_aeq(model, calib, evals, ref, "", pre))}
         return out | {k: {"na": v} for k, v in NA_TFLITE.items()}
     fixed = _repaired_onnx(model, spec.input_shape)
-    ref, pre = run_model(fixed, "onnx", evals)[0], pre_activation(fixed, "onnx", evals)
+    ref = run_model(fixed, "onnx", evals)[0]
+    pre = decision_outputs(fixed, "onnx", evals, len(ref))
     out = {"ort_quantize_static_per_channel": _try(lambda: anchor_ort(fixed, calib, evals, ref,
                                                                       pre))}
     try:
@@ -374,9 +373,9 @@ def _try(fn) -> dict:  # noqa: ANN001
 
 
 def decision_db(r: dict) -> float | None:
-    """The figure judged: before the final sigmoid/softmax where measured (what the packer
-    decides on: a saturated softmax output says little), else the output SQNR."""
-    return r.get("pre_activation_sqnr_db", r.get("sqnr_db"))
+    """The figure judged: the packer's decision SQNR (before final sigmoid/softmax where
+    measured: a saturated softmax output says little), else the output SQNR."""
+    return r.get("decision_sqnr_db", r.get("sqnr_db"))
 
 
 def best_anchor(entry: dict) -> tuple[str, dict] | None:
@@ -467,12 +466,13 @@ def markdown(results: dict) -> str:
         rows.append("| " + " | ".join(cells) + " |")
     return (f"Fidelity floor {results['floor_db']} dB. Anchors: full int8, same calibration and "
             "evaluation; latency is the build host's. Behind a final sigmoid/softmax the margin "
-            "vs the best anchor is judged before it (pre-act), as the packer decides.\n\n" + "\n".join(rows) + "\n")
+            "vs the best anchor is judged before it (judged, pre-act), as the packer decides."
+            "\n\n" + "\n".join(rows) + "\n")
 
 
 def _anchor_cell(a: dict, source_size: int) -> str:
     if "sqnr_db" in a:
-        pre = f" (pre-act {a['pre_activation_sqnr_db']})" if "pre_activation_sqnr_db" in a else ""
+        pre = f" (judged {a['decision_sqnr_db']})" if "decision_sqnr_db" in a else ""
         return (f"{a['sqnr_db']} dB{pre}, {a['size_bytes'] / source_size:.2f}x, "
                 f"{a['latency_ms']} ms")
     return a.get("na") or f"failed: {a.get('error', '-')[:70]}"
