@@ -13,9 +13,11 @@ from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
 import edgekit
-from edgekit.packer.preact import probe_model
+from edgekit.dataset import Dataset
+from edgekit.packer.evaluate import sqnr_db
+from edgekit.packer.preact import pre_activation_outputs, probe_model
 from edgekit.packer.search import Criteria
-from edgekit_agent.bundle.manifest import Fidelity
+from edgekit_agent.bundle.manifest import Fidelity, TensorSpec
 from edgekit_agent.bundle.reader import open_bundle
 
 N_IN, N_OUT = 64, 32
@@ -124,11 +126,6 @@ def softmax_head(shift: float) -> bytes:
 def test_softmax_logits_are_judged_shift_invariant():
     """A constant offset on every logit changes nothing after a softmax: judged before it, the
     offset model is lossless (raw logits would put it at a few dB)."""
-    from edgekit.dataset import Dataset
-    from edgekit.packer.evaluate import sqnr_db
-    from edgekit.packer.preact import pre_activation_outputs
-    from edgekit_agent.bundle.manifest import TensorSpec
-
     x = np.random.default_rng(3).normal(0, 1, (16, N_IN)).astype(np.float32)
     data = Dataset((TensorSpec("x", (1, N_IN), "float32"),), (x,))
     ref = pre_activation_outputs(softmax_head(0.0), "onnx", ["prob"], data)["prob"]
