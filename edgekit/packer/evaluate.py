@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -20,8 +21,9 @@ from ..dataset import Dataset
 from ..errors import ModelError
 
 
-def make_runner(model: bytes, fmt: str, threads: int | None = None) -> Runner:
-    return Runner(load_backend(model, fmt, threads=threads))
+def make_runner(model: bytes, fmt: str, threads: int | None = None, **backend: Any) -> Runner:
+    """``backend``: load_backend options, e.g. a target family's ``host_backend``."""
+    return Runner(load_backend(model, fmt, threads=threads, **backend))
 
 
 def run_all(runner: Runner, data: Dataset) -> list[np.ndarray]:

@@ -11,7 +11,7 @@ as such.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -114,15 +114,15 @@ def _probe_tflite(data: bytes, names: Sequence[str]) -> Probe | None:
     return Probe(tfl.save(m), acts, tuple(names))
 
 
-def pre_activation_outputs(model: bytes, fmt: str, names: Sequence[str],
-                           data: Dataset) -> dict[str, np.ndarray] | None:
+def pre_activation_outputs(model: bytes, fmt: str, names: Sequence[str], data: Dataset,
+                           backend: Mapping[str, Any] | None = None) -> dict[str, np.ndarray] | None:
     """Output name -> the input of its final activation over ``data`` (None: no such output,
-    or the copy cannot run)."""
+    or the copy cannot run). ``backend``: load_backend options for the copy."""
     probe = probe_model(model, fmt, names)
     if probe is None:
         return None
     try:
-        outs = run_all(make_runner(probe.model, fmt), data)
+        outs = run_all(make_runner(probe.model, fmt, **(backend or {})), data)
     except EdgekitError:
         return None
     return {name: decision_signal(probe.activations[name], out)
@@ -153,8 +153,9 @@ class PreActivation:
         ref = pre_activation_outputs(model, fmt, names, data) if probe else None
         return cls(tuple(names), ref, probe.activations) if ref else None
 
-    def add_to(self, fid: Fidelity, model: bytes, fmt: str, data: Dataset) -> Fidelity:
-        got = pre_activation_outputs(model, fmt, self.names, data) or {}
+    def add_to(self, fid: Fidelity, model: bytes, fmt: str, data: Dataset,
+               backend: Mapping[str, Any] | None = None) -> Fidelity:
+        got = pre_activation_outputs(model, fmt, self.names, data, backend) or {}
         pre = {name: OutputFidelity(sqnr_db=sqnr_db(ref, got[name].reshape(ref.shape)),
                                     cosine=cosine(ref, got[name].reshape(ref.shape)))
                for name, ref in self.reference.items() if name in got}

@@ -157,7 +157,7 @@ def evaluate(ctx: Context, recipe: Recipe, exclude: Sequence[Any] = ()) -> Candi
         cand.compiled = ctx.family.compile(cand.model, ctx.format, ctx.profile, calib=ctx.calib)
         runnable = (cand.compiled.model if ctx.family.HOST_RUNNABLE
                     else cand.compiled.host_model or cand.model)
-        cand.runner = make_runner(runnable, ctx.format)
+        cand.runner = make_runner(runnable, ctx.format, **ctx.family.host_backend(cand.compiled))
         outputs = run_all(cand.runner, ctx.eval)
     except EdgekitError as exc:
         cand.rejected = f"failed: {exc}"
@@ -166,7 +166,9 @@ def evaluate(ctx: Context, recipe: Recipe, exclude: Sequence[Any] = ()) -> Candi
     cand.fidelity = compare(names, ctx.reference_outputs, outputs, ctx.eval, ctx.labels,
                             ctx.reference_accuracy)
     if ctx.pre_activation is not None:
-        cand.fidelity = ctx.pre_activation.add_to(cand.fidelity, runnable, ctx.format, ctx.eval)
+        cand.fidelity = ctx.pre_activation.add_to(
+            cand.fidelity, runnable, ctx.format, ctx.eval,
+            ctx.family.host_backend(cand.compiled, probe=True))
     cand.latency = (ctx.timing.latency(cand, ctx) if ctx.timing is not None
                     else interleaved_latency(cand.runner, ctx.reference, ctx.eval.sample(0)))
     cand.rejected = "; ".join(_misses(ctx, cand))

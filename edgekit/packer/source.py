@@ -32,7 +32,8 @@ def source_candidate(ctx: Context, original: bytes, fmt: str) -> Candidate:
     cand = Candidate(SOURCE_RECIPE, fmt, model=original, stats={"source_unchanged": True})
     try:
         cand.compiled = ctx.family.compile(original, fmt, ctx.profile, calib=ctx.calib)
-        cand.runner = make_runner(cand.compiled.model, fmt)
+        cand.runner = make_runner(cand.compiled.model, fmt,
+                                  **ctx.family.host_backend(cand.compiled))
         outputs = run_all(cand.runner, ctx.eval)
     except EdgekitError as exc:
         cand.rejected = f"failed: {exc}"

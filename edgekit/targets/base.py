@@ -75,6 +75,11 @@ class TargetFamily:
         """The model as the target runs it; ``calib`` (a Dataset) feeds checks that run it."""
         raise NotImplementedError
 
+    def host_backend(self, compiled: Compiled, probe: bool = False) -> dict[str, Any]:
+        """load_backend options for the runtime the host measures fidelity on: the target's
+        own where the host has it (``probe``: a copy of the model with extra outputs)."""
+        return {}
+
 
 def size_violations(profile: Profile, flash_bytes: int | None,
                     ram_bytes: int | None) -> tuple[str, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from .check import compare_tflm_litert, random_inputs
 from .csource import generate_sources
 from .ops import tflm_op_set, unsupported_ops
 
-MAX_LSB_DIFF = 1  # TFLM and LiteRT kernels may round differently by one step, not more
+PROBE_ARENA_MARGIN = 64 * 1024  # a copy with extra outputs keeps those tensors alive too
 # dtypes of activations, as TFLite names them, that a profile must list to run the model
 _COMPUTE_DTYPES = ("float32", "float16", "int16", "int8", "uint8")
 
@@ -51,8 +52,7 @@ class McuFamily(TargetFamily):
         max_diff = compare_tflm_litert(model, data, arena_size=arena.measured_bytes)
         flash = len(model) + int(profile.options["runtime_code_bytes"])
         ram = arena_bytes + io_bytes
-        violations = size_violations(profile, flash, ram) + _fidelity_violation(max_diff,
-                                                                                litert.outputs)
+        violations = size_violations(profile, flash, ram)
         report = TargetReport(
             family=self.NAME, ops_on_cpu=tuple(ops), arena_bytes=arena_bytes, sram_bytes=ram,
             flash_bytes=flash, violations=violations,
@@ -73,6 +73,16 @@ class McuFamily(TargetFamily):
                                  arena_note=f"TFLM measured {arena.measured_bytes} B, "
                                             f"+ alignment margin ({alignment} B)")
         return Compiled(model=model, format=fmt, report=report, extra_files=files)
+
+    def host_backend(self, compiled: Compiled, probe: bool = False) -> dict[str, Any]:
+        # The device runs TFLM, whose int8 kernels round differently from LiteRT's, and deep
+        # models compound it (the OCR direction classifier: 2 LSB at its first HARD_SWISH, 51
+        # at its softmax). So fidelity is measured in TFLM itself, in the arena the manifest
+        # claims; the LiteRT difference stays in the report as evidence, not as a verdict.
+        arena = compiled.report.arena_bytes or None
+        if probe and arena:
+            arena = 2 * arena + PROBE_ARENA_MARGIN
+        return {"prefer_micro": True, "arena_size": arena}
 
 
 def rewrite_for_tflm(model: bytes) -> tuple[bytes, list[str]]:
@@ -119,9 +129,3 @@ def _nbytes(spec: TensorSpec) -> int:
 def _diff_key(outputs: Sequence[TensorSpec]) -> str:
     quantized = all(s.scale is not None for s in outputs)
     return "tflm_vs_litert_max_lsb" if quantized else "tflm_vs_litert_max_abs"
-
-
-def _fidelity_violation(max_diff: float, outputs: Sequence[TensorSpec]) -> tuple[str, ...]:
-    if _diff_key(outputs) == "tflm_vs_litert_max_lsb" and max_diff > MAX_LSB_DIFF:
-        return (f"tflm: outputs differ from LiteRT by {max_diff:g} LSB (> {MAX_LSB_DIFF})",)
-    return ()
