@@ -112,6 +112,45 @@ def decompose_fp16_weights(model: bytes) -> tuple[bytes, list[str]]:
     return out, [f"decompose_fp16_weights ({count} float16 constants -> float32)"]
 
 
+def densify_sparse_weights(model: bytes) -> tuple[bytes, list[str]]:
+    """sparse constant -> DENSIFY -> x  becomes  x = dense constant (the op is removed).
+    MediaPipe's ``*_sparse`` models store weights in TFLite's sparsity format, which the
+    quantizers and TFLM cannot read. LiteRT itself densifies them: its DENSIFY outputs are read
+    after one invoke, so the format is decoded by the runtime, not re-implemented here."""
+    model_t = tm.load(model)
+    sg = model_t.subgraphs[0]
+    ops = [op for op in sg.operators or [] if tm.op_name(model_t, op) == "DENSIFY"
+           and len(tm.ints(op.inputs)) == 1 and sg.tensors[tm.ints(op.inputs)[0]].buffer]
+    if not ops:
+        return model, []
+    dense = _densified(model, [tm.ints(op.outputs)[0] for op in ops])
+    for op in ops:
+        out = tm.ints(op.outputs)[0]
+        tm.set_tensor_array(model_t, out, dense[out])
+        sg.operators.remove(op)
+    tm.remove_unused(model_t)
+    out = tm.save(model_t)
+    tm.verify_runs(out, "model with densified weights")
+    return out, [f"densify_sparse_weights ({len(ops)} sparse constants -> dense)"]
+
+
+def _densified(model: bytes, tensors: list[int]) -> dict[int, np.ndarray]:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    try:
+        it = Interpreter(model_content=bytes(model), experimental_preserve_all_tensors=True,
+                         experimental_op_resolver_type=(
+                             OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+        it.allocate_tensors()
+        for d in it.get_input_details():
+            it.set_tensor(d["index"], np.zeros(d["shape"], dtype=d["dtype"]))
+        it.invoke()
+        return {t: np.array(it.get_tensor(t)) for t in tensors}
+    except (ValueError, RuntimeError) as exc:
+        raise ModelError(f"LiteRT cannot densify the model's sparse weights: "
+                         f"{str(exc).splitlines()[0]}") from None
+
+
 def _is_fp16_dequantize(model_t: Any, sg_index: int, op: Any) -> bool:
     if tm.op_name(model_t, op) != "DEQUANTIZE" or op.inputs is None or len(op.inputs) != 1:
         return False

@@ -58,6 +58,8 @@ from .source import keep_source
 
 EVAL_FRACTION = 0.5  # without --eval, the second half of --calib is held out for evaluation
 SELFTEST_SAMPLES = 4
+# the self-test's inputs travel in every bundle (and OTA update): beyond this, fewer samples
+SELFTEST_INPUT_BYTES = 256 * 1024
 FIRMWARE_HEADER, FIRMWARE_SELFTEST = "mcu/model_data.h", "mcu/selftest_data.h"
 HOST_FORM_SUFFIX = "selftest.tflite"  # model.selftest.tflite: what a host runs for model.tflite
 NO_CALIB_HINT = ("no calibration data was given; give --calib DIR (representative inputs), "
@@ -164,7 +166,8 @@ def pack(opts: PackOptions) -> PackResult:
                           key="--recipe", value=opts.recipe)
     labels = load_labels(labels_path, len(evald)) if labels_path else None
     ctx = _context(model, fmt, family, profile, calib, evald, labels, opts, notes)
-    ctx.source_bytes = len(original)
+    # the float source is no alternative on a target that runs full integer only
+    ctx.source_bytes = 0 if family.FULL_INT8 else len(original)
     with ui.progress(len(recipes), f"pack {profile.name}", opts.show_progress) as bar:
         tried = run_search(ctx, recipes, opts.variants, bar)
     chosen = choose(tried, opts.variants, ctx.criteria.check_speed) or _forced(opts, tried, notes)
@@ -275,7 +278,8 @@ def _doctor(model: bytes, fmt: str, opts: PackOptions, profile: Profile) -> tupl
                  doctor_onnx.decompose_fp16_weights, doctor_onnx.simplify,
                  doctor_onnx.sanitize_names]
     else:
-        chain = [doctor_tflite.normalise_opcodes, doctor_tflite.rewrite_transpose_conv_bias,
+        chain = [doctor_tflite.normalise_opcodes, doctor_tflite.densify_sparse_weights,
+                 doctor_tflite.rewrite_transpose_conv_bias,
                  lambda m: doctor_tflite.freeze_input_shapes(m, shapes,
                                                              profile.default_input_batch),
                  doctor_tflite.decompose_fp16_weights, doctor_tflite.ensure_signature]
@@ -467,7 +471,8 @@ def _firmware_selftest(cand: Candidate, arrays: dict[str, np.ndarray]) -> bytes:
 def _selftest(cand: Candidate, data: Dataset) -> tuple[bytes, dict[str, np.ndarray]]:
     """Inputs and the chosen model's own outputs: a device re-runs them before activation."""
     arrays: dict[str, np.ndarray] = {}
-    samples = list(data.samples(SELFTEST_SAMPLES))
+    per_sample = max(1, sum(a[0].nbytes for a in data.arrays if len(a)))
+    samples = list(data.samples(max(1, min(SELFTEST_SAMPLES, SELFTEST_INPUT_BYTES // per_sample))))
     outputs = [cand.runner(s) for s in samples]
     for i in range(len(data.inputs)):
         arrays[f"input_{i}"] = _cases([s[i] for s in samples])

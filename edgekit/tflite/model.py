@@ -116,10 +116,11 @@ def tensor_name(tensor: Any) -> str:
 
 
 def tensor_array(model_t: Any, tensor_index: int, subgraph: int = 0) -> np.ndarray | None:
-    """A constant tensor's data as a numpy array (None for activations)."""
+    """A constant tensor's data as a numpy array (None for activations, and for sparse
+    constants, which DENSIFY expands at run time)."""
     tensor = model_t.subgraphs[subgraph].tensors[tensor_index]
     buf = model_t.buffers[tensor.buffer].data if tensor.buffer < len(model_t.buffers) else None
-    if buf is None or len(buf) == 0:
+    if buf is None or len(buf) == 0 or tensor.sparsity is not None:
         return None
     dtype = np.dtype(tensor_type_name(tensor.type).replace("bool", "bool_"))
     return np.frombuffer(bytes(np.asarray(buf, dtype=np.uint8)), dtype=dtype).reshape(tensor.shape)

@@ -277,7 +277,8 @@ def _check_tensor(flat: _Flat, tensor: _Table, what: str, buffers: list[int]) ->
     ttype = tensor.scalar(1, "b")
     have = buffers[buffer] if buffers else 0
     need = math.ceil(elements * _TYPE_BYTES.get(ttype, 0))
-    if have and need and have < need:
+    sparse = tensor.table(6, f"{what}.sparsity") is not None  # stored compressed (DENSIFY)
+    if have and need and have < need and not sparse:
         raise flat.fail(f"{what} needs {need} bytes of constant data, its buffer has {have}")
     _check_quantization(flat, tensor.table(4, f"{what}.quantization"), shape, what)
 

@@ -1,5 +1,5 @@
 """TFLite doctor: schema variants of published models (opcodes only in the deprecated field,
-MediaPipe's custom transpose convolution)."""
+MediaPipe's custom transpose convolution, sparse weights)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import pytest
 
 from edgekit.errors import ModelError
 from edgekit.packer.doctor_tflite import (
+    densify_sparse_weights,
     ensure_signature,
     normalise_opcodes,
     rewrite_transpose_conv_bias,
 )
+from edgekit.packer.ingest import describe
 from edgekit.packer.quantize_tflite import quantize_tflite
 from edgekit.tflite import model as tm
+from edgekit_agent.bundle.modelcheck import check_tflite
 from edgekit_agent.runtime import Runner, load_backend
 
 
@@ -102,3 +105,44 @@ def test_mediapipe_transpose_conv_becomes_builtin_and_matches():
     assert tm.op_names(q) == ["TRANSPOSE_CONV"]
     yq = Runner(load_backend(q, "tflite"))([x])[0]
     assert 10 * np.log10(np.sum(y ** 2) / np.sum((y - yq) ** 2)) > 25
+
+
+def _sparse_mlp() -> tuple[bytes, np.ndarray, np.ndarray]:
+    """A digits MLP whose first layer is 90 % pruned, converted with TFLite's sparsity format
+    (as MediaPipe's ``*_sparse`` models are): the weights are stored compressed, DENSIFY
+    expands them at run time. (model, inputs, labels)."""
+    import tensorflow as tf
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = (d.data / 16.0).astype(np.float32), d.target
+    tf.keras.utils.set_random_seed(0)
+    inp = tf.keras.Input((64,), batch_size=1, name="x")
+    hidden = tf.keras.layers.Dense(256, activation="relu")
+    net = tf.keras.Model(inp, tf.keras.layers.Dense(10)(hidden(inp)))
+    net.compile("adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    net.fit(x[:1400], y[:1400], epochs=4, verbose=0)
+    w, b = hidden.get_weights()
+    hidden.set_weights([w * (np.abs(w) >= np.quantile(np.abs(w), 0.9)), b])
+    converter = tf.lite.TFLiteConverter.from_keras_model(net)
+    converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    return converter.convert(), x[1400:], y[1400:]
+
+
+def test_sparse_weights_are_densified_by_litert():
+    model, x, labels = _sparse_mlp()
+    assert "DENSIFY" in tm.op_names(model)
+    check_tflite(model)  # a sparse buffer is shorter than its dense shape: not corrupt
+    assert describe(model, "tflite").inputs  # no traceback reading the compressed constant
+    dense, steps = densify_sparse_weights(model)
+    assert steps == ["densify_sparse_weights (1 sparse constants -> dense)"]
+    assert "DENSIFY" not in tm.op_names(dense) and len(dense) > len(model)
+    before, after = Runner(load_backend(model, "tflite")), Runner(load_backend(dense, "tflite"))
+    for row in x[:50]:
+        np.testing.assert_array_equal(before([row[None]])[0], after([row[None]])[0])
+    q = quantize_tflite(dense, "static_int8", [{"x": r[None]} for r in x[:64]])
+    acc = {name: float(np.mean(np.concatenate([r([row[None]])[0] for row in x]).argmax(1)
+                               == labels))
+           for name, r in (("float", before), ("int8", Runner(load_backend(q, "tflite"))))}
+    assert acc["float"] > 0.75 and acc["int8"] >= acc["float"] - 0.03, acc
+    assert densify_sparse_weights(dense) == (dense, [])

@@ -51,3 +51,27 @@ def test_keras_model_through_the_tf_extra(tmp_path):
     assert m.model.format == "tflite" and m.source["format"] == "tflite"
     assert m.primary.inputs[0].shape == (1, 16)
     assert result.chosen[0].fidelity.min_sqnr_db > 40  # fp16 weights: near-lossless
+
+
+def test_selftest_of_a_large_input_model_keeps_the_bundle_small(tmp_path):
+    """The self-test's inputs ride in every bundle and OTA update: a model taking 300 KB per
+    sample ships one self-test sample, not four."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    from edgekit.packer.pack import SELFTEST_INPUT_BYTES
+
+    n_in = 75_000  # 300 KB of float32 per sample
+    model = tmp_path / "wide.tflite"
+    model.write_bytes(tflite_model.dense_model(n_in, 4, seed=0, signature=True))
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).random((16, n_in), np.float32))
+    out = tmp_path / "wide.ekb"
+    edgekit.pack(str(model), "rpi4", out, calib=tmp_path / "calib.npy", recipe="fp16")
+    with zipfile.ZipFile(out) as z:
+        selftest = np.load(io.BytesIO(z.read("selftest.npz")))
+        packed = z.getinfo("selftest.npz").file_size
+    assert selftest["input_0"].shape[0] == 1
+    assert 4 * n_in <= packed < 4 * n_in + 4096  # one input sample, the outputs and atol
+    assert 4 * n_in > SELFTEST_INPUT_BYTES
