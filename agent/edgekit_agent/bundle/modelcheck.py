@@ -203,8 +203,10 @@ class _Table:
                 raise self.flat.fail(f"{what} has no terminator")
 
 
-def check_tflite(data: bytes) -> None:
-    """Verify a TFLite flatbuffer's structure and indices (see the module docstring)."""
+def check_tflite(data: bytes, allow_sparse: bool = True) -> None:
+    """Verify a TFLite flatbuffer's structure and indices (see the module docstring).
+    ``allow_sparse``: a sparse constant's buffer may be shorter than its shape (LiteRT verifies
+    the sparsity format itself; TFLM has no sparse kernels and must not get one)."""
     flat = _Flat(bytes(data))
     if flat.size < 8 or data[4:8] != b"TFL3":
         raise ModelError("not a TFLite flatbuffer (missing 'TFL3' identifier)")
@@ -217,7 +219,7 @@ def check_tflite(data: bytes) -> None:
     if not subgraphs:
         raise flat.fail("no subgraph")
     for g, sg in enumerate(subgraphs):
-        _check_subgraph(flat, sg, g, len(codes), buffers)
+        _check_subgraph(flat, sg, g, len(codes), buffers, allow_sparse)
     for i in model.ints(5, "i", "metadata_buffer"):
         _index(flat, i, len(buffers), "metadata_buffer entry")
     for i, meta in enumerate(model.tables(6, "metadata")):
@@ -242,11 +244,12 @@ def _buffer_size(flat: _Flat, buf: _Table, i: int) -> int:
     return inline or (size if offset > 1 else 0)
 
 
-def _check_subgraph(flat: _Flat, sg: _Table, g: int, n_codes: int, buffers: list[int]) -> None:
+def _check_subgraph(flat: _Flat, sg: _Table, g: int, n_codes: int, buffers: list[int],
+                    allow_sparse: bool) -> None:
     where = f"subgraphs[{g}]"
     tensors = sg.tables(0, f"{where}.tensors")
     for t, tensor in enumerate(tensors):
-        _check_tensor(flat, tensor, f"{where}.tensors[{t}]", buffers)
+        _check_tensor(flat, tensor, f"{where}.tensors[{t}]", buffers, allow_sparse)
     for slot, name in ((1, "inputs"), (2, "outputs")):
         for i in sg.ints(slot, "i", f"{where}.{name}"):
             _index(flat, i, len(tensors), f"{where}.{name} tensor")
@@ -264,7 +267,8 @@ def _check_subgraph(flat: _Flat, sg: _Table, g: int, n_codes: int, buffers: list
     sg.string(4, f"{where}.name")
 
 
-def _check_tensor(flat: _Flat, tensor: _Table, what: str, buffers: list[int]) -> None:
+def _check_tensor(flat: _Flat, tensor: _Table, what: str, buffers: list[int],
+                  allow_sparse: bool) -> None:
     shape = tensor.ints(0, "i", f"{what}.shape")
     if any(d < 0 or d > 1 << 31 for d in shape):
         raise flat.fail(f"{what} has shape {_short(shape)}")
@@ -278,6 +282,8 @@ def _check_tensor(flat: _Flat, tensor: _Table, what: str, buffers: list[int]) ->
     have = buffers[buffer] if buffers else 0
     need = math.ceil(elements * _TYPE_BYTES.get(ttype, 0))
     sparse = tensor.table(6, f"{what}.sparsity") is not None  # stored compressed (DENSIFY)
+    if sparse and not allow_sparse:
+        raise flat.fail(f"{what} is sparse, which this runtime does not run")
     if have and need and have < need and not sparse:
         raise flat.fail(f"{what} needs {need} bytes of constant data, its buffer has {have}")
     _check_quantization(flat, tensor.table(4, f"{what}.quantization"), shape, what)

@@ -181,7 +181,8 @@ class TFLMBackend:
             from tflite_micro.python.tflite_micro import runtime as tflm
         except ImportError:
             raise RuntimeBackendError("no TFLM runtime: pip install tflite-micro") from None
-        check_tflite(model)  # TFLM trusts the flatbuffer completely: only verified ones reach it
+        # TFLM trusts the flatbuffer completely: only verified, dense ones reach it
+        check_tflite(model, allow_sparse=False)
         try:
             self._it = tflm.Interpreter.from_bytes(bytes(model), arena_size=arena_size)
         except (RuntimeError, ValueError) as exc:

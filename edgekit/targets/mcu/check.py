@@ -22,7 +22,7 @@ def compare_tflm_litert(model: bytes, inputs: Dataset | Sequence[np.ndarray] | n
     """Largest |TFLM − LiteRT| over all outputs and samples: in quantization steps (LSB) for
     integer outputs, in output units for float outputs. ``inputs`` is a Dataset or one
     (N, *sample_shape) array per model input; float data is quantized for integer inputs."""
-    check_tflite(model)
+    check_tflite(model, allow_sparse=False)
     litert = load_backend(model, "tflite")
     arena = arena_size or max(10 * len(model), 1 << 22)
     with captured_stderr():  # the backend probes input/output indices until TFLM complains

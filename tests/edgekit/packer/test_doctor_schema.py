@@ -133,6 +133,8 @@ def test_sparse_weights_are_densified_by_litert():
     model, x, labels = _sparse_mlp()
     assert "DENSIFY" in tm.op_names(model)
     check_tflite(model)  # a sparse buffer is shorter than its dense shape: not corrupt
+    with pytest.raises(ModelError, match="is sparse, which this runtime does not run"):
+        check_tflite(model, allow_sparse=False)  # TFLM's check: it has no sparse kernels
     assert describe(model, "tflite").inputs  # no traceback reading the compressed constant
     dense, steps = densify_sparse_weights(model)
     assert steps == ["densify_sparse_weights (1 sparse constants -> dense)"]
