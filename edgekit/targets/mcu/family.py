@@ -79,6 +79,10 @@ class McuFamily(TargetFamily):
         # models compound it (the OCR direction classifier: 2 LSB at its first HARD_SWISH, 51
         # at its softmax). So fidelity is measured in TFLM itself, in the arena the manifest
         # claims; the LiteRT difference stays in the report as evidence, not as a verdict.
+        # A candidate already over a budget cannot ship: LiteRT's figure (much faster than
+        # TFLM's reference kernels on a big model) only explains the refusal.
+        if compiled.report.violations:
+            return {}
         arena = compiled.report.arena_bytes or None
         if probe and arena:
             arena = 2 * arena + PROBE_ARENA_MARGIN
