@@ -39,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-WHEELS = {"mediapipe": "mediapipe==0.10.14", "rapidocr": "rapidocr-onnxruntime==1.4.4"}
+WHEELS = {"mediapipe": "mediapipe==0.10.14", "rapidocr": "rapidocr-onnxruntime==1.4.4",
+          "silero": "silero-vad==6.2.3"}
 TARGETS = ("rpi4", "coral-usb", "ethos-u55-128", "ethos-u65-256", "stm32h7")
 N_CALIB, N_EVAL = 32, 8
 
@@ -53,7 +54,7 @@ class Spec:
     layout: str  # "nhwc" or "nchw"
     size: tuple[int, int]  # (height, width)
     scale: tuple[float, float]  # x * a + b on [0, 1] pixels
-    data: str  # "photo" or "text"
+    data: str  # "photo", "text" or "audio" (speech-like 512-sample frames, streamed in order)
     input_shape: str = ""  # "NAME:D0,D1,..." for a dynamic input
 
 
@@ -73,7 +74,13 @@ MODELS = (
     Spec("ocr_text_det", "ocr", "rapidocr",
          "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", "nchw", (320, 320),
          (2.0, -1.0), "text", "x:1,3,320,320"),
+    Spec("silero_vad", "audio/streaming", "silero", "silero_vad/data/silero_vad.onnx", "",
+         (1, 512), (1.0, 0.0), "audio"),
 )
+# the streaming model: scalar sample rate frozen, recurrent state fed back frame by frame
+AUDIO_PACK = {"input_values": {"sr": 16000}, "input_shapes": {"input": (1, 512),
+                                                              "state": (2, 1, 128)}}
+N_AUDIO_CALIB, N_AUDIO_EVAL = 600, 400
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -106,6 +113,13 @@ def _wheel(cache: Path, key: str) -> Path:
 
 def make_data(spec: Spec, n: int, seed: int) -> np.ndarray:
     """(n, *input shape without batch) float32 inputs for the model."""
+    if spec.data == "audio":
+        from streaming_vad import speech_like_frames
+
+        frames = speech_like_frames(seed=0)  # one recording: calibration first, then evaluation
+        n_calib = N_AUDIO_CALIB
+        part = frames[:n_calib] if seed == 0 else frames[n_calib:n_calib + N_AUDIO_EVAL]
+        return np.ascontiguousarray(part[:, None])  # (n, 1, 512): one (1, 512) frame each
     rgb = _photos(spec.size, n, seed) if spec.data == "photo" else _text(spec.size, n, seed)
     x = rgb * spec.scale[0] + spec.scale[1]
     if spec.layout == "nchw":
@@ -174,15 +188,42 @@ def run_model(model: bytes, fmt: str, data: np.ndarray,
 
     runner = Runner(load_backend(model, fmt))
     outs, times = [], []
-    for x in data:
-        x = x.transpose(0, 2, 3, 1) if layout == "nhwc" and x.ndim == 4 else x
+    for feed in _stream(runner, data, outs):
+        if layout == "nhwc" and feed[0].ndim == 4:
+            feed[0] = feed[0].transpose(0, 2, 3, 1)
         t0 = time.perf_counter()
-        outs.append(runner([x]))
+        outs.append(runner(feed))
         times.append(time.perf_counter() - t0)
     joined = [np.concatenate([o[j] for o in outs]) for j in range(len(runner.outputs))]
     if layout == "nhwc":
         joined = [o.transpose(0, 3, 1, 2) if o.ndim == 4 else o for o in joined]
     return joined, round(float(np.median(times)) * 1e3, 2)
+
+
+def _stream(runner, data: np.ndarray, outs: list[list[np.ndarray]]):  # noqa: ANN001, ANN202
+    """Each sample as the model's input list: the first input takes the sample; a recurrent
+    state input ``NAME`` (Silero's ``state``) takes output ``NAMEN`` of the step before (zeros
+    first), read from ``outs`` as the caller appends to it."""
+    ins = [s.name for s in runner.inputs]
+    out_names = [s.name for s in runner.outputs]
+    fed = {i: out_names.index(n + "N") for i, n in enumerate(ins) if n + "N" in out_names}
+    for x in data:
+        state = {i: outs[-1][j] if outs else np.zeros(runner.inputs[i].shape, np.float32)
+                 for i, j in fed.items()}
+        yield [state[i] if i in fed else x for i in range(len(ins))]
+
+
+def calibration_feeds(model: bytes, calib: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """Calibration samples by input name, with the recurrent state the float model produces
+    at each step (what a careful user of a plain quantizer would feed)."""
+    from edgekit_agent.runtime import Runner, load_backend
+
+    runner = Runner(load_backend(model, "onnx"))
+    names, feeds, outs = [s.name for s in runner.inputs], [], []
+    for feed in _stream(runner, calib, outs):
+        feeds.append(dict(zip(names, feed, strict=True)))
+        outs.append(runner(feed))
+    return feeds
 
 
 def decision_outputs(model: bytes, fmt: str, data: np.ndarray, n_outputs: int,
@@ -239,14 +280,19 @@ def anchor_aeq(model: bytes, calib: np.ndarray, evals: np.ndarray, ref: list[np.
     return judged(ref, q, "tflite", evals, layout, ref_judged)
 
 
-def _repaired_onnx(model: bytes, input_shape: str) -> bytes:
-    """The obvious repairs: dynamic input dims frozen, converter-unsafe node names renamed."""
+def _repaired_onnx(model: bytes, input_shape: str, audio: bool = False) -> bytes:
+    """The obvious repairs: dynamic input dims frozen, converter-unsafe node names renamed;
+    for the streaming model also the sample rate frozen and the If on it folded."""
     from edgekit.packer import doctor_onnx
+    from edgekit.packer.inputs import freeze_input_values
 
     shapes = {}
     if input_shape:
         name, dims = input_shape.split(":")
         shapes[name] = tuple(int(v) for v in dims.split(","))
+    if audio:
+        shapes = dict(AUDIO_PACK["input_shapes"])
+        model = doctor_onnx.simplify(freeze_input_values(model, AUDIO_PACK["input_values"])[0])[0]
     fixed, _ = doctor_onnx.freeze_input_shapes(model, shapes, 1)
     return doctor_onnx.sanitize_names(fixed)[0]
 
@@ -254,14 +300,13 @@ def _repaired_onnx(model: bytes, input_shape: str) -> bytes:
 def anchor_ort(fixed: bytes, calib: np.ndarray, evals: np.ndarray, ref: list[np.ndarray],
                ref_judged: list[np.ndarray] | None = None) -> dict:
     """Plain ONNX Runtime quantize_static: QDQ, per channel, min-max."""
-    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
-    inp = onnx.load_from_string(fixed).graph.input[0].name
+    feeds = calibration_feeds(fixed, calib)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.it = iter([{inp: x} for x in calib])
+            self.it = iter(feeds)
 
         def get_next(self):  # noqa: ANN201 - ORT's interface
             return next(self.it, None)
@@ -296,8 +341,9 @@ def tf_route(fixed: bytes, calib: np.ndarray, work: Path) -> dict:
 def pack_one(path: Path, spec: Spec, target: str, data_dir: Path, floor: float) -> dict:
     import edgekit
 
-    opts = {"calib": data_dir / "calib.npy", "eval_data": data_dir / "eval.npy",
-            "min_sqnr": floor}
+    ext = "npz" if spec.data == "audio" else "npy"
+    opts = {"calib": data_dir / f"calib.{ext}", "eval_data": data_dir / f"eval.{ext}",
+            "min_sqnr": floor, **(AUDIO_PACK if spec.data == "audio" else {})}
     if spec.input_shape:
         name, dims = spec.input_shape.split(":")
         opts["input_shapes"] = {name: tuple(int(v) for v in dims.split(","))}
@@ -345,7 +391,7 @@ def anchors(path: Path, spec: Spec, calib: np.ndarray, evals: np.ndarray, work: 
         pre = decision_outputs(model, "tflite", evals, len(ref))
         out = {"aeq_static_int8": _try(lambda: anchor_aeq(model, calib, evals, ref, "", pre))}
         return out | {k: {"na": v} for k, v in NA_TFLITE.items()}
-    fixed = _repaired_onnx(model, spec.input_shape)
+    fixed = _repaired_onnx(model, spec.input_shape, spec.data == "audio")
     ref = run_model(fixed, "onnx", evals)[0]
     pre = decision_outputs(fixed, "onnx", evals, len(ref))
     out = {"ort_quantize_static_per_channel": _try(lambda: anchor_ort(fixed, calib, evals, ref,
@@ -401,8 +447,11 @@ def bench(cache: Path, json_path: Path, floor: float, models: list[str], targets
         calib, evals = make_data(spec, N_CALIB, 0), make_data(spec, N_EVAL, 1)
         data_dir = work / spec.name
         data_dir.mkdir(parents=True, exist_ok=True)
-        np.save(data_dir / "calib.npy", calib[:, 0])
-        np.save(data_dir / "eval.npy", evals[:, 0])
+        for part, x in (("calib", calib), ("eval", evals)):
+            if spec.data == "audio":  # the frames only: the packer feeds the state back itself
+                np.savez(data_dir / f"{part}.npz", input=x[:, 0])
+            else:
+                np.save(data_dir / f"{part}.npy", x[:, 0])
         entry = results["models"].setdefault(spec.name, {"anchors": {}, "targets": {}})
         entry.update(kind=spec.kind, file=path.name, size_bytes=path.stat().st_size)
         if with_anchors:
