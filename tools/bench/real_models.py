@@ -6,8 +6,11 @@ Models come from wheels in the package registry (``pip download`` at bench time,
 ``--cache``; the model files are read out of the wheel with zipfile, nothing is imported):
 MediaPipe 0.10.14 (face detector, selfie segmentation, face landmarks: fp16-stored TFLite
 without signatures) and RapidOCR 1.4.4 (PaddleOCR direction classifier and text detector:
-ONNX with dynamic dims). Calibration (32) and evaluation (8) inputs are made offline: crops
-of scikit-learn's bundled sample photos, and text lines rendered with PIL for OCR.
+ONNX with dynamic dims), and Silero VAD 6.2.3 (ONNX: scalar int64 sample rate, recurrent
+state, If nodes). Calibration (32) and evaluation (8) inputs are made offline: crops of
+scikit-learn's bundled sample photos, text lines rendered with PIL for OCR, and for the VAD 600
+and 400 speech-like 512-sample frames of one recording (``streaming_vad.speech_like_frames``),
+streamed in order with the state fed back.
 
 For every model x target (rpi4, coral-usb, ethos-u55-128, ethos-u65-256, stm32h7) the packer runs with the
 fidelity floor ``--floor`` (for coral-usb at least the best anchor + 3 dB, see

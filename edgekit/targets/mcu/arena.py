@@ -44,7 +44,7 @@ def measure_arena(model: bytes) -> ArenaMeasurement:
     the edge starting from that figure (usually exact, sometimes low: it counts only what stays
     allocated) by galloping up from it and bisecting. The result ``n`` runs and ``n - 1`` does not.
     """
-    check_tflite(model, allow_sparse=False)  # TFLM reads whatever it is given; only verified flatbuffers reach it
+    check_tflite(model, allow_sparse=False)  # TFLM reads whatever it is given: verify first
     with _ArenaProbe(model) as probe:
         size = max(4096, 1 << (len(model) - 1).bit_length())
         while True:
