@@ -142,7 +142,8 @@ def _produce_tflite(ctx: Context, recipe: Recipe, calib: Dataset | None,
     feeds = calib.feeds() if calib is not None else None
     if recipe.calibration == "tuned" or recipe.quantization == "static_int16x8":
         model, tuning = quantize_tuned(model, recipe.quantization, feeds,
-                                       float_ops=frozenset(exclude), int8_io=ctx.int8_io)
+                                       float_ops=frozenset(exclude), int8_io=ctx.int8_io,
+                                       int8_only=ctx.family.INT8_ONLY_OPS)
         stats = {**stats, **tuning}
     else:
         model = quantize_tflite(model, recipe.quantization, feeds, float_ops=frozenset(exclude),

@@ -36,10 +36,12 @@ SCORE_SAMPLES = 32
 
 def quantize_tuned(model: bytes, scheme: str, calib: list[dict[str, np.ndarray]], *,
                    float_ops: frozenset[int] = frozenset(),
-                   int8_io: bool = True, quick: bool = False) -> tuple[bytes, dict[str, Any]]:
+                   int8_io: bool = True, quick: bool = False,
+                   int8_only: frozenset[str] = frozenset()) -> tuple[bytes, dict[str, Any]]:
     """(the best of plain and tuned quantization of ``model``, what was done and measured).
     ``quick``: per-tensor ranges + bias correction only, without the plain baseline and
-    equalisation (for probes such as the refusal's, which only need a figure)."""
+    equalisation (for probes such as the refusal's, which only need a figure).
+    ``int8_only``: op names the target runs in int8 only (int8 activations in 16x8)."""
     if not calib:
         raise CalibrationError(f"{scheme} needs calibration samples (none given)")
     int8_ops: frozenset[str] = frozenset()
@@ -64,8 +66,9 @@ def quantize_tuned(model: bytes, scheme: str, calib: list[dict[str, np.ndarray]]
         return _quick(model, scheme, calib, build, score, log)
     best = build(model)
     if scheme == "static_int16x8" and not float_ops:
-        # ops without a 16x8 config would stay float: give them int8 activations instead
-        int8_ops = float_compute_ops(best)
+        # ops without a 16x8 config would stay float, and ops the target has no int16 kernel
+        # for would not run: give them int8 activations instead
+        int8_ops = float_compute_ops(best) | (int8_only & set(tm.op_names(model)))
         if int8_ops:
             best = build(model)
             log["int8_ops"] = sorted(int8_ops)

@@ -70,6 +70,8 @@ class TargetFamily:
     HOST_RUNNABLE: ClassVar[bool] = True
     # quantizations the family's runtime can execute (see edgekit.packer.recipes.QUANTIZATIONS)
     QUANTIZATIONS: ClassVar[tuple[str, ...]] = ("static_int8",)
+    # ops the runtime has no int16 kernel for: int8 activations for them in static_int16x8
+    INT8_ONLY_OPS: ClassVar[frozenset[str]] = frozenset()
 
     def compile(self, model: bytes, fmt: str, profile: Profile, calib: Any = None) -> Compiled:
         """The model as the target runs it; ``calib`` (a Dataset) feeds checks that run it."""

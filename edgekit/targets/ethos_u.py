@@ -35,6 +35,7 @@ from ..tflite import rewrite as rw
 from .base import Compiled, Profile, TargetFamily, TargetReport, size_violations
 from .ethos_u_firmware import ethos_u_arena, firmware_sources
 from .mcu.arena import DEFAULT_ALIGNMENT
+from .mcu.ops import TFLM_INT8_ONLY_OPS
 
 SYSTEM_CONFIGS = ("Ethos_U55_Deep_Embedded", "Ethos_U55_High_End_Embedded", "Ethos_U65_Embedded",
                   "Ethos_U65_Mid_End", "Ethos_U65_High_End", "Ethos_U65_Client_Server")
@@ -188,6 +189,7 @@ class EthosUFamily(TargetFamily):
     REQUIRED_OPTIONS = ("system_config", "memory_mode")
     FULL_INT8 = True
     QUANTIZATIONS = ("static_int8", "static_int16x8")  # 16x8 where the profile lists int16
+    INT8_ONLY_OPS = TFLM_INT8_ONLY_OPS  # ops Vela leaves on the CPU run in TFLM
     HOST_RUNNABLE = False  # Vela's output runs its NPU work in an ethos-u custom op: the host
     # runs ``Compiled.host_model`` (the int8 model Vela compiled) in its place
 

@@ -18,7 +18,7 @@ from ..base import Compiled, Profile, TargetFamily, TargetReport, size_violation
 from .arena import DEFAULT_ALIGNMENT, measure_arena
 from .check import compare_tflm_litert, random_inputs
 from .csource import generate_sources
-from .ops import tflm_op_set, unsupported_ops
+from .ops import TFLM_INT8_ONLY_OPS, tflm_op_set, unsupported_ops
 
 PROBE_ARENA_MARGIN = 64 * 1024  # a copy with extra outputs keeps those tensors alive too
 # dtypes of activations, as TFLite names them, that a profile must list to run the model
@@ -31,6 +31,7 @@ class McuFamily(TargetFamily):
     REQUIRED_OPTIONS = ("runtime_code_bytes",)
     # int8 first; int16x8 / float32 where the profile's dtypes list int16 / float32
     QUANTIZATIONS = ("static_int8", "static_int16x8", "none")
+    INT8_ONLY_OPS = TFLM_INT8_ONLY_OPS
 
     def compile(self, model: bytes, fmt: str, profile: Profile,
                 calib: Dataset | None = None) -> Compiled:

@@ -53,6 +53,10 @@ def tflm_op_set(path: Path = OP_TABLE) -> TflmOpSet:
         return TflmOpSet.from_dict(tomllib.load(f))
 
 
+# TFLM kernels without int16 (selfie segmentation's 16x8 candidate: "Output type is 7 [int16],
+# requires float or int8" from RESIZE_BILINEAR)
+TFLM_INT8_ONLY_OPS = frozenset({"RESIZE_BILINEAR"})
+
 def unsupported_ops(ops: Sequence[str], op_set: TflmOpSet | None = None) -> list[str]:
     """Ops (deduplicated, in order) that TFLM has no kernel for."""
     op_set = op_set or tflm_op_set()

@@ -44,3 +44,35 @@ def test_mcu_candidates_are_measured_in_tflm(mobile_v3, tmp_path):
         selftest = np.load(io.BytesIO(z.read("selftest.npz")))
     for i, x in enumerate(selftest["input_0"]):
         np.testing.assert_array_equal(tflm([x[None]])[0][0], selftest["output_0"][i])
+
+
+def test_16x8_keeps_ops_tflm_has_no_int16_kernel_for_in_int8(tmp_path):
+    """TFLM's RESIZE_BILINEAR runs float or int8 only ("Output type is 7, requires float or
+    int8"): selfie segmentation's 16x8 candidate failed on every TFLM target for it. Packed for
+    an MCU, the 16x8 rung gives that op int8 activations and the rest int16."""
+    import tensorflow as tf
+
+    from edgekit.tflite import model as tm
+
+    tf.keras.utils.set_random_seed(0)
+    inp = tf.keras.Input((16, 16, 3), batch_size=1, name="image")
+    x = tf.keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inp)
+    x = tf.keras.layers.UpSampling2D(interpolation="bilinear")(x)
+    out = tf.keras.layers.Conv2D(2, 3, padding="same")(x)
+    model = tf.lite.TFLiteConverter.from_keras_model(tf.keras.Model(inp, out)).convert()
+    assert "RESIZE_BILINEAR" in tm.op_names(model)
+    path = tmp_path / "up.tflite"
+    path.write_bytes(model)
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "calib.npy", rng.random((32, 16, 16, 3), np.float32))
+    result = edgekit.pack(str(path), "stm32h7", tmp_path / "up.ekb", calib=tmp_path / "calib.npy",
+                          recipe="static_int16x8")
+    chosen = result.chosen[0]
+    assert chosen.recipe.name == "static_int16x8" and chosen.runner.backend.name == "tflm"
+    assert chosen.stats["tuning"]["int8_ops"] == ["RESIZE_BILINEAR"]
+    q = tm.load(chosen.shipped)
+    sg = q.subgraphs[0]
+    types = {tm.op_name(q, op): tm.tensor_type_name(sg.tensors[tm.ints(op.outputs)[0]].type)
+             for op in sg.operators}
+    assert types["RESIZE_BILINEAR"] == "int8" and types["CONV_2D"] == "int16"
+    assert chosen.fidelity.min_sqnr_db > 30.0
