@@ -538,7 +538,7 @@ def _target_cell(r: dict) -> str:
         return (f"{r['recipe']}: {r['sqnr_db']} dB{pre}, {r['size_ratio']:.2f}x, "
                 f"{r['latency_ms']} ms ({r['latency_source']}){vs}")
     best = r.get("best_full_int")
-    why = r.get("message", "")[:90]
+    why = r.get("message", "")[:140]
     if why.endswith(":") and r.get("details"):  # "no recipe fits X:" + the table's reasons
         why += " " + "; ".join(d.split("  no  ")[-1].strip()[:80] for d in r["details"][:2])
     return (f"{r.get('status', '-')}" + (f" (best full int {best} dB{vs})" if best else "")
