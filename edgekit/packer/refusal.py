@@ -46,6 +46,9 @@ class CpuSplit:
     est_ms: float
     cpu: str
     reaches: bool
+    # the same quick tuning with nothing moved: the split's figure compares with this, not with
+    # the fully tuned best (which it can read below)
+    baseline_db: float | None = None
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,10 @@ class Refusal:
         if self.cpu is not None:
             c = self.cpu
             verb = "reaches" if c.reaches else "gives only"
+            base = (f" (quick tuning; {c.baseline_db:.1f} dB with none kept)"
+                    if c.baseline_db is not None else "")
             lines.append(f"keeping {len(c.layers)} layer(s) on the CPU in float {verb} "
-                         f"{c.sqnr_db:.1f} dB, {c.macs} of {c.total_macs} MACs, estimated "
+                         f"{c.sqnr_db:.1f} dB{base}, {c.macs} of {c.total_macs} MACs, estimated "
                          f"{c.est_ms:.2f} ms on {c.cpu}: {', '.join(c.layers[:8])}"
                          + (" ..." if len(c.layers) > 8 else ""))
         return "\n".join(lines)
@@ -172,7 +177,7 @@ def _cpu_split(ctx: Context, order: list[int], names: dict[int, str],
     trailing = ctx.family.NAME == "edgetpu"
     macs = _op_macs(ctx.model)
     cpu, rate = _host_rate(ctx)
-    split = None
+    split, baseline = None, _measure(ctx, _TUNED_MIXED)
     for k in CPU_STEPS:
         if k > (n_ops if trailing else len(order)):
             break
@@ -182,7 +187,7 @@ def _cpu_split(ctx: Context, order: list[int], names: dict[int, str],
             continue
         moved = sum(macs.get(i, 0) for i in ops)
         split = CpuSplit(tuple(names.get(i, f"op{i}") for i in ops), db, moved,
-                         sum(macs.values()), moved / rate * 1e3, cpu, db >= floor_db)
+                         sum(macs.values()), moved / rate * 1e3, cpu, db >= floor_db, baseline)
         if split.reaches:
             break
     return split

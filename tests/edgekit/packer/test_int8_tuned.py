@@ -4,6 +4,8 @@ target that allows neither gets a precise refusal."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -119,6 +121,10 @@ def test_ethos_u_ships_int16x8_when_int8_cannot_and_coral_refuses_precisely(tmp_
     assert "limiting layers: " in text and "CONV_2D '" in text
     assert "int16 activations (16x8) reaches" in text and "ethos-u55-128" in text
     assert "on the CPU in float" in text and "rpi4 (cortex-a72)" in text
+    split = re.search(r"on the CPU in float (?:reaches|gives only) (-?[\d.]+) dB "
+                      r"\(quick tuning; (-?[\d.]+) dB with none kept\)", text)
+    assert split, text  # the split's figure beside the same quick tuning with nothing moved
+    assert 0.0 < float(split[2]) <= float(first.split("at best ")[1].split(" dB")[0]) + 1.0
     assert not (tmp_path / "r.ekb").exists()
 
 
