@@ -13,7 +13,7 @@ CPU op stays on the CPU.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -177,7 +177,7 @@ def _cpu_split(ctx: Context, order: list[int], names: dict[int, str],
     trailing = ctx.family.NAME == "edgetpu"
     macs = _op_macs(ctx.model)
     cpu, rate = _host_rate(ctx)
-    split, baseline = None, _measure(ctx, _TUNED_MIXED)
+    split = None
     for k in CPU_STEPS:
         if k > (n_ops if trailing else len(order)):
             break
@@ -187,10 +187,10 @@ def _cpu_split(ctx: Context, order: list[int], names: dict[int, str],
             continue
         moved = sum(macs.get(i, 0) for i in ops)
         split = CpuSplit(tuple(names.get(i, f"op{i}") for i in ops), db, moved,
-                         sum(macs.values()), moved / rate * 1e3, cpu, db >= floor_db, baseline)
+                         sum(macs.values()), moved / rate * 1e3, cpu, db >= floor_db)
         if split.reaches:
             break
-    return split
+    return replace(split, baseline_db=_measure(ctx, _TUNED_MIXED)) if split else None
 
 
 def _host_rate(ctx: Context) -> tuple[str, float]:

@@ -205,11 +205,14 @@ def run_model(model: bytes, fmt: str, data: np.ndarray,
 
 def _stream(runner, data: np.ndarray, outs: list[list[np.ndarray]]):  # noqa: ANN001, ANN202
     """Each sample as the model's input list: the first input takes the sample; a recurrent
-    state input ``NAME`` (Silero's ``state``) takes output ``NAMEN`` of the step before (zeros
-    first), read from ``outs`` as the caller appends to it."""
+    state input (the packer's ``state_pairs``: Silero's ``state``/``stateN``) takes its output
+    of the step before (zeros first), read from ``outs`` as the caller appends to it."""
+    from edgekit.packer.inputs import state_pairs
+
     ins = [s.name for s in runner.inputs]
     out_names = [s.name for s in runner.outputs]
-    fed = {i: out_names.index(n + "N") for i, n in enumerate(ins) if n + "N" in out_names}
+    fed = {ins.index(src): out_names.index(dst)
+           for src, dst in state_pairs(runner.inputs, runner.outputs)}
     for x in data:
         state = {i: outs[-1][j] if outs else np.zeros(runner.inputs[i].shape, np.float32)
                  for i, j in fed.items()}

@@ -57,6 +57,7 @@ def tflm_op_set(path: Path = OP_TABLE) -> TflmOpSet:
 # requires float or int8" from RESIZE_BILINEAR)
 TFLM_INT8_ONLY_OPS = frozenset({"RESIZE_BILINEAR"})
 
+
 def unsupported_ops(ops: Sequence[str], op_set: TflmOpSet | None = None) -> list[str]:
     """Ops (deduplicated, in order) that TFLM has no kernel for."""
     op_set = op_set or tflm_op_set()
